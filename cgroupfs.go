@@ -1,0 +1,474 @@
+package main
+
+// cgroupfs.go owns every file rund reads or writes under the cgroup2 mount. The rules it follows are in
+// the kernel's Documentation/admin-guide/cgroup-v2.rst ("cgroup v2" below).
+//
+// Layout of one job:
+//
+//	<parent>/<ulid>/        no processes; its subtree_control enables the controllers for job/
+//	<parent>/<ulid>/init/   rund's PID 1 helper: outside the limits, so it costs the job nothing
+//	<parent>/<ulid>/job/    the command and all its descendants; the limits and the accounting live here
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// wantedControllers are the controllers rund uses, for limits or for the accounting in Status.
+var wantedControllers = []string{"cpu", "io", "memory", "pids"}
+
+// limits are validated job limits; 0 means unset for every field (0 is never a valid limit).
+type limits struct {
+	cpuQuota                 uint64 // cpu.max quota per 100000 us period
+	memory                   uint64 // memory.max bytes
+	pids                     uint64 // pids.max
+	rbps, wbps, riops, wiops uint64 // io.max
+}
+
+// controllers lists the controllers a set of limits needs.
+func (l limits) controllers() []string {
+	var cs []string
+	if l.cpuQuota != 0 {
+		cs = append(cs, "cpu")
+	}
+	if l.rbps|l.wbps|l.riops|l.wiops != 0 {
+		cs = append(cs, "io")
+	}
+	if l.memory != 0 {
+		cs = append(cs, "memory")
+	}
+	if l.pids != 0 {
+		cs = append(cs, "pids")
+	}
+	return cs
+}
+
+// cgroupFS is rund's view of the cgroup2 hierarchy. It is set up once and read-only afterwards.
+type cgroupFS struct {
+	mount     string          // cgroup2 mount point
+	parent    string          // directory holding the job cgroups
+	available map[string]bool // controllers enabled in parent's subtree_control
+	ioDevices []string        // "MAJ:MIN" of the devices io.max limits apply to
+}
+
+// findCgroup2Mount returns the first cgroup2 mount point in mountinfo (proc(5) /proc/pid/mountinfo).
+func findCgroup2Mount(mountinfo string) (string, error) {
+	data, err := os.ReadFile(mountinfo)
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		f := strings.Fields(pre)
+		if ok && len(f) >= 5 && strings.HasPrefix(post, "cgroup2 ") {
+			return unescapeMountPath(f[4]), nil
+		}
+	}
+	return "", fmt.Errorf("no cgroup2 mount in %s: rund needs cgroup v2", mountinfo)
+}
+
+// unescapeMountPath undoes the octal escapes (\040 for a space) the kernel writes in mountinfo.
+func unescapeMountPath(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// setupCgroups prepares parent (default <mount>/rund) for jobs: it enables the wanted controllers on
+// the path from the mount down to parent and removes what a crashed rund left behind.
+func setupCgroups(parent string, ioDevices []string) (*cgroupFS, error) {
+	mount, err := findCgroup2Mount("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	if parent == "" {
+		parent = filepath.Join(mount, "rund")
+	}
+	parent = filepath.Clean(parent)
+	if rel, err := filepath.Rel(mount, parent); err != nil || rel == "." || strings.HasPrefix(rel, "..") {
+		return nil, fmt.Errorf("cgroup parent %s is not below the cgroup2 mount %s", parent, mount)
+	}
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return nil, err
+	}
+	cg := &cgroupFS{mount: mount, parent: parent, available: map[string]bool{}, ioDevices: ioDevices}
+	if err := cg.enableControllers(); err != nil {
+		// Not fatal: jobs without limits still run; limits will fail with FailedPrecondition.
+		log.Printf("cgroup controllers: %v", err)
+	}
+	for _, c := range strings.Fields(readString(filepath.Join(parent, "cgroup.subtree_control"))) {
+		cg.available[c] = true
+	}
+	if cg.ioDevices == nil {
+		cg.ioDevices, err = rootDiskDevices("/proc/self/mountinfo")
+		if err != nil {
+			log.Printf("io.max: %v (io limits are unavailable; name devices with -io_devices)", err)
+		}
+	}
+	cg.removeStale()
+	return cg, nil
+}
+
+// enableControllers writes "+ctrl" into cgroup.subtree_control from the mount down to parent, for the
+// wanted controllers the hierarchy offers. cgroup v2's "no internal process" rule forbids enabling a
+// controller in a non-root cgroup that has processes, so if rund itself sits on that path it first moves
+// into a leaf of its own (the way a service manager would have placed it).
+func (cg *cgroupFS) enableControllers() error {
+	offered := strings.Fields(readString(filepath.Join(cg.mount, "cgroup.controllers")))
+	var plus []string
+	for _, c := range wantedControllers {
+		if slices.Contains(offered, c) {
+			plus = append(plus, "+"+c)
+		}
+	}
+	if len(plus) == 0 {
+		return fmt.Errorf("none of %v is offered by %s (held by cgroup v1?)", wantedControllers, cg.mount)
+	}
+	if err := cg.leaveEnablePath(); err != nil {
+		return err
+	}
+	rel, _ := filepath.Rel(cg.mount, cg.parent)
+	dir := cg.mount
+	for _, part := range append([]string{""}, strings.Split(rel, "/")...) {
+		dir = filepath.Join(dir, part)
+		for _, p := range plus {
+			// One write per controller, so that one refused controller does not hide the others.
+			if err := writeFile(filepath.Join(dir, "cgroup.subtree_control"), p); err != nil {
+				log.Printf("enable %s: %v", p[1:], err)
+			}
+		}
+	}
+	return nil
+}
+
+// leaveEnablePath moves rund into <own cgroup>/rund-server when its own cgroup is the parent or one of
+// the parent's ancestors, whose subtree_control it is about to write.
+func (cg *cgroupFS) leaveEnablePath() error {
+	own, err := ownCgroup()
+	if err != nil {
+		return err
+	}
+	ownDir := filepath.Join(cg.mount, own)
+	rel, err := filepath.Rel(ownDir, cg.parent)
+	if err != nil || strings.HasPrefix(rel, "..") {
+		return nil // rund is elsewhere in the tree: nothing to leave
+	}
+	leaf := filepath.Join(ownDir, "rund-server")
+	if err := os.Mkdir(leaf, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return writeFile(filepath.Join(leaf, "cgroup.procs"), strconv.Itoa(os.Getpid()))
+}
+
+// ownCgroup returns this process's cgroup2 path from /proc/self/cgroup ("0::/path").
+func ownCgroup() (string, error) {
+	data, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			return p, nil
+		}
+	}
+	return "", errors.New("read /proc/self/cgroup: no cgroup2 entry")
+}
+
+// rootDiskDevices returns the whole disk behind the root filesystem. io.max rejects partitions, so a
+// partition is mapped to its disk through sysfs (/sys/dev/block/M:m/partition marks a partition).
+func rootDiskDevices(mountinfo string) ([]string, error) {
+	data, err := os.ReadFile(mountinfo)
+	if err != nil {
+		return nil, err
+	}
+	dev := ""
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == "/" {
+			dev = f[2] // the last mount on / is the one in effect
+		}
+	}
+	if dev == "" || strings.HasPrefix(dev, "0:") {
+		return nil, fmt.Errorf("no block device backs / (device %q)", dev)
+	}
+	sys, err := filepath.EvalSymlinks(filepath.Join("/sys/dev/block", dev))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(filepath.Join(sys, "partition")); err == nil {
+		dev = strings.TrimSpace(readString(filepath.Join(filepath.Dir(sys), "dev")))
+	}
+	return []string{dev}, nil
+}
+
+// missing returns the first controller that lim needs and the hierarchy cannot give, or "".
+func (cg *cgroupFS) missing(lim limits) string {
+	for _, c := range lim.controllers() {
+		if !cg.available[c] {
+			return c
+		}
+	}
+	if lim.rbps|lim.wbps|lim.riops|lim.wiops != 0 && len(cg.ioDevices) == 0 {
+		return "io (no block device to limit)"
+	}
+	return ""
+}
+
+// jobCgroup is one job's cgroup directory; see the layout at the top of this file.
+type jobCgroup struct {
+	dir string
+}
+
+func (j *jobCgroup) initDir() string { return filepath.Join(j.dir, "init") }
+func (j *jobCgroup) jobDir() string  { return filepath.Join(j.dir, "job") }
+
+// create makes the job's cgroups and writes its limits into job/. On error nothing is left behind.
+func (cg *cgroupFS) create(id string, lim limits) (_ *jobCgroup, err error) {
+	j := &jobCgroup{dir: filepath.Join(cg.parent, id)}
+	if err := os.Mkdir(j.dir, 0o755); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			j.remove()
+		}
+	}()
+	for c := range cg.available {
+		if err := writeFile(filepath.Join(j.dir, "cgroup.subtree_control"), "+"+c); err != nil {
+			return nil, err
+		}
+	}
+	for _, d := range []string{j.initDir(), j.jobDir()} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	return j, cg.writeLimits(j.jobDir(), lim)
+}
+
+func (cg *cgroupFS) writeLimits(dir string, lim limits) error {
+	var w []string // file, value pairs
+	if lim.cpuQuota != 0 {
+		w = append(w, "cpu.max", fmt.Sprintf("%d 100000", lim.cpuQuota))
+	}
+	if lim.memory != 0 {
+		w = append(w, "memory.max", strconv.FormatUint(lim.memory, 10))
+		// Without this, anonymous memory over the limit goes to swap and the limit means little.
+		if _, err := os.Stat(filepath.Join(dir, "memory.swap.max")); err == nil {
+			w = append(w, "memory.swap.max", "0")
+		}
+	}
+	if lim.pids != 0 {
+		w = append(w, "pids.max", strconv.FormatUint(lim.pids, 10))
+	}
+	if io := ioMaxValue(lim); io != "" {
+		for _, dev := range cg.ioDevices {
+			w = append(w, "io.max", dev+io)
+		}
+	}
+	for i := 0; i < len(w); i += 2 {
+		if err := writeFile(filepath.Join(dir, w[i]), w[i+1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ioMaxValue formats the keys of one io.max line (" rbps=N wbps=N"), or "" when no io limit is set.
+func ioMaxValue(lim limits) string {
+	var b strings.Builder
+	for _, kv := range []struct {
+		k string
+		v uint64
+	}{{"rbps", lim.rbps}, {"wbps", lim.wbps}, {"riops", lim.riops}, {"wiops", lim.wiops}} {
+		if kv.v != 0 {
+			fmt.Fprintf(&b, " %s=%d", kv.k, kv.v)
+		}
+	}
+	return b.String()
+}
+
+// kill SIGKILLs every process in dir and its descendants (cgroup v2 "cgroup.kill", Linux 5.14).
+func kill(dir string) error {
+	return writeFile(filepath.Join(dir, "cgroup.kill"), "1")
+}
+
+// populated reports whether dir or any descendant holds a process (cgroup.events "populated").
+func populated(dir string) (bool, error) {
+	data, err := os.ReadFile(filepath.Join(dir, "cgroup.events"))
+	if err != nil {
+		return false, err
+	}
+	return keyValue(data, "populated") != 0, nil
+}
+
+// waitEmpty returns once dir holds no process. cgroup v2 says a change of cgroup.events raises a file
+// modified event, so it sleeps on inotify instead of polling.
+func waitEmpty(ctx context.Context, dir string) error {
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		return fmt.Errorf("inotify_init1: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "inotify") // non-blocking, so reads honour deadlines
+	defer f.Close()
+	events := filepath.Join(dir, "cgroup.events")
+	if _, err := unix.InotifyAddWatch(fd, events, unix.IN_MODIFY); err != nil {
+		return fmt.Errorf("inotify_add_watch %s: %w", events, err)
+	}
+	buf := make([]byte, 4096)
+	for {
+		busy, err := populated(dir)
+		if err != nil || !busy {
+			return err
+		}
+		deadline, ok := ctx.Deadline()
+		if !ok {
+			deadline = time.Now().Add(time.Second) // re-check now and then even without a deadline
+		}
+		f.SetReadDeadline(deadline)
+		if _, err := f.Read(buf); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("wait for %s to empty: %w", dir, ctx.Err())
+		}
+	}
+}
+
+// remove deletes the job's cgroups, leaves first. rmdir of a cgroup whose last process is still
+// exiting fails with EBUSY for a moment, so that is retried with backoff.
+func (j *jobCgroup) remove() error {
+	var first error
+	for _, d := range []string{j.jobDir(), j.initDir(), j.dir} {
+		if err := rmdirRetry(d); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+func rmdirRetry(dir string) error {
+	delay := time.Millisecond
+	for {
+		err := unix.Rmdir(dir)
+		switch {
+		case err == nil || errors.Is(err, unix.ENOENT):
+			return nil
+		case errors.Is(err, unix.EBUSY) && delay < 2*time.Second:
+			time.Sleep(delay)
+			delay *= 2
+		default:
+			return &os.PathError{Op: "rmdir", Path: dir, Err: err}
+		}
+	}
+}
+
+// removeStale empties and removes the job cgroups that a crashed rund left under parent. Only
+// directories named like a job id are touched.
+func (cg *cgroupFS) removeStale() {
+	entries, _ := os.ReadDir(cg.parent)
+	for _, e := range entries {
+		if _, err := parseULID(e.Name()); err != nil || !e.IsDir() {
+			continue
+		}
+		j := &jobCgroup{dir: filepath.Join(cg.parent, e.Name())}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := errors.Join(kill(j.dir), waitEmpty(ctx, j.dir), j.remove())
+		cancel()
+		log.Printf("removed stale job cgroup %s: %v", e.Name(), err)
+	}
+}
+
+// usage is what a job's cgroup accounted; a figure whose controller is off stays 0.
+type usage struct {
+	userUsec, systemUsec uint64
+	memCurrent, memPeak  uint64
+	ioRead, ioWrite      uint64
+	pids, oomKills       uint64
+}
+
+// readUsage reads the accounting files of one cgroup. Missing files (controller off) count as 0.
+func readUsage(dir string) usage {
+	read := func(name string) []byte {
+		b, _ := os.ReadFile(filepath.Join(dir, name))
+		return b
+	}
+	cpu, events := read("cpu.stat"), read("memory.events")
+	u := usage{
+		userUsec:   keyValue(cpu, "user_usec"),
+		systemUsec: keyValue(cpu, "system_usec"),
+		memCurrent: single(read("memory.current")),
+		memPeak:    single(read("memory.peak")),
+		pids:       single(read("pids.current")),
+		oomKills:   keyValue(events, "oom_kill"),
+	}
+	u.ioRead, u.ioWrite = ioBytes(read("io.stat"))
+	return u
+}
+
+// keyValue returns the value of key in a flat-keyed cgroup file ("key value" lines), or 0.
+func keyValue(data []byte, key string) uint64 {
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), " "); ok && k == key {
+			n, _ := strconv.ParseUint(v, 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// single parses a one-value cgroup file ("123\n"); "max" and junk read as 0.
+func single(data []byte) uint64 {
+	n, _ := strconv.ParseUint(string(bytes.TrimSpace(data)), 10, 64)
+	return n
+}
+
+// ioBytes sums rbytes and wbytes over the devices of a nested-keyed io.stat
+// ("8:0 rbytes=1 wbytes=2 rios=3 ...").
+func ioBytes(data []byte) (read, write uint64) {
+	for _, line := range strings.Split(string(data), "\n") {
+		for _, kv := range strings.Fields(line) {
+			k, v, _ := strings.Cut(kv, "=")
+			n, _ := strconv.ParseUint(v, 10, 64)
+			switch k {
+			case "rbytes":
+				read += n
+			case "wbytes":
+				write += n
+			}
+		}
+	}
+	return read, write
+}
+
+// writeFile writes one value to a cgroup control file. The kernel applies each write(2) as a unit, so
+// the value must go in a single call; os.WriteFile's error already names the op and the path.
+func writeFile(path, value string) error {
+	return os.WriteFile(path, []byte(value), 0)
+}
+
+func readString(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
+}

@@ -1,0 +1,248 @@
+package main
+
+// client.go is "rund client": one subcommand per RPC plus "run" (start, follow the log, exit with the
+// job's code). Output rules: start prints the id alone; status, stop and list print JSON; log writes the
+// job's stdout to stdout and its stderr to stderr; every error is one line on stderr and a non-zero exit.
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"rund/rpcpb"
+)
+
+const clientUsage = `usage: rund client <command> [flags] [args]
+
+commands:
+  start [limits] -- NAME [ARG...]   start a job; prints its id
+  run   [limits] -- NAME [ARG...]   start a job, stream its output, exit with its exit code
+  status ID                         JSON status
+  stop ID                           stop (SIGTERM, grace period, SIGKILL); JSON final status
+  log [-offset N] [-follow=false] ID   stream output: job stdout to stdout, stderr to stderr
+  list                              JSON status of all your jobs
+
+every command takes -addr, -ca, -cert, -key; "rund client start -h" lists the limits`
+
+// clientIO is where the client writes; tests replace it.
+type clientIO struct {
+	stdout, stderr io.Writer
+}
+
+// runClient runs one client command and returns the process exit code.
+func runClient(args []string, out clientIO) int {
+	if len(args) == 0 {
+		fmt.Fprintln(out.stderr, clientUsage)
+		return 2
+	}
+	cmd, args := args[0], args[1:]
+	code, err := clientCommand(cmd, args, out)
+	if err != nil {
+		if st, ok := status.FromError(err); ok && st.Code() != 0 {
+			err = fmt.Errorf("%v: %s", st.Code(), st.Message())
+		}
+		fmt.Fprintf(out.stderr, "rund client %s: %v\n", cmd, err)
+	}
+	return code
+}
+
+func clientCommand(cmd string, args []string, out clientIO) (int, error) {
+	fs := flag.NewFlagSet("rund client "+cmd, flag.ContinueOnError)
+	fs.SetOutput(out.stderr)
+	addr := fs.String("addr", "localhost:8000", "server address")
+	ca := fs.String("ca", "tls/ca.crt", "CA certificate that signed the server's certificate")
+	cert := fs.String("cert", "tls/client.crt", "client certificate")
+	key := fs.String("key", "tls/client.key", "client private key")
+	var build func() (*rpcpb.JobStartRequest, error)
+	offset := fs.Uint64("offset", 0, "log: start at this byte offset")
+	follow := fs.Bool("follow", true, "log: wait for more output until the job ends")
+	switch cmd {
+	case "start", "run":
+		build = startFlags(fs)
+	case "status", "stop", "log", "list":
+	default:
+		return 2, fmt.Errorf("unknown command %q\n%s", cmd, clientUsage)
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2, err
+	}
+	wantArgs := map[string]int{"status": 1, "stop": 1, "log": 1, "list": 0}
+	if n, ok := wantArgs[cmd]; ok && fs.NArg() != n {
+		return 2, fmt.Errorf("want %d argument(s), got %d\n%s", n, fs.NArg(), clientUsage)
+	}
+	conn, c, err := dial(*addr, *ca, *cert, *key)
+	if err != nil {
+		return 1, err
+	}
+	defer conn.Close()
+	ctx := context.Background()
+	id := &rpcpb.JobIdentifier{Ulid: fs.Arg(0)}
+	switch cmd {
+	case "start", "run":
+		req, err := build()
+		if err != nil {
+			return 2, err
+		}
+		if req.Name, req.Args = fs.Arg(0), fs.Args()[min(1, fs.NArg()):]; cmd == "start" {
+			return printID(c.Start(ctx, req))(out)
+		}
+		return runJob(ctx, c, req, out)
+	case "status":
+		return printJSON(c.Status(ctx, id))(out)
+	case "stop":
+		return printJSON(c.Stop(ctx, id))(out)
+	case "list":
+		return printJSON(c.List(ctx, &rpcpb.ListRequest{}))(out)
+	}
+	_, err = streamLog(ctx, c, &rpcpb.LogRequest{Ulid: id.Ulid, Offset: *offset, NoFollow: !*follow}, out)
+	return exitOnErr(err)
+}
+
+// startFlags registers the limit flags. A limit is sent only when its flag is given, so "-max_pids 0"
+// reaches the server and gets its clear error instead of silently meaning "no limit".
+func startFlags(fs *flag.FlagSet) func() (*rpcpb.JobStartRequest, error) {
+	u64 := map[string]*uint64{}
+	for _, n := range []string{"max_memory_usage", "max_rbps", "max_wbps", "max_riops", "max_wiops", "max_pids"} {
+		u64[n] = fs.Uint64(n, 0, strings.TrimPrefix(n, "max_")+" limit")
+	}
+	cpu := fs.Uint("max_cpu_bandwidth", 0, "cpu.max quota in us per 100000 us period")
+	dir := fs.String("dir", "", "absolute working directory (default /)")
+	grace := fs.Duration("grace", 0, "stop grace period between SIGTERM and SIGKILL (default 10s)")
+	var env []string
+	fs.Func("env", "KEY=VALUE added to the job's environment (repeatable)", func(s string) error {
+		env = append(env, s)
+		return nil
+	})
+	return func() (*rpcpb.JobStartRequest, error) {
+		req := &rpcpb.JobStartRequest{Env: env, Dir: *dir}
+		targets := map[string]**wrapperspb.UInt64Value{
+			"max_memory_usage": &req.MaxMemoryUsage, "max_rbps": &req.MaxRbps, "max_wbps": &req.MaxWbps,
+			"max_riops": &req.MaxRiops, "max_wiops": &req.MaxWiops, "max_pids": &req.MaxPids,
+		}
+		var err error
+		fs.Visit(func(f *flag.Flag) {
+			if t := targets[f.Name]; t != nil {
+				*t = wrapperspb.UInt64(*u64[f.Name])
+			}
+			switch f.Name {
+			case "max_cpu_bandwidth":
+				if *cpu > 1<<32-1 {
+					err = fmt.Errorf("-max_cpu_bandwidth %d does not fit in 32 bits", *cpu)
+				}
+				req.MaxCpuBandwidth = wrapperspb.UInt32(uint32(*cpu))
+			case "grace":
+				req.StopGracePeriod = durationpb.New(*grace)
+			}
+		})
+		if fs.NArg() == 0 && err == nil {
+			err = errors.New("no command given: rund client start [flags] -- NAME [ARG...]")
+		}
+		return req, err
+	}
+}
+
+func dial(addr, ca, cert, key string) (*grpc.ClientConn, rpcpb.JobControllerClient, error) {
+	cfg, err := clientTLS(ca, cert, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		return nil, nil, err
+	}
+	return conn, rpcpb.NewJobControllerClient(conn), nil
+}
+
+func exitOnErr(err error) (int, error) {
+	if err != nil {
+		return 1, err
+	}
+	return 0, nil
+}
+
+func printID(id *rpcpb.JobIdentifier, err error) func(clientIO) (int, error) {
+	return func(out clientIO) (int, error) {
+		if err == nil {
+			fmt.Fprintln(out.stdout, id.GetUlid())
+		}
+		return exitOnErr(err)
+	}
+}
+
+func printJSON[M proto.Message](m M, err error) func(clientIO) (int, error) {
+	return func(out clientIO) (int, error) {
+		if err == nil {
+			b, merr := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
+			if err = merr; err == nil {
+				fmt.Fprintln(out.stdout, string(b))
+			}
+		}
+		return exitOnErr(err)
+	}
+}
+
+// streamLog writes a job's output until the stream ends and returns the offset after the last byte.
+// A gap (bytes overwritten before they could be sent) is reported on stderr.
+func streamLog(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.LogRequest, out clientIO) (uint64, error) {
+	stream, err := c.ReadLog(ctx, req)
+	if err != nil {
+		return req.Offset, err
+	}
+	next := req.Offset
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return next, nil
+		}
+		if err != nil {
+			return next, err
+		}
+		if msg.Lost > 0 {
+			fmt.Fprintf(out.stderr, "rund: %d bytes of output were lost before offset %d (the server's log buffer overflowed)\n",
+				msg.Lost, msg.Offset)
+		}
+		out.stdout.Write(msg.Stdout)
+		out.stderr.Write(msg.Stderr)
+		next = msg.Offset + uint64(len(msg.Stdout)+len(msg.Stderr))
+	}
+}
+
+// runJob starts a job, follows its log (resuming from the last offset if the stream breaks) and
+// returns the job's exit code, or 128+signal as a shell would.
+func runJob(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.JobStartRequest, out clientIO) (int, error) {
+	id, err := c.Start(ctx, req)
+	if err != nil {
+		return 1, err
+	}
+	lr := &rpcpb.LogRequest{Ulid: id.Ulid}
+	for tries := 0; ; tries++ {
+		lr.Offset, err = streamLog(ctx, c, lr, out)
+		if err == nil {
+			break
+		}
+		if tries == 5 {
+			return 1, fmt.Errorf("job %s: %w", id.Ulid, err)
+		}
+		time.Sleep(time.Duration(tries+1) * 200 * time.Millisecond) // reconnect backoff
+	}
+	st, err := c.Status(ctx, id)
+	if err != nil {
+		return 1, err
+	}
+	if st.ExitCode != nil {
+		return int(st.ExitCode.Value), nil
+	}
+	return 128 + int(st.GetSignal().GetValue()), nil
+}

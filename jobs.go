@@ -1,0 +1,457 @@
+package main
+
+// jobs.go owns the job table and each job's life: validate, create the cgroup, spawn, pump output into
+// the ring, wait, collect the final accounting, remove the cgroup, and evict old records.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"os"
+	"runtime"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Request bounds. The kernel's own are MAX_ARG_STRLEN (128 KiB per string) and a total near 2 MiB
+// (execve(2)); ours are lower so one request cannot pin much server memory.
+const (
+	maxArgs         = 1024
+	maxEnv          = 256
+	maxStringBytes  = 128 << 10
+	maxCommandBytes = 512 << 10
+	minCPUQuota     = 1000 // the kernel's minimum cpu.max quota, in us
+	cpuPeriod       = 100000
+	defaultGrace    = 10 * time.Second
+	maxGrace        = 10 * time.Minute
+)
+
+// jobSpec is a validated Start request.
+type jobSpec struct {
+	argv  []string
+	env   []string
+	dir   string
+	grace time.Duration
+	lim   limits
+}
+
+// job is one job. Fields above mu are set before the job is published and never change.
+type job struct {
+	id      string
+	owner   []string // SANs of the certificate that started it
+	command []string
+	grace   time.Duration
+	started time.Time
+	cg      *jobCgroup
+	proc    *proc
+	log     *ring
+	outputs [2]*os.File    // read ends of the stdout and stderr pipes
+	pumps   sync.WaitGroup // the two goroutines copying outputs into log
+	done    chan struct{}  // closed once the fields below mu are final
+
+	mu            sync.Mutex // guards the fields below
+	stopRequested bool
+	ended         time.Time
+	exit          exitInfo
+	final         usage
+}
+
+// manager is the job table.
+type manager struct {
+	cg         *cgroupFS
+	ringSize   int
+	retainJobs int           // finished jobs kept, newest first
+	retainFor  time.Duration // finished jobs older than this are evicted
+
+	mu       sync.Mutex // guards jobs and closing
+	jobs     map[string]*job
+	closing  bool
+	watchers sync.WaitGroup // one per live job, done when its cgroup is gone
+}
+
+func newManager(cg *cgroupFS, ringSize, retainJobs int, retainFor time.Duration) *manager {
+	return &manager{cg: cg, ringSize: ringSize, retainJobs: retainJobs, retainFor: retainFor,
+		jobs: map[string]*job{}}
+}
+
+// validate checks a request completely before anything is touched.
+func validate(name string, args, env []string, dir string, grace time.Duration, lim limits) (*jobSpec, error) {
+	bad := func(format string, a ...any) (*jobSpec, error) {
+		return nil, status.Errorf(codes.InvalidArgument, format, a...)
+	}
+	if name == "" {
+		return bad("command name is empty")
+	}
+	if len(args) > maxArgs || len(env) > maxEnv {
+		return bad("at most %d args and %d env entries, got %d and %d", maxArgs, maxEnv, len(args), len(env))
+	}
+	total := 0
+	for _, s := range append(append([]string{name, dir}, args...), env...) {
+		if len(s) > maxStringBytes {
+			return bad("an argument or env entry is %d bytes; the limit is %d", len(s), maxStringBytes)
+		}
+		if containsNUL(s) {
+			return bad("command, args, env and dir cannot contain a NUL byte")
+		}
+		total += len(s)
+	}
+	if total > maxCommandBytes {
+		return bad("command, args and env total %d bytes; the limit is %d", total, maxCommandBytes)
+	}
+	for _, kv := range env {
+		if k, _, ok := cutEnv(kv); !ok || k == "" {
+			return bad("env entry %.40q is not KEY=VALUE", kv)
+		}
+	}
+	if dir == "" {
+		dir = "/"
+	}
+	if dir[0] != '/' {
+		return bad("working directory %.40q is not an absolute path", dir)
+	}
+	switch {
+	case grace == 0:
+		grace = defaultGrace
+	case grace < 0 || grace > maxGrace:
+		return bad("stop grace period %v is outside 0..%v", grace, maxGrace)
+	}
+	if err := validateLimits(lim); err != nil {
+		return nil, err
+	}
+	return &jobSpec{argv: append([]string{name}, args...), env: jobEnv(env), dir: dir, grace: grace, lim: lim}, nil
+}
+
+func validateLimits(lim limits) error {
+	bad := func(format string, a ...any) error { return status.Errorf(codes.InvalidArgument, format, a...) }
+	maxQuota := uint64(cpuPeriod * runtime.NumCPU())
+	if lim.cpuQuota != 0 && (lim.cpuQuota < minCPUQuota || lim.cpuQuota > maxQuota) {
+		return bad("max_cpu_bandwidth %d is outside %d..%d (us per %d us period, %d CPUs)",
+			lim.cpuQuota, minCPUQuota, maxQuota, cpuPeriod, runtime.NumCPU())
+	}
+	page, mem := uint64(os.Getpagesize()), physicalMemory()
+	if lim.memory != 0 && (lim.memory < page || lim.memory > mem) {
+		return bad("max_memory_usage %d is outside %d..%d bytes (one page .. this host's memory)", lim.memory, page, mem)
+	}
+	return nil
+}
+
+// physicalMemory is the host's RAM in bytes; a memory limit above it would limit nothing.
+func physicalMemory() uint64 {
+	var si syscall.Sysinfo_t
+	if syscall.Sysinfo(&si) != nil {
+		return 1 << 62
+	}
+	return si.Totalram * uint64(si.Unit)
+}
+
+// jobEnv is the minimal environment every job gets, then the request's entries (later ones win).
+func jobEnv(extra []string) []string {
+	env := []string{"PATH=" + defaultPath, "HOME=/root", "TERM=dumb"}
+	seen := map[string]int{}
+	for i, kv := range env {
+		k, _, _ := cutEnv(kv)
+		seen[k] = i
+	}
+	for _, kv := range extra {
+		k, _, _ := cutEnv(kv)
+		if i, ok := seen[k]; ok {
+			env[i] = kv
+			continue
+		}
+		seen[k] = len(env)
+		env = append(env, kv)
+	}
+	return env
+}
+
+func cutEnv(kv string) (k, v string, ok bool) {
+	for i := 0; i < len(kv); i++ {
+		if kv[i] == '=' {
+			return kv[:i], kv[i+1:], true
+		}
+	}
+	return "", "", false
+}
+
+func containsNUL(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// start runs a validated job for owner.
+func (m *manager) start(owner []string, spec *jobSpec) (*job, error) {
+	if c := m.cg.missing(spec.lim); c != "" {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"this host cannot enforce the requested limit: cgroup controller %s is not available", c)
+	}
+	m.mu.Lock()
+	closing := m.closing
+	m.mu.Unlock()
+	if closing {
+		return nil, status.Error(codes.Unavailable, "server is shutting down")
+	}
+	id, err := newULID(time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("new job id: %w", err)
+	}
+	j := &job{id: id.String(), owner: owner, command: spec.argv, grace: spec.grace,
+		log: newRing(m.ringSize), done: make(chan struct{})}
+	if j.cg, err = m.cg.create(j.id, spec.lim); err != nil {
+		return nil, fmt.Errorf("create job cgroup: %w", err)
+	}
+	if err := j.spawn(spec); err != nil {
+		j.cg.remove()
+		return nil, err
+	}
+	m.mu.Lock()
+	m.jobs[j.id] = j
+	m.watchers.Add(1)
+	m.mu.Unlock()
+	go m.watch(j)
+	return j, nil
+}
+
+// spawn starts the job's init with two pipes for output and the goroutines that pump them.
+func (j *job) spawn(spec *jobSpec) error {
+	var pipes [4]*os.File // out r/w, err r/w
+	var err error
+	if pipes[0], pipes[1], err = os.Pipe(); err == nil {
+		pipes[2], pipes[3], err = os.Pipe()
+	}
+	if err != nil {
+		closeAll(pipes[:])
+		return fmt.Errorf("create output pipes: %w", err)
+	}
+	j.started = time.Now()
+	cfg := initConfig{Hostname: j.id, Argv: spec.argv, Env: spec.env, Dir: spec.dir}
+	j.proc, err = spawn(j.cg, cfg, pipes[1], pipes[3])
+	closeAll([]*os.File{pipes[1], pipes[3]}) // the job holds its own copies
+	if err != nil {
+		closeAll([]*os.File{pipes[0], pipes[2]})
+		return err
+	}
+	j.pumps.Add(2)
+	go j.pump(stdoutStream, pipes[0])
+	go j.pump(stderrStream, pipes[2])
+	j.outputs = [2]*os.File{pipes[0], pipes[2]}
+	return nil
+}
+
+func closeAll(fs []*os.File) {
+	for _, f := range fs {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
+// pump copies one output pipe into the ring until every writer is gone. The 64 KiB reads match the
+// default pipe capacity (pipe(7)), so a job writing flat out needs few wakeups.
+func (j *job) pump(s stream, f *os.File) {
+	defer j.pumps.Done()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := f.Read(buf)
+		j.log.Write(s, buf[:n])
+		if err != nil {
+			return
+		}
+	}
+}
+
+// watch waits for the job to end and then cleans up after it, in this order: the init's exit report;
+// cgroup.kill for anything left; the cgroup empty; the output drained; the final accounting; the
+// cgroup removed; the status published; the log closed (so a reader that sees EOF sees a final status).
+func (m *manager) watch(j *job) {
+	defer m.watchers.Done()
+	exit := j.proc.wait()
+	if err := kill(j.cg.dir); err != nil {
+		log.Printf("job %s: %v", j.id, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	if err := waitEmpty(ctx, j.cg.dir); err != nil {
+		log.Printf("job %s: %v", j.id, err)
+	}
+	cancel()
+	j.drain()
+	final := readUsage(j.cg.jobDir())
+	if err := j.cg.remove(); err != nil {
+		log.Printf("job %s: remove cgroup: %v", j.id, err)
+	}
+	j.mu.Lock()
+	j.ended, j.exit, j.final = time.Now(), exit, final
+	j.mu.Unlock()
+	close(j.done)
+	j.log.Close()
+	m.evict()
+}
+
+// drain waits for the pumps to read the last bytes. Every job process is gone by now, but a job could
+// have passed its pipe to a process outside (over a unix socket on the shared filesystem); such a
+// holder must not keep the log open forever, so after a short wait the read ends are closed.
+func (j *job) drain() {
+	done := make(chan struct{})
+	go func() { j.pumps.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		closeAll(j.outputs[:])
+		<-done
+	}
+	closeAll(j.outputs[:])
+}
+
+// stop asks the job to end: SIGTERM to the command, then after the grace period SIGKILL to every
+// process of the command's cgroup. It returns once the job's cleanup is done or ctx ends.
+func (j *job) stop(ctx context.Context) error {
+	j.mu.Lock()
+	over := !j.ended.IsZero()
+	j.stopRequested = j.stopRequested || !over // a job that already ended keeps its own state
+	j.mu.Unlock()
+	if over {
+		return nil
+	}
+	j.proc.signal(syscall.SIGTERM)
+	timer := time.NewTimer(j.grace)
+	defer timer.Stop()
+	select {
+	case <-j.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.C:
+	}
+	// Killing job/ and not the init lets the init report the command's SIGKILL exactly.
+	if err := kill(j.cg.jobDir()); err != nil {
+		log.Printf("job %s: %v", j.id, err)
+	}
+	select {
+	case <-j.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// snapshot is a job's status at one moment.
+type snapshot struct {
+	id            string
+	command       []string
+	started       time.Time
+	running       bool
+	stopRequested bool
+	ended         time.Time
+	exit          exitInfo
+	use           usage
+}
+
+func (j *job) snapshot() snapshot {
+	j.mu.Lock()
+	s := snapshot{id: j.id, command: j.command, started: j.started, stopRequested: j.stopRequested,
+		ended: j.ended, exit: j.exit, use: j.final}
+	j.mu.Unlock()
+	select {
+	case <-j.done:
+	default:
+		s.running = true
+		s.use = readUsage(j.cg.jobDir())
+	}
+	return s
+}
+
+// get returns the job with id if owner may see it. A job that exists but belongs to someone else is
+// reported exactly like one that does not exist.
+func (m *manager) get(id string, caller []string) (*job, error) {
+	m.mu.Lock()
+	j := m.jobs[id]
+	m.mu.Unlock()
+	if j == nil || !sharesIdentity(j.owner, caller) {
+		return nil, status.Errorf(codes.NotFound, "job %s not found", id)
+	}
+	return j, nil
+}
+
+// list returns the caller's jobs, oldest first.
+func (m *manager) list(caller []string) []*job {
+	m.evict()
+	m.mu.Lock()
+	var js []*job
+	for _, j := range m.jobs {
+		if sharesIdentity(j.owner, caller) {
+			js = append(js, j)
+		}
+	}
+	m.mu.Unlock()
+	sort.Slice(js, func(a, b int) bool { return js[a].id < js[b].id }) // ULIDs sort by time
+	return js
+}
+
+// evict drops finished jobs beyond the retention bounds, oldest first.
+func (m *manager) evict() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var finished []*job
+	for _, j := range m.jobs {
+		select {
+		case <-j.done:
+			finished = append(finished, j)
+		default:
+		}
+	}
+	sort.Slice(finished, func(a, b int) bool { return finished[a].ended.Before(finished[b].ended) })
+	cutoff := time.Now().Add(-m.retainFor)
+	for i, j := range finished {
+		if len(finished)-i > m.retainJobs || j.ended.Before(cutoff) {
+			delete(m.jobs, j.id)
+		}
+	}
+}
+
+// shutdown refuses new jobs, stops every running one (each with its own grace period, all at once)
+// and returns when all their cgroups are gone.
+func (m *manager) shutdown() {
+	m.mu.Lock()
+	m.closing = true
+	var live []*job
+	for _, j := range m.jobs {
+		live = append(live, j)
+	}
+	m.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, j := range live {
+		wg.Add(1)
+		go func() { defer wg.Done(); j.stop(context.Background()) }()
+	}
+	wg.Wait()
+	m.watchers.Wait()
+}
+
+// startErrorStatus turns a failed exec into the gRPC status a client can act on.
+func startErrorStatus(err error) error {
+	var se *startError
+	if !errors.As(err, &se) {
+		return err
+	}
+	code := codes.Internal
+	switch {
+	case se.stage == "dir":
+		code = codes.InvalidArgument
+	case se.errno == syscall.ENOENT:
+		code = codes.NotFound
+	case se.errno == syscall.EACCES || se.errno == syscall.EPERM:
+		code = codes.PermissionDenied
+	case se.errno == syscall.ENOEXEC || se.errno == syscall.E2BIG:
+		code = codes.InvalidArgument
+	}
+	return status.Error(code, se.msg)
+}

@@ -1,0 +1,151 @@
+// Command rund runs Linux processes ("jobs") for remote clients over mutual TLS, each in its own
+// cgroup v2 and PID, mount, network, UTS and IPC namespaces. See README.md.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"rund/rpcpb"
+)
+
+const mainUsage = `usage: rund <command> [flags]
+
+commands:
+  serve     run the server (rund serve -h for flags)
+  client    talk to a server (rund client for its commands)
+  certs     write a development PKI (CA, server and two client certificates)`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, mainUsage)
+		os.Exit(2)
+	}
+	var code int
+	switch os.Args[1] {
+	case "serve":
+		code = runServe(os.Args[2:])
+	case "client":
+		code = runClient(os.Args[2:], clientIO{os.Stdout, os.Stderr})
+	case "certs":
+		code = runCerts(os.Args[2:])
+	case "init":
+		code = runInit()
+	default:
+		fmt.Fprintln(os.Stderr, mainUsage)
+		code = 2
+	}
+	os.Exit(code)
+}
+
+// serveConfig is everything "rund serve" takes from its flags.
+type serveConfig struct {
+	addr, ca, cert, key string
+	cgroupParent        string
+	ioDevices           []string
+	ringSize            int
+	retainJobs          int
+	retainFor           time.Duration
+}
+
+func runServe(args []string) int {
+	var c serveConfig
+	fs := flag.NewFlagSet("rund serve", flag.ContinueOnError)
+	fs.StringVar(&c.addr, "addr", ":8000", "listen address")
+	fs.StringVar(&c.ca, "ca", "tls/ca.crt", "CA certificate that client certificates must chain to")
+	fs.StringVar(&c.cert, "cert", "tls/server.crt", "server certificate")
+	fs.StringVar(&c.key, "key", "tls/server.key", "server private key (mode 0600)")
+	fs.StringVar(&c.cgroupParent, "cgroup", "", "cgroup2 directory for job cgroups (default <cgroup2 mount>/rund)")
+	io := fs.String("io_devices", "", "comma-separated MAJ:MIN block devices for io limits (default: the disk behind /)")
+	fs.IntVar(&c.ringSize, "log_buffer", 1<<20, "bytes of output kept per job")
+	fs.IntVar(&c.retainJobs, "retain_jobs", 1000, "finished jobs kept for status and log")
+	fs.DurationVar(&c.retainFor, "retain_for", 24*time.Hour, "finished jobs older than this are forgotten")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+		return 2
+	}
+	if *io != "" {
+		c.ioDevices = strings.Split(*io, ",")
+	}
+	if c.ringSize < maxChunk {
+		log.Printf("rund serve: -log_buffer must be at least %d bytes", maxChunk)
+		return 2
+	}
+	if err := serve(c); err != nil {
+		log.Printf("rund serve: %v", err)
+		return 1
+	}
+	return 0
+}
+
+// serve runs the server until SIGTERM or SIGINT, then stops accepting, ends every job, removes their
+// cgroups and returns nil.
+func serve(c serveConfig) error {
+	tlsCfg, err := serverTLS(c.ca, c.cert, c.key)
+	if err != nil {
+		return err
+	}
+	cg, err := setupCgroups(c.cgroupParent, c.ioDevices)
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", c.addr)
+	if err != nil {
+		return err
+	}
+	m := newManager(cg, c.ringSize, c.retainJobs, c.retainFor)
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), grpc.MaxRecvMsgSize(1<<20))
+	rpcpb.RegisterJobControllerServer(srv, &server{m: m})
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+	log.Printf("rund serving on %s; jobs in %s; controllers %v; io devices %v",
+		lis.Addr(), cg.parent, keys(cg.available), cg.ioDevices)
+	select {
+	case err = <-served:
+	case s := <-sigs:
+		log.Printf("%v: stopping every job", s)
+	}
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }() // refuses new calls at once
+	m.shutdown()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		srv.Stop()
+	}
+	return err
+}
+
+func keys(m map[string]bool) []string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	return ks
+}
+
+func runCerts(args []string) int {
+	fs := flag.NewFlagSet("rund certs", flag.ContinueOnError)
+	dir := fs.String("dir", "tls", "directory to write into; existing keys are never overwritten")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if err := writeDevPKI(*dir); err != nil {
+		log.Printf("rund certs: %v", err)
+		return 1
+	}
+	fmt.Printf("wrote a development PKI to %s/\n", *dir)
+	return 0
+}

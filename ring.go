@@ -1,0 +1,197 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+)
+
+// maxChunk bounds the bytes returned by one Read.
+const maxChunk = 32764 // grpc-go makes a 32,768-byte payload cost a 1 MiB buffer; stay under it.
+
+// stream tags which pipe a byte came from.
+type stream uint8
+
+const (
+	stdoutStream stream = 1
+	stderrStream stream = 2
+)
+
+// errOffsetBeyondEnd is returned by Read when off > bytes written so far.
+var errOffsetBeyondEnd = errors.New("ring: offset beyond end of output")
+
+// segment marks where a run of bytes of one stream starts. A segment covers
+// [start, next segment's start), or [start, tail) for the last one.
+type segment struct {
+	start int64
+	s     stream
+}
+
+// ring is a bounded, in-memory broadcast buffer holding the most recent
+// output of one job: stdout and stderr interleaved in arrival order, each
+// byte tagged with its stream through the segment deque. Offsets are
+// absolute: offset o is stored at data[o%len(data)] while head <= o < tail.
+//
+// The writer never waits for readers: readers hold mu only for a binary
+// search and a copy of at most maxChunk bytes, and slow readers simply find
+// their offset evicted (Read reports how much they lost).
+//
+// Memory is fixed at construction: len(data) = capacity bytes plus
+// capacity/64 segments of 16 bytes = capacity/4 bytes, so the worst case is
+// 1.25*capacity plus a small constant, whatever the writes look like. If the
+// segment deque is full (e.g. 1-byte writes alternating stdout/stderr), the
+// oldest segment is evicted whole, so fewer than capacity bytes are then held
+// (at least capacity/64 of them, the newest).
+type ring struct {
+	mu      sync.Mutex    // guards every field below; data's contents too
+	data    []byte        // mu: preallocated, fixed length = capacity
+	head    int64         // mu: oldest offset held
+	tail    int64         // mu: next offset to be written (= total bytes written)
+	segs    []segment     // mu: circular deque storage, fixed length capacity/64
+	segHead int           // mu: index in segs of the oldest segment
+	segLen  int           // mu: number of segments in use; its first starts <= head
+	closed  bool          // mu: Close was called
+	wake    chan struct{} // mu: nil unless a reader waits; closed (and reset to nil) by Write and Close
+}
+
+// newRing returns a ring holding up to capacity bytes of output.
+func newRing(capacity int) *ring {
+	if capacity < maxChunk {
+		panic(fmt.Sprintf("ring: capacity %d < maxChunk %d", capacity, maxChunk))
+	}
+	return &ring{data: make([]byte, capacity), segs: make([]segment, capacity/64)}
+}
+
+// seg returns the i-th oldest segment. Caller holds mu and i < segLen.
+func (r *ring) seg(i int) *segment { return &r.segs[(r.segHead+i)%len(r.segs)] }
+
+// popSeg drops the oldest segment. Caller holds mu.
+func (r *ring) popSeg() {
+	r.segHead = (r.segHead + 1) % len(r.segs)
+	r.segLen--
+}
+
+// broadcast wakes every blocked reader. Caller holds mu.
+func (r *ring) broadcast() {
+	if r.wake != nil {
+		close(r.wake)
+		r.wake = nil
+	}
+}
+
+// Write appends p as output of stream s, evicting the oldest bytes as
+// needed. If p is longer than the capacity, only its last capacity bytes are
+// kept; the rest count as written and evicted. Writes after Close are
+// dropped. Write does not retain p and does not allocate.
+func (r *ring) Write(s stream, p []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed || len(p) == 0 {
+		return
+	}
+	if r.segLen == 0 || r.seg(r.segLen-1).s != s {
+		if r.segLen == len(r.segs) { // deque full: evict the oldest segment whole
+			r.popSeg()
+			r.head = max(r.head, r.seg(0).start)
+		}
+		r.segLen++
+		*r.seg(r.segLen - 1) = segment{start: r.tail, s: s}
+	}
+	size := int64(len(r.data))
+	r.tail += int64(len(p))
+	if int64(len(p)) > size {
+		p = p[int64(len(p))-size:]
+	}
+	pos := (r.tail - int64(len(p))) % size // where the kept part of p starts
+	n := copy(r.data[pos:], p)
+	copy(r.data, p[n:])
+	r.head = max(r.head, r.tail-size)
+	for r.segLen > 1 && r.seg(1).start <= r.head { // the oldest segment is fully evicted
+		r.popSeg()
+	}
+	r.broadcast()
+}
+
+// Close marks the end of output: readers drain what is held, then get io.EOF.
+// It is idempotent.
+func (r *ring) Close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closed = true
+	r.broadcast()
+}
+
+// Bounds returns the oldest held offset and the next offset to be written.
+func (r *ring) Bounds() (head, tail int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.head, r.tail
+}
+
+// Read copies into buf the next run of bytes of one stream, starting at off,
+// or at the oldest held byte if off was evicted. It returns the n bytes
+// copied (n <= min(len(buf), maxChunk)), their stream, the offset at of the
+// first byte, and lost = at - off, the bytes evicted before this reader saw
+// them. Resume with off = at + n.
+//
+// At the tail, Read returns io.EOF if follow is false or the ring is closed;
+// otherwise it blocks until data arrives, Close, or ctx is done (ctx.Err()).
+// If off > tail, it returns an error wrapping errOffsetBeyondEnd; an empty buf
+// or a negative off is an error too.
+func (r *ring) Read(ctx context.Context, off int64, buf []byte, follow bool) (n int, s stream, at int64, lost int64, err error) {
+	if len(buf) == 0 || off < 0 {
+		return 0, 0, off, 0, fmt.Errorf("ring: Read with offset %d into %d-byte buffer", off, len(buf))
+	}
+	buf = buf[:min(len(buf), maxChunk)]
+	at = off
+	for {
+		r.mu.Lock()
+		if at > r.tail {
+			tail := r.tail
+			r.mu.Unlock()
+			return 0, 0, at, lost, fmt.Errorf("%w: offset %d, tail %d", errOffsetBeyondEnd, at, tail)
+		}
+		if at < r.head {
+			lost += r.head - at
+			at = r.head
+		}
+		if at < r.tail {
+			n, s = r.copyOut(at, buf)
+			r.mu.Unlock()
+			return n, s, at, lost, nil
+		}
+		if !follow || r.closed {
+			r.mu.Unlock()
+			return 0, 0, at, lost, io.EOF
+		}
+		if r.wake == nil {
+			r.wake = make(chan struct{})
+		}
+		wake := r.wake
+		r.mu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return 0, 0, at, lost, ctx.Err()
+		}
+	}
+}
+
+// copyOut copies bytes from offset at, up to the end of at's segment, into
+// buf. Caller holds mu and head <= at < tail.
+func (r *ring) copyOut(at int64, buf []byte) (int, stream) {
+	// i = index of the first segment starting after at; at lies in segment i-1.
+	i := sort.Search(r.segLen, func(i int) bool { return r.seg(i).start > at })
+	end := r.tail
+	if i < r.segLen {
+		end = r.seg(i).start
+	}
+	n := int(min(end-at, int64(len(buf))))
+	pos := at % int64(len(r.data))
+	c := copy(buf[:n], r.data[pos:])
+	copy(buf[c:n], r.data)
+	return n, r.seg(i - 1).s
+}

@@ -1,0 +1,217 @@
+package main
+
+// server.go is the gRPC face of the job manager: it authenticates each call, maps requests to jobs and
+// errors to status codes. Clients never see a host path: internal errors are logged here in full and
+// answered with a short Internal status.
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"rund/rpcpb"
+)
+
+type server struct {
+	rpcpb.UnimplementedJobControllerServer
+	m *manager
+}
+
+// publicError passes status errors through and hides anything else behind Internal.
+func publicError(op string, err error) error {
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	log.Printf("%s: %v", op, err)
+	return status.Errorf(codes.Internal, "%s failed on the server; its log has the details", op)
+}
+
+func (s *server) Start(ctx context.Context, req *rpcpb.JobStartRequest) (*rpcpb.JobIdentifier, error) {
+	caller, err := callerIdentity(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(caller) == 0 {
+		return nil, status.Error(codes.PermissionDenied,
+			"your certificate has no subject alternative name, so jobs could not be tied to you")
+	}
+	lim := limits{
+		cpuQuota: uint64(req.GetMaxCpuBandwidth().GetValue()),
+		memory:   req.GetMaxMemoryUsage().GetValue(),
+		pids:     req.GetMaxPids().GetValue(),
+		rbps:     req.GetMaxRbps().GetValue(),
+		wbps:     req.GetMaxWbps().GetValue(),
+		riops:    req.GetMaxRiops().GetValue(),
+		wiops:    req.GetMaxWiops().GetValue(),
+	}
+	if err := zeroLimit(req); err != nil {
+		return nil, err
+	}
+	var grace time.Duration
+	if g := req.GetStopGracePeriod(); g != nil {
+		if err := g.CheckValid(); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "stop_grace_period: %v", err)
+		}
+		if grace = g.AsDuration(); grace == 0 {
+			grace = -1 // an explicit 0 is invalid, unlike an unset one
+		}
+	}
+	spec, err := validate(req.GetName(), req.GetArgs(), req.GetEnv(), req.GetDir(), grace, lim)
+	if err != nil {
+		return nil, err
+	}
+	j, err := s.m.start(caller, spec)
+	if err != nil {
+		return nil, publicError("start job", startErrorStatus(err))
+	}
+	return &rpcpb.JobIdentifier{Ulid: j.id}, nil
+}
+
+// zeroLimit rejects a limit that is set to 0: the wrappers say "set", and no controller takes 0 as a
+// limit (io.max and pids.max would read it as "nothing at all", cpu.max refuses it).
+func zeroLimit(req *rpcpb.JobStartRequest) error {
+	if w := req.GetMaxCpuBandwidth(); w != nil && w.GetValue() == 0 {
+		return status.Error(codes.InvalidArgument, "max_cpu_bandwidth is 0; leave it unset for no limit")
+	}
+	for name, w := range map[string]*wrapperspb.UInt64Value{
+		"max_memory_usage": req.GetMaxMemoryUsage(), "max_pids": req.GetMaxPids(),
+		"max_rbps": req.GetMaxRbps(), "max_wbps": req.GetMaxWbps(),
+		"max_riops": req.GetMaxRiops(), "max_wiops": req.GetMaxWiops(),
+	} {
+		if w != nil && w.GetValue() == 0 {
+			return status.Errorf(codes.InvalidArgument, "%s is 0; leave it unset for no limit", name)
+		}
+	}
+	return nil
+}
+
+// lookup authenticates the caller and finds a job it may see.
+func (s *server) lookup(ctx context.Context, id string) (*job, error) {
+	caller, err := callerIdentity(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := parseULID(id); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	return s.m.get(id, caller)
+}
+
+func (s *server) Stop(ctx context.Context, req *rpcpb.JobIdentifier) (*rpcpb.JobStatus, error) {
+	j, err := s.lookup(ctx, req.GetUlid())
+	if err != nil {
+		return nil, err
+	}
+	if err := j.stop(ctx); err != nil {
+		return nil, status.FromContextError(err).Err()
+	}
+	return statusProto(j.snapshot()), nil
+}
+
+func (s *server) Status(ctx context.Context, req *rpcpb.JobIdentifier) (*rpcpb.JobStatus, error) {
+	j, err := s.lookup(ctx, req.GetUlid())
+	if err != nil {
+		return nil, err
+	}
+	return statusProto(j.snapshot()), nil
+}
+
+func (s *server) List(ctx context.Context, _ *rpcpb.ListRequest) (*rpcpb.JobList, error) {
+	caller, err := callerIdentity(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := &rpcpb.JobList{}
+	for _, j := range s.m.list(caller) {
+		out.Jobs = append(out.Jobs, statusProto(j.snapshot()))
+	}
+	return out, nil
+}
+
+func (s *server) Log(req *rpcpb.JobIdentifier, stream grpc.ServerStreamingServer[rpcpb.JobLog]) error {
+	return s.ReadLog(&rpcpb.LogRequest{Ulid: req.GetUlid()}, stream)
+}
+
+func (s *server) ReadLog(req *rpcpb.LogRequest, stream grpc.ServerStreamingServer[rpcpb.JobLog]) error {
+	ctx := stream.Context()
+	j, err := s.lookup(ctx, req.GetUlid())
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, maxChunk)
+	off := int64(req.GetOffset())
+	if off < 0 {
+		return status.Error(codes.OutOfRange, "offset is beyond any job's output")
+	}
+	for {
+		n, s, at, lost, err := j.log.Read(ctx, off, buf, !req.GetNoFollow())
+		switch {
+		case errors.Is(err, io.EOF):
+			return nil
+		case errors.Is(err, errOffsetBeyondEnd):
+			return status.Error(codes.OutOfRange, err.Error())
+		case err != nil:
+			return status.FromContextError(err).Err()
+		}
+		msg := &rpcpb.JobLog{Offset: uint64(at), Lost: uint64(lost)}
+		if s == stdoutStream {
+			msg.Stdout = buf[:n]
+		} else {
+			msg.Stderr = buf[:n]
+		}
+		// Send marshals msg before it returns, so buf can be reused.
+		if err := stream.Send(msg); err != nil {
+			return err
+		}
+		off = at + int64(n)
+	}
+}
+
+// statusProto fills the original fields with their original meaning and the extensions.
+func statusProto(s snapshot) *rpcpb.JobStatus {
+	st := &rpcpb.JobStatus{
+		Ulid:          s.id,
+		Command:       s.command,
+		StartTime:     timestamppb.New(s.started),
+		UserTime:      durationpb.New(time.Duration(s.use.userUsec) * time.Microsecond),
+		SystemTime:    durationpb.New(time.Duration(s.use.systemUsec) * time.Microsecond),
+		MemoryCurrent: s.use.memCurrent,
+		MemoryPeak:    s.use.memPeak,
+		IoReadBytes:   s.use.ioRead,
+		IoWriteBytes:  s.use.ioWrite,
+		PidsCurrent:   s.use.pids,
+		OomKills:      s.use.oomKills,
+		State:         rpcpb.JobStatus_STATE_RUNNING,
+	}
+	if s.running {
+		return st
+	}
+	st.EndTime = timestamppb.New(s.ended)
+	st.Stopped = s.stopRequested
+	if s.exit.exited {
+		st.ExitCode = wrapperspb.UInt32(uint32(s.exit.code))
+	} else {
+		st.Killed = true
+		st.Signal = wrapperspb.UInt32(uint32(s.exit.signal))
+	}
+	switch {
+	case st.Killed && s.exit.signal == 9 && s.use.oomKills > 0:
+		st.State = rpcpb.JobStatus_STATE_OOM_KILLED
+	case s.stopRequested:
+		st.State = rpcpb.JobStatus_STATE_STOPPED
+	case st.Killed:
+		st.State = rpcpb.JobStatus_STATE_SIGNALED
+	default:
+		st.State = rpcpb.JobStatus_STATE_EXITED
+	}
+	return st
+}

@@ -1,0 +1,350 @@
+package main
+
+// spawn.go starts a job: rund re-executes itself as "rund init", the PID 1 of the job's new PID, mount,
+// network, UTS and IPC namespaces, cloned straight into <job>/init with clone3 + CLONE_INTO_CGROUP. The
+// init prepares the namespaces, execs the command as PID 2 into <job>/job (clone3 again), forwards
+// signals to it, reaps orphans and reports the command's exact wait status back to rund.
+//
+// Why a PID 1 of our own: the kernel drops signals to a namespace's init that has no handler for them
+// (pid_namespaces(7)), so a command run as PID 1 could not be stopped with SIGTERM, and nothing would
+// reap the orphans it leaves. The init lives in its own unlimited cgroup, so the limits a client sets
+// are all its command gets.
+//
+// File descriptors of the init:
+//
+//	0      /dev/null
+//	1, 2   the job's stdout and stderr pipes (the command inherits them)
+//	3      config pipe: one JSON initConfig, then kept open as a lifeline: EOF means rund died
+//	4      report pipe: JSON initReports back to rund
+//	5      <job>/job cgroup directory, for CLONE_INTO_CGROUP of the command
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// defaultPath is the PATH of a job whose request sets none.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// initConfig is what rund tells the init.
+type initConfig struct {
+	Hostname string   `json:"hostname"`
+	Argv     []string `json:"argv"` // argv[0] is the command as requested
+	Env      []string `json:"env"`
+	Dir      string   `json:"dir"`
+}
+
+// initReport is what the init tells rund: first a start report (Pid, or Errno and Stage when the
+// command could not be started), then at most one exit report (Exited with Code, or Signal).
+type initReport struct {
+	Pid    int    `json:"pid,omitempty"`
+	Stage  string `json:"stage,omitempty"` // "path", "dir", "exec" or "setup"
+	Errno  int    `json:"errno,omitempty"`
+	Msg    string `json:"msg,omitempty"`
+	Exited bool   `json:"exited,omitempty"`
+	Code   int    `json:"code,omitempty"`
+	Signal int    `json:"signal,omitempty"`
+}
+
+// startError is a command that could not be started; stage and errno decide the gRPC code.
+type startError struct {
+	stage string
+	errno syscall.Errno
+	msg   string
+}
+
+func (e *startError) Error() string { return e.msg }
+
+// exitInfo is how a job's command ended.
+type exitInfo struct {
+	exited bool
+	code   int
+	signal int
+}
+
+// proc is a started init, as rund sees it.
+type proc struct {
+	cmd      *exec.Cmd
+	lifeline *os.File      // write end of the config pipe, held open while the job runs
+	reports  *json.Decoder // the report pipe
+	report   *os.File
+}
+
+// spawn starts the init of a job into cg and waits for its start report.
+func spawn(cg *jobCgroup, cfg initConfig, stdout, stderr *os.File) (*proc, error) {
+	initFD, err := os.Open(cg.initDir())
+	if err != nil {
+		return nil, err
+	}
+	defer initFD.Close()
+	jobFD, err := os.Open(cg.jobDir())
+	if err != nil {
+		return nil, err
+	}
+	defer jobFD.Close()
+	cfgR, cfgW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer cfgR.Close()
+	repR, repW, err := os.Pipe()
+	if err != nil {
+		cfgW.Close()
+		return nil, err
+	}
+	defer repW.Close()
+
+	cmd := &exec.Cmd{
+		Path:       "/proc/self/exe", // this very binary, even if the file on disk was replaced
+		Args:       []string{"rund", "init"},
+		Env:        []string{}, // none of the server's environment
+		Stdout:     stdout,
+		Stderr:     stderr,
+		ExtraFiles: []*os.File{cfgR, repW, jobFD},
+		SysProcAttr: &syscall.SysProcAttr{
+			Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWNET |
+				syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC,
+			UseCgroupFD: true,
+			CgroupFD:    int(initFD.Fd()),
+		},
+	}
+	if err := cmd.Start(); err != nil {
+		cfgW.Close()
+		repR.Close()
+		return nil, fmt.Errorf("start job init: %w", err)
+	}
+	p := &proc{cmd: cmd, lifeline: cfgW, reports: json.NewDecoder(repR), report: repR}
+	var rep initReport
+	if err := json.NewEncoder(cfgW).Encode(cfg); err == nil {
+		err = p.reports.Decode(&rep)
+	}
+	if err != nil || rep.Pid == 0 {
+		p.kill()
+		p.wait()
+		if err != nil {
+			return nil, fmt.Errorf("job init did not start: %w", err)
+		}
+		return nil, &startError{stage: rep.Stage, errno: syscall.Errno(rep.Errno), msg: rep.Msg}
+	}
+	return p, nil
+}
+
+// signal sends sig to the init, which forwards it to the command.
+func (p *proc) signal(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
+
+// kill ends the init at once; the kernel then SIGKILLs every process in its PID namespace.
+func (p *proc) kill() { p.cmd.Process.Kill() }
+
+// wait returns how the command ended, once the init has exited. If the init died without an exit report
+// (it was SIGKILLed, e.g. by cgroup.kill), so did the command: the kernel kills a PID namespace with its
+// init.
+func (p *proc) wait() exitInfo {
+	var rep initReport
+	err := p.reports.Decode(&rep)
+	p.cmd.Wait()
+	p.lifeline.Close()
+	p.report.Close()
+	if err != nil || (!rep.Exited && rep.Signal == 0) {
+		return exitInfo{signal: int(syscall.SIGKILL)}
+	}
+	return exitInfo{exited: rep.Exited, code: rep.Code, signal: rep.Signal}
+}
+
+// forwardedSignals are passed on from the init to the command.
+var forwardedSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT,
+	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGCONT}
+
+// runInit is the body of "rund init", the PID 1 of a job. It returns the process exit code.
+func runInit() int {
+	if os.Getpid() != 1 {
+		fmt.Fprintln(os.Stderr, "rund init: internal command, run by rund serve as a job's PID 1")
+		return 2
+	}
+	for fd := 3; fd <= 5; fd++ {
+		syscall.CloseOnExec(fd) // the command must not inherit the control pipes or the cgroup
+	}
+	cfgPipe, repPipe := os.NewFile(3, "config"), os.NewFile(4, "report")
+	dec, enc := json.NewDecoder(cfgPipe), json.NewEncoder(repPipe)
+	var cfg initConfig
+	if err := dec.Decode(&cfg); err != nil {
+		return 1
+	}
+	// Signals arriving before the handler exists would be dropped by the kernel; rund sends none
+	// until it has read the start report below.
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, forwardedSignals...)
+	pid, fail := startCommand(cfg)
+	if fail != nil {
+		enc.Encode(fail)
+		return 1
+	}
+	enc.Encode(initReport{Pid: pid})
+	go func() {
+		for s := range sigs {
+			syscall.Kill(pid, s.(syscall.Signal))
+		}
+	}()
+	go func() {
+		// The lifeline: rund holds the write end; EOF means it is gone, so the job goes too.
+		io.Copy(io.Discard, io.MultiReader(dec.Buffered(), cfgPipe))
+		syscall.Kill(pid, syscall.SIGKILL)
+	}()
+	ws := reap(pid)
+	rep := initReport{Exited: ws.Exited(), Code: ws.ExitStatus()}
+	if ws.Signaled() {
+		rep = initReport{Signal: int(ws.Signal())}
+	}
+	enc.Encode(rep)
+	return 0 // our exit makes the kernel SIGKILL whatever is left in the namespace
+}
+
+// reap waits for every child, as a PID 1 must, until pid has ended, and returns pid's wait status.
+func reap(pid int) syscall.WaitStatus {
+	for {
+		var ws syscall.WaitStatus
+		got, err := syscall.Wait4(-1, &ws, 0, nil)
+		if got == pid {
+			return ws
+		}
+		if err != nil && err != syscall.EINTR {
+			return syscall.WaitStatus(syscall.SIGKILL) // cannot happen: pid is our child
+		}
+	}
+}
+
+// startCommand prepares the namespaces and starts the command as PID 2 in the job's cgroup.
+func startCommand(cfg initConfig) (int, *initReport) {
+	if err := setupNamespaces(cfg.Hostname); err != nil {
+		return 0, failure("setup", err, "set up job namespaces: %v", err)
+	}
+	if fi, err := os.Stat(cfg.Dir); err != nil || !fi.IsDir() {
+		if err == nil {
+			err = syscall.ENOTDIR
+		}
+		return 0, failure("dir", err, "working directory %q: %v", cfg.Dir, errnoText(err))
+	}
+	path, err := lookPath(cfg.Argv[0], cfg.Dir, cfg.Env)
+	if err != nil {
+		return 0, failure("path", err, "command %q: %v", cfg.Argv[0], errnoText(err))
+	}
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return 0, failure("setup", err, "open %s: %v", os.DevNull, err)
+	}
+	defer devnull.Close()
+	pid, err := syscall.ForkExec(path, cfg.Argv, &syscall.ProcAttr{
+		Dir:   cfg.Dir,
+		Env:   cfg.Env,
+		Files: []uintptr{devnull.Fd(), 1, 2},
+		Sys:   &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: 5},
+	})
+	if err != nil {
+		return 0, failure("exec", err, "exec %q: %v", cfg.Argv[0], errnoText(err))
+	}
+	return pid, nil
+}
+
+func failure(stage string, err error, format string, args ...any) *initReport {
+	var errno syscall.Errno
+	errors.As(err, &errno)
+	return &initReport{Stage: stage, Errno: int(errno), Msg: fmt.Sprintf(format, args...)}
+}
+
+// errnoText is the bare errno text ("no such file or directory") without an *os.PathError's path.
+func errnoText(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Error()
+	}
+	return err.Error()
+}
+
+// setupNamespaces runs in the init, inside the new namespaces: mounts private (so nothing mounted here
+// shows on the host), a /proc of the new PID namespace, loopback up, hostname = the job id.
+func setupNamespaces(hostname string) error {
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make mounts private: %w", err)
+	}
+	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("mount /proc: %w", err)
+	}
+	if err := unix.Sethostname([]byte(hostname)); err != nil {
+		return fmt.Errorf("sethostname: %w", err)
+	}
+	return loopbackUp()
+}
+
+// loopbackUp sets IFF_UP on "lo", the only interface of a new network namespace (netdevice(7)).
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("socket: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("get lo flags: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("set lo up: %w", err)
+	}
+	return nil
+}
+
+// lookPath finds the command the way execvp(3) does, but on the job's PATH rather than the server's.
+// A name with a slash is taken as is (relative to the working directory). EACCES is kept when a match
+// exists but is not executable, so the client hears "permission denied" rather than "not found".
+func lookPath(name, dir string, env []string) (string, error) {
+	if strings.Contains(name, "/") {
+		p := name
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(dir, p)
+		}
+		return p, checkExecutable(p)
+	}
+	pathVar := defaultPath
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			pathVar = v
+		}
+	}
+	found := error(syscall.ENOENT)
+	for _, d := range filepath.SplitList(pathVar) {
+		if !filepath.IsAbs(d) {
+			continue // a relative PATH entry would depend on the working directory: skip it
+		}
+		p := filepath.Join(d, name)
+		switch err := checkExecutable(p); {
+		case err == nil:
+			return p, nil
+		case errors.Is(err, syscall.EACCES):
+			found = err
+		}
+	}
+	return "", found
+}
+
+func checkExecutable(p string) error {
+	fi, err := os.Stat(p)
+	switch {
+	case err != nil:
+		return err
+	case fi.IsDir():
+		return syscall.EACCES
+	}
+	return unix.Access(p, unix.X_OK)
+}
