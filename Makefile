@@ -11,12 +11,11 @@ TOOLS     := $(CURDIR)/.cache/tools
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN) .
 
-certs: tls/ca.crt
-tls/ca.crt:
-	./$(BIN) certs -dir tls || $(GO) run . certs -dir tls
-
-run: build
+# certs writes a development PKI into tls/ unless one is there.
+certs: build
 	@test -f tls/ca.crt || ./$(BIN) certs -dir tls
+
+run: certs
 	./$(BIN) serve -addr localhost:8000
 
 check:

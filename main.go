@@ -12,11 +12,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-
-	"rund/rpcpb"
 )
 
 const mainUsage = `usage: rund <command> [flags]
@@ -103,8 +98,7 @@ func serve(c serveConfig) error {
 		return err
 	}
 	m := newManager(cg, c.ringSize, c.retainJobs, c.retainFor)
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), grpc.MaxRecvMsgSize(1<<20))
-	rpcpb.RegisterJobControllerServer(srv, &server{m: m})
+	srv := newGRPCServer(tlsCfg, m)
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)

@@ -72,6 +72,10 @@ type exitInfo struct {
 	signal int
 }
 
+// initExe is the binary run as a job's init: this very one, even if the file on disk was replaced.
+// Tests point it at a build without the race detector, whose exit alone takes a second.
+var initExe = "/proc/self/exe"
+
 // proc is a started init, as rund sees it.
 type proc struct {
 	cmd      *exec.Cmd
@@ -96,16 +100,14 @@ func spawn(cg *jobCgroup, cfg initConfig, stdout, stderr *os.File) (*proc, error
 	if err != nil {
 		return nil, err
 	}
-	defer cfgR.Close()
 	repR, repW, err := os.Pipe()
 	if err != nil {
-		cfgW.Close()
+		closeAll([]*os.File{cfgR, cfgW})
 		return nil, err
 	}
-	defer repW.Close()
 
 	cmd := &exec.Cmd{
-		Path:       "/proc/self/exe", // this very binary, even if the file on disk was replaced
+		Path:       initExe,
 		Args:       []string{"rund", "init"},
 		Env:        []string{}, // none of the server's environment
 		Stdout:     stdout,
@@ -118,9 +120,10 @@ func spawn(cg *jobCgroup, cfg initConfig, stdout, stderr *os.File) (*proc, error
 			CgroupFD:    int(initFD.Fd()),
 		},
 	}
-	if err := cmd.Start(); err != nil {
-		cfgW.Close()
-		repR.Close()
+	err = cmd.Start()
+	closeAll([]*os.File{cfgR, repW}) // the init's ends: a report read sees EOF once the init is gone
+	if err != nil {
+		closeAll([]*os.File{cfgW, repR})
 		return nil, fmt.Errorf("start job init: %w", err)
 	}
 	p := &proc{cmd: cmd, lifeline: cfgW, reports: json.NewDecoder(repR), report: repR}
@@ -170,8 +173,10 @@ func runInit() int {
 		fmt.Fprintln(os.Stderr, "rund init: internal command, run by rund serve as a job's PID 1")
 		return 2
 	}
-	for fd := 3; fd <= 5; fd++ {
-		syscall.CloseOnExec(fd) // the command must not inherit the control pipes or the cgroup
+	// The command gets fds 0-2 only: not our control pipes, and not whatever rund itself inherited
+	// without O_CLOEXEC from the one that started it (os/exec passes those on). close_range(2).
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		return 1
 	}
 	cfgPipe, repPipe := os.NewFile(3, "config"), os.NewFile(4, "report")
 	dec, enc := json.NewDecoder(cfgPipe), json.NewEncoder(repPipe)

@@ -1,0 +1,359 @@
+package main
+
+// harness_test.go: a real server on loopback with a real PKI, for the tests of every other file.
+// The test binary doubles as rund: TestMain runs "init" (a job's PID 1), "serve" (a server in a
+// subprocess) and "probe" (a job command that reports what it sees from inside the namespaces).
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"rund/rpcpb"
+)
+
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "init":
+			os.Exit(runInit())
+		case "serve":
+			os.Exit(runServe(os.Args[2:]))
+		case "probe":
+			os.Exit(probe(os.Args[2:]))
+		}
+	}
+	os.Exit(runTests(m))
+}
+
+// runTests points initExe at a plain build of rund, when one can be made: under -race every job's init
+// would otherwise be this test binary, and the race runtime sleeps a second at each exit.
+func runTests(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "rund-test-")
+	if err != nil {
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	build := exec.Command("go", "build", "-o", filepath.Join(dir, "rund"), ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err == nil {
+		initExe = filepath.Join(dir, "rund")
+	} else {
+		fmt.Fprintf(os.Stderr, "tests use the race-enabled test binary as job init (slow): go build: %v\n%s", err, out)
+	}
+	return m.Run()
+}
+
+// testPKI is a CA with a server certificate and clients: a (dns:a), b (dns:b) and c (dns:c and dns:a,
+// so it shares one name with a), all written to dir.
+type testPKI struct {
+	dir string
+	ca  *issued
+}
+
+var clientNames = map[string][]string{"a": {"a"}, "b": {"b"}, "c": {"c", "a"}}
+
+func newTestPKI(t testing.TB) *testPKI {
+	t.Helper()
+	p := &testPKI{dir: t.TempDir()}
+	var err error
+	if p.ca, err = issue(certSpec{name: "test CA", isCA: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	writePEM(t, filepath.Join(p.dir, "ca.crt"), p.ca.cert.Raw)
+	p.leaf(t, "server", certSpec{name: "localhost", dns: []string{"localhost"},
+		ips: []net.IP{net.IPv4(127, 0, 0, 1)}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	for name, dns := range clientNames {
+		p.leaf(t, name, certSpec{name: name, dns: dns, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	}
+	return p
+}
+
+// leaf issues a certificate from the test CA and writes it as dir/name.{crt,key}.
+func (p *testPKI) leaf(t testing.TB, name string, spec certSpec) *issued {
+	t.Helper()
+	c, err := issue(spec, p.ca)
+	if err == nil {
+		err = c.write(p.dir, name)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func (p *testPKI) file(name string) string { return filepath.Join(p.dir, name) }
+
+func writePEM(t testing.TB, path string, der []byte) {
+	t.Helper()
+	data := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testServer is a server in this process, with its own cgroup parent.
+type testServer struct {
+	addr string
+	pki  *testPKI
+	m    *manager
+	cg   *cgroupFS
+}
+
+type serverOpt func(*serveConfig)
+
+// requireRoot skips a test that needs root and cgroup2 when they are missing. CI runs as root.
+func requireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: it creates cgroups and namespaces")
+	}
+	if _, err := findCgroup2Mount("/proc/self/mountinfo"); err != nil {
+		t.Skip(err)
+	}
+}
+
+// startServer runs a server on a loopback port. Cleanup shuts it down and checks that no job cgroup,
+// no job process and no goroutine outlives it.
+func startServer(t *testing.T, opts ...serverOpt) *testServer {
+	t.Helper()
+	requireRoot(t)
+	goroutines := runtime.NumGoroutine()
+	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
+	c := serveConfig{ringSize: 1 << 20, retainJobs: 1000, retainFor: time.Hour,
+		cgroupParent: filepath.Join(mount, fmt.Sprintf("rund-test-%d-%s", os.Getpid(), sanitize(t.Name())))}
+	for _, o := range opts {
+		o(&c)
+	}
+	ts := &testServer{pki: newTestPKI(t)}
+	tlsCfg, err := serverTLS(ts.pki.file("ca.crt"), ts.pki.file("server.crt"), ts.pki.file("server.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ts.cg, err = setupCgroups(c.cgroupParent, c.ioDevices); err != nil {
+		t.Fatal(err)
+	}
+	ts.m = newManager(ts.cg, c.ringSize, c.retainJobs, c.retainFor)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.addr = lis.Addr().String()
+	srv := newGRPCServer(tlsCfg, ts.m)
+	served := make(chan struct{})
+	go func() { srv.Serve(lis); close(served) }()
+	t.Cleanup(func() {
+		srv.Stop()
+		ts.m.shutdown()
+		<-served
+		assertNoJobCgroups(t, ts.cg.parent)
+		if err := rmdirRetry(ts.cg.parent); err != nil {
+			t.Errorf("remove test cgroup parent: %v", err)
+		}
+		assertGoroutines(t, goroutines)
+	})
+	return ts
+}
+
+func sanitize(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '-'
+	}, s)
+}
+
+// assertNoJobCgroups fails if any directory is left below parent.
+func assertNoJobCgroups(t testing.TB, parent string) {
+	t.Helper()
+	entries, _ := os.ReadDir(parent)
+	for _, e := range entries {
+		if e.IsDir() {
+			t.Errorf("cgroup %s/%s outlived its job", parent, e.Name())
+		}
+	}
+}
+
+// assertGoroutines waits (bounded) for the goroutine count to fall back to want. Goroutines of closed
+// connections and ended jobs exit asynchronously, so this is the one place that polls.
+func assertGoroutines(t testing.TB, want int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > want && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > want {
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		t.Errorf("%d goroutines outlived the test (had %d):\n%s", n-want, want, buf)
+	}
+}
+
+// dialAs connects as client name ("a", "b" or "c") and closes the connection at cleanup.
+func (ts *testServer) dialAs(t testing.TB, name string) rpcpb.JobControllerClient {
+	t.Helper()
+	cfg, err := clientTLS(ts.pki.file("ca.crt"), ts.pki.file(name+".crt"), ts.pki.file(name+".key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ts.dialTLS(t, cfg)
+}
+
+func (ts *testServer) dialTLS(t testing.TB, cfg *tls.Config) rpcpb.JobControllerClient {
+	t.Helper()
+	conn, err := grpc.NewClient(ts.addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return rpcpb.NewJobControllerClient(conn)
+}
+
+// ctx is a context for one test call, bounded so a hang fails instead of stalling CI.
+func ctx(t testing.TB) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+// startJob starts argv as the given client and fails the test on error.
+func startJob(t testing.TB, c rpcpb.JobControllerClient, req *rpcpb.JobStartRequest) string {
+	t.Helper()
+	id, err := c.Start(ctx(t), req)
+	if err != nil {
+		t.Fatalf("start %v %v: %v", req.Name, req.Args, err)
+	}
+	return id.Ulid
+}
+
+func cmd(name string, args ...string) *rpcpb.JobStartRequest {
+	return &rpcpb.JobStartRequest{Name: name, Args: args}
+}
+
+// readAll reads a job's whole log (following until the job ends) and returns stdout and stderr.
+func readAll(t testing.TB, c rpcpb.JobControllerClient, id string) (stdout, stderr string) {
+	t.Helper()
+	stream, err := c.Log(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errb strings.Builder
+	for {
+		msg, err := stream.Recv()
+		if err == io.EOF {
+			return out.String(), errb.String()
+		}
+		if err != nil {
+			t.Fatalf("log %s: %v", id, err)
+		}
+		out.Write(msg.Stdout)
+		errb.Write(msg.Stderr)
+	}
+}
+
+// waitDone follows the log to its end (which comes after the final status is set) and returns the status.
+func waitDone(t testing.TB, c rpcpb.JobControllerClient, id string) *rpcpb.JobStatus {
+	t.Helper()
+	readAll(t, c, id)
+	st, err := c.Status(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State == rpcpb.JobStatus_STATE_RUNNING {
+		t.Fatalf("job %s still running after its log ended", id)
+	}
+	return st
+}
+
+// selfCmd runs this test binary inside a job as "probe what...".
+func selfCmd(t testing.TB, what ...string) *rpcpb.JobStartRequest {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cmd(exe, append([]string{"probe"}, what...)...)
+}
+
+// probe runs inside a job and prints what it sees, one "key=value" line per fact.
+func probe(what []string) int {
+	for _, w := range what {
+		switch w {
+		case "pid":
+			fmt.Printf("pid=%d\nppid=%d\n", os.Getpid(), os.Getppid())
+		case "procs":
+			entries, _ := os.ReadDir("/proc")
+			var pids []string
+			for _, e := range entries {
+				if e.Name()[0] >= '0' && e.Name()[0] <= '9' {
+					pids = append(pids, e.Name())
+				}
+			}
+			fmt.Printf("procs=%s\n", strings.Join(pids, ","))
+		case "net":
+			ifs, err := net.Interfaces()
+			if err != nil {
+				fmt.Printf("net-error=%v\n", err)
+			}
+			for _, i := range ifs {
+				fmt.Printf("if=%s up=%v\n", i.Name, i.Flags&net.FlagUp != 0)
+			}
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err == nil {
+				var c net.Conn
+				if c, err = net.Dial("tcp", l.Addr().String()); err == nil {
+					c.Close()
+				}
+				l.Close()
+			}
+			fmt.Printf("loopback-dial=%v\n", err == nil)
+		case "hostname":
+			h, _ := os.Hostname()
+			fmt.Printf("hostname=%s\n", h)
+		case "env":
+			for _, kv := range os.Environ() {
+				fmt.Printf("env=%s\n", kv)
+			}
+		case "fds":
+			entries, _ := os.ReadDir("/proc/self/fd")
+			var fds []string
+			for _, e := range entries {
+				fds = append(fds, e.Name())
+			}
+			fmt.Printf("fds=%s\n", strings.Join(fds, ","))
+		case "cwd":
+			wd, _ := os.Getwd()
+			fmt.Printf("cwd=%s\n", wd)
+		}
+	}
+	return 0
+}
+
+// facts parses probe output into key -> values.
+func facts(out string) map[string][]string {
+	f := map[string][]string{}
+	for _, line := range strings.Split(out, "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok {
+			f[k] = append(f[k], v)
+		}
+	}
+	return f
+}
+
+func code(err error) string { return status.Code(err).String() }

@@ -1,0 +1,570 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"rund/rpcpb"
+)
+
+func TestOutputAndExitCodes(t *testing.T) {
+	ts := startServer(t)
+	a := ts.dialAs(t, "a")
+	for _, tc := range []struct {
+		script   string
+		state    rpcpb.JobStatus_State
+		exitCode int // -1: none
+		signal   int // 0: none
+	}{
+		{"echo out; echo err >&2; exit 0", rpcpb.JobStatus_STATE_EXITED, 0, 0},
+		{"echo out; echo err >&2; exit 7", rpcpb.JobStatus_STATE_EXITED, 7, 0},
+		{"echo out; echo err >&2; kill -USR1 $$", rpcpb.JobStatus_STATE_SIGNALED, -1, int(syscall.SIGUSR1)},
+		{"echo out; echo err >&2; kill -KILL $$", rpcpb.JobStatus_STATE_SIGNALED, -1, int(syscall.SIGKILL)},
+	} {
+		t.Run(tc.script, func(t *testing.T) {
+			id := startJob(t, a, cmd("sh", "-c", tc.script))
+			out, errs := readAll(t, a, id)
+			if out != "out\n" || errs != "err\n" {
+				t.Errorf("stdout %q stderr %q, want out and err", out, errs)
+			}
+			st := waitDone(t, a, id)
+			if st.State != tc.state || st.Ulid != id || st.Stopped {
+				t.Errorf("state %v ulid %v stopped %v, want %v %v false", st.State, st.Ulid, st.Stopped, tc.state, id)
+			}
+			if (st.ExitCode != nil) != (tc.exitCode >= 0) || int(st.GetExitCode().GetValue()) != max(tc.exitCode, 0) {
+				t.Errorf("exit code %v, want %d", st.ExitCode, tc.exitCode)
+			}
+			if int(st.GetSignal().GetValue()) != tc.signal || st.Killed != (tc.signal != 0) {
+				t.Errorf("signal %v killed %v, want %d", st.Signal, st.Killed, tc.signal)
+			}
+			if !st.EndTime.AsTime().After(st.StartTime.AsTime()) {
+				t.Errorf("end %v not after start %v", st.EndTime.AsTime(), st.StartTime.AsTime())
+			}
+			if !slices.Equal(st.Command, []string{"sh", "-c", tc.script}) {
+				t.Errorf("command %q", st.Command)
+			}
+		})
+	}
+}
+
+func TestNamespaces(t *testing.T) {
+	ts := startServer(t)
+	a := ts.dialAs(t, "a")
+	os.Setenv("RUND_TEST_SECRET", "leak") // the server's environment must not reach jobs
+	defer os.Unsetenv("RUND_TEST_SECRET")
+	req := selfCmd(t, "pid", "procs", "hostname", "env", "cwd", "net")
+	req.Env = []string{"EXTRA=1", "HOME=/tmp"}
+	id := startJob(t, a, req)
+	out, _ := readAll(t, a, id)
+	f := facts(out)
+	t.Logf("probe:\n%s", out)
+	if got := f["ppid"]; !slices.Equal(got, []string{"1"}) {
+		t.Errorf("ppid %v, want the job's own PID 1", got)
+	}
+	if got, want := f["procs"], []string{"1," + f["pid"][0]}; !slices.Equal(got, want) {
+		t.Errorf("/proc lists %v, want only %v (the init and the probe)", got, want)
+	}
+	if got := f["hostname"]; !slices.Equal(got, []string{id}) {
+		t.Errorf("hostname %v, want the job id %s", got, id)
+	}
+	if got := f["if"]; !slices.Equal(got, []string{"lo up=true"}) {
+		t.Errorf("interfaces %v, want only lo, up", got)
+	}
+	if got := f["loopback-dial"]; !slices.Equal(got, []string{"true"}) {
+		t.Errorf("dial on loopback inside the job: %v", got)
+	}
+	wantEnv := []string{"PATH=" + defaultPath, "HOME=/tmp", "TERM=dumb", "EXTRA=1"}
+	if got := f["env"]; !slices.Equal(got, wantEnv) {
+		t.Errorf("environment %q, want %q", got, wantEnv)
+	}
+	if got := f["cwd"]; !slices.Equal(got, []string{"/"}) {
+		t.Errorf("working directory %v, want /", got)
+	}
+}
+
+// TestNoInheritedFDs: the command holds stdin, stdout and stderr, none of the init's control pipes.
+// It is read from the host, so that nothing the probe itself opens gets counted.
+func TestNoInheritedFDs(t *testing.T) {
+	ts := startServer(t)
+	a := ts.dialAs(t, "a")
+	id := startJob(t, a, cmd("sleep", "1000"))
+	defer a.Stop(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
+	pids := jobPIDs(t, ts.cg.parent, id)
+	if len(pids) != 1 {
+		t.Fatalf("job cgroup holds %v, want just the command", pids)
+	}
+	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pids[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fds []string
+	for _, e := range entries {
+		fds = append(fds, e.Name())
+	}
+	if !slices.Equal(fds, []string{"0", "1", "2"}) {
+		t.Errorf("command fds %v, want 0 1 2", fds)
+	}
+	if target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/0", pids[0])); target != os.DevNull {
+		t.Errorf("stdin is %s, want %s", target, os.DevNull)
+	}
+}
+
+func TestMountInsideJobIsInvisibleOnHost(t *testing.T) {
+	ts := startServer(t)
+	a := ts.dialAs(t, "a")
+	dir := t.TempDir()
+	id := startJob(t, a, cmd("sh", "-c", fmt.Sprintf("mount -t tmpfs tmpfs %s && touch %s/inside && ls %s", dir, dir, dir)))
+	out, errs := readAll(t, a, id)
+	if st := waitDone(t, a, id); st.GetExitCode().GetValue() != 0 || out != "inside\n" {
+		t.Fatalf("mount inside the job failed: %q %q %v", out, errs, st)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "inside")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("file in the job's tmpfs is visible on the host: %v", err)
+	}
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); bytes.Contains(mi, []byte(dir)) {
+		t.Errorf("the job's mount shows in the host's mountinfo")
+	}
+}
+
+func TestExecFailures(t *testing.T) {
+	ts := startServer(t)
+	a := ts.dialAs(t, "a")
+	notExec := filepath.Join(t.TempDir(), "script")
+	os.WriteFile(notExec, []byte("#!/bin/sh\necho hi\n"), 0o644)
+	for _, tc := range []struct {
+		name string
+		req  *rpcpb.JobStartRequest
+		code codes.Code
+		msg  string
+	}{
+		{"missing", cmd("rund-no-such-command"), codes.NotFound, "no such file"},
+		{"missing path", cmd("/no/such/binary"), codes.NotFound, "no such file"},
+		{"not executable", cmd(notExec), codes.PermissionDenied, "permission denied"},
+		{"directory", cmd("/tmp"), codes.PermissionDenied, "permission denied"},
+		{"missing dir", &rpcpb.JobStartRequest{Name: "true", Dir: "/no/such/dir"}, codes.InvalidArgument, "working directory"},
+		{"file as dir", &rpcpb.JobStartRequest{Name: "true", Dir: "/etc/passwd"}, codes.InvalidArgument, "not a directory"},
+		{"relative dir", &rpcpb.JobStartRequest{Name: "true", Dir: "tmp"}, codes.InvalidArgument, "absolute"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := a.Start(ctx(t), tc.req)
+			if status.Code(err) != tc.code || !strings.Contains(status.Convert(err).Message(), tc.msg) {
+				t.Errorf("got %v, want %v containing %q", err, tc.code, tc.msg)
+			}
+			assertNoJobCgroups(t, ts.cg.parent)
+			if l, _ := a.List(ctx(t), &rpcpb.ListRequest{}); len(l.GetJobs()) != 0 {
+				t.Errorf("a failed start left a job: %v", l.Jobs)
+			}
+		})
+	}
+}
+
+func TestUnavailableControllerIsFailedPrecondition(t *testing.T) {
+	ts := startServer(t)
+	a := ts.dialAs(t, "a")
+	ts.cg.available = map[string]bool{} // as on a host whose cgroup v1 holds every controller
+	for _, tc := range []struct {
+		ctrl string
+		req  *rpcpb.JobStartRequest
+	}{
+		{"cpu", &rpcpb.JobStartRequest{Name: "true", MaxCpuBandwidth: wrapperspb.UInt32(50000)}},
+		{"memory", &rpcpb.JobStartRequest{Name: "true", MaxMemoryUsage: wrapperspb.UInt64(10 << 20)}},
+		{"pids", &rpcpb.JobStartRequest{Name: "true", MaxPids: wrapperspb.UInt64(10)}},
+		{"io", &rpcpb.JobStartRequest{Name: "true", MaxRbps: wrapperspb.UInt64(1 << 20)}},
+	} {
+		_, err := a.Start(ctx(t), tc.req)
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), "controller "+tc.ctrl) {
+			t.Errorf("%s limit: got %v, want FailedPrecondition naming %s", tc.ctrl, err, tc.ctrl)
+		}
+	}
+	assertNoJobCgroups(t, ts.cg.parent)
+	// Without limits a job runs anyway.
+	if st := waitDone(t, a, startJob(t, a, cmd("true"))); st.GetExitCode().GetValue() != 0 {
+		t.Errorf("job without limits: %v", st)
+	}
+}
+
+func TestBadStartRequests(t *testing.T) {
+	ts := startServer(t)
+	a := ts.dialAs(t, "a")
+	big := strings.Repeat("x", maxStringBytes+1)
+	for _, tc := range []struct {
+		name string
+		req  *rpcpb.JobStartRequest
+		msg  string
+	}{
+		{"empty name", &rpcpb.JobStartRequest{}, "empty"},
+		{"NUL in name", cmd("tr\x00ue"), "NUL"},
+		{"NUL in arg", cmd("echo", "a\x00b"), "NUL"},
+		{"too many args", cmd("true", make([]string, maxArgs+1)...), "at most"},
+		{"huge arg", cmd("echo", big), "bytes"},
+		{"env without =", &rpcpb.JobStartRequest{Name: "true", Env: []string{"NOEQUALS"}}, "KEY=VALUE"},
+		{"env empty key", &rpcpb.JobStartRequest{Name: "true", Env: []string{"=v"}}, "KEY=VALUE"},
+		{"cpu 0", &rpcpb.JobStartRequest{Name: "true", MaxCpuBandwidth: wrapperspb.UInt32(0)}, "max_cpu_bandwidth"},
+		{"cpu below kernel minimum", &rpcpb.JobStartRequest{Name: "true", MaxCpuBandwidth: wrapperspb.UInt32(999)}, "outside"},
+		{"cpu above host", &rpcpb.JobStartRequest{Name: "true", MaxCpuBandwidth: wrapperspb.UInt32(1 << 31)}, "outside"},
+		{"memory 0", &rpcpb.JobStartRequest{Name: "true", MaxMemoryUsage: wrapperspb.UInt64(0)}, "max_memory_usage"},
+		{"memory below a page", &rpcpb.JobStartRequest{Name: "true", MaxMemoryUsage: wrapperspb.UInt64(100)}, "outside"},
+		{"memory above host", &rpcpb.JobStartRequest{Name: "true", MaxMemoryUsage: wrapperspb.UInt64(1 << 62)}, "outside"},
+		{"pids 0", &rpcpb.JobStartRequest{Name: "true", MaxPids: wrapperspb.UInt64(0)}, "max_pids"},
+		{"rbps 0", &rpcpb.JobStartRequest{Name: "true", MaxRbps: wrapperspb.UInt64(0)}, "max_rbps"},
+		{"negative grace", &rpcpb.JobStartRequest{Name: "true", StopGracePeriod: durationpb.New(-time.Second)}, "grace"},
+		{"zero grace", &rpcpb.JobStartRequest{Name: "true", StopGracePeriod: durationpb.New(0)}, "grace"},
+		{"huge grace", &rpcpb.JobStartRequest{Name: "true", StopGracePeriod: durationpb.New(time.Hour)}, "grace"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := a.Start(ctx(t), tc.req)
+			if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), tc.msg) {
+				t.Errorf("got %v, want InvalidArgument containing %q", err, tc.msg)
+			}
+		})
+	}
+	assertNoJobCgroups(t, ts.cg.parent)
+	if l, _ := a.List(ctx(t), &rpcpb.ListRequest{}); len(l.GetJobs()) != 0 {
+		t.Errorf("bad requests left jobs: %v", l.Jobs)
+	}
+}
+
+// waitOutput reads a job's log until want has appeared: the job has reached that point.
+func waitOutput(t testing.TB, c rpcpb.JobControllerClient, id, want string) {
+	t.Helper()
+	stream, err := c.Log(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	for !bytes.Contains(got, []byte(want)) {
+		msg, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("job %s ended its log before printing %q (got %q): %v", id, want, got, err)
+		}
+		got = append(got, msg.Stdout...)
+	}
+}
+
+func TestStopTreeIgnoringSIGTERM(t *testing.T) {
+	ts := startServer(t)
+	a := ts.dialAs(t, "a")
+	grace := 300 * time.Millisecond
+	req := cmd("sh", "-c", `trap "" TERM; sleep 1000 & sleep 1000 & echo ready; wait`)
+	req.StopGracePeriod = durationpb.New(grace)
+	id := startJob(t, a, req)
+	waitOutput(t, a, id, "ready")
+	begin := time.Now()
+	st, err := a.Stop(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(begin); took < grace {
+		t.Errorf("Stop returned after %v, before the %v grace period", took, grace)
+	}
+	if st.State != rpcpb.JobStatus_STATE_STOPPED || !st.Stopped || !st.Killed || st.GetSignal().GetValue() != uint32(syscall.SIGKILL) {
+		t.Errorf("final status %v, want stopped by SIGKILL", st)
+	}
+	if _, err := os.Stat(filepath.Join(ts.cg.parent, id)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("job cgroup still there after Stop returned: %v", err)
+	}
+}
+
+func TestStopWithSIGTERM(t *testing.T) {
+	ts := startServer(t)
+	a := ts.dialAs(t, "a")
+	id := startJob(t, a, cmd("sleep", "1000")) // installs no handler: PID 1 would ignore SIGTERM
+	st, err := a.Stop(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != rpcpb.JobStatus_STATE_STOPPED || st.GetSignal().GetValue() != uint32(syscall.SIGTERM) {
+		t.Errorf("final status %v, want stopped by SIGTERM", st)
+	}
+	if d := st.EndTime.AsTime().Sub(st.StartTime.AsTime()); d >= defaultGrace {
+		t.Errorf("SIGTERM did not end the job; it took %v", d)
+	}
+	// Stop of a finished job returns the same final status.
+	again, err := a.Stop(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
+	if err != nil || again.State != st.State || !again.EndTime.AsTime().Equal(st.EndTime.AsTime()) {
+		t.Errorf("second Stop: %v %v", again, err)
+	}
+}
+
+func TestStopOfFinishedJobKeepsItsState(t *testing.T) {
+	ts := startServer(t)
+	a := ts.dialAs(t, "a")
+	id := startJob(t, a, cmd("true"))
+	waitDone(t, a, id)
+	st, err := a.Stop(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
+	if err != nil || st.State != rpcpb.JobStatus_STATE_EXITED || st.Stopped {
+		t.Errorf("Stop of an exited job: %v %v, want state EXITED, not stopped", st, err)
+	}
+}
+
+// TestOrphansDoNotHoldTheJob: the command exits while its children (which hold the output pipes)
+// live on; the job ends with the command, its orphans are killed and its log still ends.
+func TestOrphansDoNotHoldTheJob(t *testing.T) {
+	ts := startServer(t)
+	a := ts.dialAs(t, "a")
+	id := startJob(t, a, cmd("sh", "-c", "sleep 1000 & sleep 1000 & echo parent done"))
+	st := waitDone(t, a, id)
+	if st.State != rpcpb.JobStatus_STATE_EXITED || st.GetExitCode().GetValue() != 0 {
+		t.Errorf("status %v", st)
+	}
+	if d := st.EndTime.AsTime().Sub(st.StartTime.AsTime()); d > 10*time.Second {
+		t.Errorf("job took %v: its orphans kept it alive", d)
+	}
+}
+
+// TestOrphanReaping: a grandchild orphaned inside the job is reaped by the job's PID 1, not left a zombie.
+func TestOrphanReaping(t *testing.T) {
+	ts := startServer(t)
+	a := ts.dialAs(t, "a")
+	// The subshell exits at once, orphaning its "true" child, which exits and must be reaped by PID 1.
+	script := `(true & exit 0); sleep 0.5; if grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null; then echo zombie; else echo clean; fi`
+	id := startJob(t, a, cmd("sh", "-c", script))
+	out, _ := readAll(t, a, id)
+	if out != "clean\n" {
+		t.Errorf("job saw zombies: %q", out)
+	}
+}
+
+func TestConcurrentStarts(t *testing.T) {
+	ts := startServer(t)
+	clients := []rpcpb.JobControllerClient{ts.dialAs(t, "a"), ts.dialAs(t, "b")}
+	const n = 20
+	ids := make([]string, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id, err := clients[i%2].Start(ctx(t), cmd("sh", "-c", "echo "+strconv.Itoa(i)))
+			ids[i], errs[i] = id.GetUlid(), err
+		}()
+	}
+	wg.Wait()
+	seen := map[string]bool{}
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("start %d: %v", i, errs[i])
+		}
+		if seen[ids[i]] {
+			t.Fatalf("duplicate id %s", ids[i])
+		}
+		seen[ids[i]] = true
+		if out, _ := readAll(t, clients[i%2], ids[i]); out != strconv.Itoa(i)+"\n" {
+			t.Errorf("job %d printed %q", i, out)
+		}
+	}
+}
+
+func TestLogGapAndResume(t *testing.T) {
+	ring := 2 * maxChunk
+	ts := startServer(t, func(c *serveConfig) { c.ringSize = ring })
+	a := ts.dialAs(t, "a")
+	id := startJob(t, a, cmd("seq", "1", "100000"))
+	waitDone(t, a, id)
+	want, _ := exec.Command("seq", "1", "100000").Output()
+
+	read := func(off uint64) (data []byte, first *rpcpb.JobLog) {
+		stream, err := a.ReadLog(ctx(t), &rpcpb.LogRequest{Ulid: id, Offset: off, NoFollow: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for {
+			msg, err := stream.Recv()
+			if err == io.EOF {
+				return data, first
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if first == nil {
+				first = msg
+			} else if msg.Lost != 0 || msg.Offset != first.Offset+uint64(len(data)) {
+				t.Fatalf("chunk at %d lost %d after %d contiguous bytes from %d", msg.Offset, msg.Lost, len(data), first.Offset)
+			}
+			if len(msg.Stdout) > maxChunk {
+				t.Fatalf("chunk of %d bytes, over %d", len(msg.Stdout), maxChunk)
+			}
+			data = append(data, msg.Stdout...)
+		}
+	}
+	data, first := read(0)
+	head := uint64(len(want) - ring)
+	if first.Offset != head || first.Lost != head || !bytes.Equal(data, want[head:]) {
+		t.Fatalf("from 0: first chunk at %d lost %d, got %d bytes; want at %d lost %d and the last %d bytes",
+			first.Offset, first.Lost, len(data), head, head, ring)
+	}
+	// Resume from inside the held window: exactly the continuation, nothing lost or repeated.
+	resume := head + 12345
+	data, first = read(resume)
+	if first.Offset != resume || first.Lost != 0 || !bytes.Equal(data, want[resume:]) {
+		t.Errorf("resume at %d: first chunk at %d lost %d, %d bytes", resume, first.Offset, first.Lost, len(data))
+	}
+	// At the end: nothing; beyond it: OutOfRange.
+	if data, _ := read(uint64(len(want))); len(data) != 0 {
+		t.Errorf("read at the end returned %d bytes", len(data))
+	}
+	stream, _ := a.ReadLog(ctx(t), &rpcpb.LogRequest{Ulid: id, Offset: uint64(len(want)) + 1})
+	if _, err := stream.Recv(); status.Code(err) != codes.OutOfRange {
+		t.Errorf("offset beyond the end: %v, want OutOfRange", err)
+	}
+}
+
+// TestLiveFollowers: many readers follow one job live and all see all of its output in order.
+func TestLiveFollowers(t *testing.T) {
+	ts := startServer(t)
+	a := ts.dialAs(t, "a")
+	id := startJob(t, a, cmd("sh", "-c", "read x; seq 1 2000; echo done >&2"))
+	// The job waits for stdin, which is /dev/null: read returns at once. The followers may attach
+	// before or after the output; either way they must see all of it.
+	want, _ := exec.Command("seq", "1", "2000").Output()
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out, errs := readAll(t, a, id)
+			if out != string(want) || errs != "done\n" {
+				t.Errorf("follower got %d stdout bytes, stderr %q", len(out), errs)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func TestListAndRetention(t *testing.T) {
+	ts := startServer(t, func(c *serveConfig) { c.retainJobs = 2 })
+	a, b := ts.dialAs(t, "a"), ts.dialAs(t, "b")
+	var ids []string
+	for i := range 4 {
+		ids = append(ids, startJob(t, a, cmd("sh", "-c", "exit "+strconv.Itoa(i))))
+		waitDone(t, a, ids[i])
+	}
+	bID := startJob(t, b, cmd("true"))
+	waitDone(t, b, bID)
+	l, err := a.List(ctx(t), &rpcpb.ListRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, j := range l.Jobs {
+		got = append(got, j.Ulid)
+	}
+	// Retention is per server: of the 5 finished jobs the 2 newest stay, and only one of them is a's.
+	if !slices.Equal(got, ids[3:]) {
+		t.Errorf("a lists %v, want %v", got, ids[3:])
+	}
+	if _, err := a.Status(ctx(t), &rpcpb.JobIdentifier{Ulid: ids[0]}); status.Code(err) != codes.NotFound {
+		t.Errorf("evicted job: %v, want NotFound", err)
+	}
+}
+
+// serverProcess runs this test binary as "rund serve" and returns once it is serving.
+func serverProcess(t *testing.T, pki *testPKI, parent string) (*exec.Cmd, string) {
+	t.Helper()
+	c := exec.Command(os.Args[0], "serve", "-addr", "127.0.0.1:0", "-cgroup", parent,
+		"-ca", pki.file("ca.crt"), "-cert", pki.file("server.crt"), "-key", pki.file("server.key"))
+	stderr, _ := c.StderrPipe()
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	for sc.Scan() {
+		if _, rest, ok := strings.Cut(sc.Text(), "rund serving on "); ok {
+			go io.Copy(io.Discard, stderr)
+			return c, strings.TrimSuffix(strings.Fields(rest)[0], ";")
+		}
+	}
+	c.Wait()
+	t.Fatalf("server exited before serving")
+	return nil, ""
+}
+
+func jobPIDs(t testing.TB, parent, id string) []int {
+	data, err := os.ReadFile(filepath.Join(parent, id, "job", "cgroup.procs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(data)) {
+		n, _ := strconv.Atoi(f)
+		pids = append(pids, n)
+	}
+	return pids
+}
+
+func TestServerSIGTERMEndsAllJobs(t *testing.T) {
+	requireRoot(t)
+	pki := newTestPKI(t)
+	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
+	parent := filepath.Join(mount, fmt.Sprintf("rund-test-%d-sigterm", os.Getpid()))
+	defer rmdirRetry(parent)
+	srv, addr := serverProcess(t, pki, parent)
+	ts := &testServer{addr: addr, pki: pki}
+	a := ts.dialAs(t, "a")
+	var pids []int
+	for range 3 {
+		id := startJob(t, a, cmd("sh", "-c", "trap 'exit 0' TERM; echo ready; while :; do sleep 0.1; done"))
+		waitOutput(t, a, id, "ready")
+		pids = append(pids, jobPIDs(t, parent, id)...)
+	}
+	srv.Process.Signal(syscall.SIGTERM)
+	if err := srv.Wait(); err != nil {
+		t.Errorf("server exit after SIGTERM: %v, want 0", err)
+	}
+	assertNoJobCgroups(t, parent)
+	for _, pid := range pids {
+		if syscall.Kill(pid, 0) == nil {
+			t.Errorf("job process %d outlived the server", pid)
+		}
+	}
+}
+
+func TestCrashedServerLeavesNothingAfterRestart(t *testing.T) {
+	requireRoot(t)
+	pki := newTestPKI(t)
+	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
+	parent := filepath.Join(mount, fmt.Sprintf("rund-test-%d-crash", os.Getpid()))
+	defer rmdirRetry(parent)
+	srv, addr := serverProcess(t, pki, parent)
+	a := (&testServer{addr: addr, pki: pki}).dialAs(t, "a")
+	id := startJob(t, a, cmd("sh", "-c", "echo ready; exec sleep 1000"))
+	waitOutput(t, a, id, "ready")
+	pids := jobPIDs(t, parent, id)
+	srv.Process.Kill()
+	srv.Wait()
+	// The lifeline: the job's init sees the server's end of its pipe close and ends the job.
+	if err := waitEmpty(ctx(t), filepath.Join(parent, id)); err != nil {
+		t.Fatalf("job processes outlived the crashed server: %v", err)
+	}
+	for _, pid := range pids {
+		if syscall.Kill(pid, 0) == nil {
+			t.Errorf("job process %d still exists", pid)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(parent, id)); err != nil {
+		t.Fatalf("expected the crashed server's job cgroup to remain until restart: %v", err)
+	}
+	srv2, _ := serverProcess(t, pki, parent)
+	assertNoJobCgroups(t, parent) // removed before it started serving
+	srv2.Process.Signal(syscall.SIGTERM)
+	srv2.Wait()
+}
