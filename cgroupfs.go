@@ -407,13 +407,17 @@ type usage struct {
 	pids, oomKills       uint64
 }
 
-// readUsage reads the accounting files of one cgroup. Missing files (controller off) count as 0.
-func readUsage(dir string) usage {
+// readUsage reads the accounting files of one cgroup. Missing files (controller off) count as 0; ok
+// is false when the cgroup itself is gone (cpu.stat exists in every cgroup2 directory).
+func readUsage(dir string) (_ usage, ok bool) {
 	read := func(name string) []byte {
 		b, _ := os.ReadFile(filepath.Join(dir, name))
 		return b
 	}
 	cpu, events := read("cpu.stat"), read("memory.events")
+	if cpu == nil {
+		return usage{}, false
+	}
 	u := usage{
 		userUsec:   keyValue(cpu, "user_usec"),
 		systemUsec: keyValue(cpu, "system_usec"),
@@ -423,7 +427,7 @@ func readUsage(dir string) usage {
 		oomKills:   keyValue(events, "oom_kill"),
 	}
 	u.ioRead, u.ioWrite = ioBytes(read("io.stat"))
-	return u
+	return u, true
 }
 
 // keyValue returns the value of key in a flat-keyed cgroup file ("key value" lines), or 0.

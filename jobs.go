@@ -72,7 +72,7 @@ type manager struct {
 	mu       sync.Mutex // guards jobs and closing
 	jobs     map[string]*job
 	closing  bool
-	watchers sync.WaitGroup // one per live job, done when its cgroup is gone
+	watchers sync.WaitGroup // one per registered live job, done when its cgroup is gone
 }
 
 func newManager(cg *cgroupFS, ringSize, retainJobs int, retainFor time.Duration) *manager {
@@ -213,11 +213,23 @@ func (m *manager) start(owner []string, spec *jobSpec) (*job, error) {
 		j.cg.remove()
 		return nil, err
 	}
+	// Registering and the closing check happen under one lock, so shutdown either sees this job in
+	// its list or this start sees closing: no job escapes the shutdown.
 	m.mu.Lock()
+	if m.closing {
+		m.mu.Unlock()
+		j.proc.kill()
+		j.finish()
+		return nil, status.Error(codes.Unavailable, "server is shutting down")
+	}
 	m.jobs[j.id] = j
 	m.watchers.Add(1)
 	m.mu.Unlock()
-	go m.watch(j)
+	go func() {
+		defer m.watchers.Done()
+		j.finish()
+		m.evict()
+	}()
 	return j, nil
 }
 
@@ -269,11 +281,10 @@ func (j *job) pump(s stream, f *os.File) {
 	}
 }
 
-// watch waits for the job to end and then cleans up after it, in this order: the init's exit report;
+// finish waits for the job to end and then cleans up after it, in this order: the init's exit report;
 // cgroup.kill for anything left; the cgroup empty; the output drained; the final accounting; the
 // cgroup removed; the status published; the log closed (so a reader that sees EOF sees a final status).
-func (m *manager) watch(j *job) {
-	defer m.watchers.Done()
+func (j *job) finish() {
 	exit := j.proc.wait()
 	if err := kill(j.cg.dir); err != nil {
 		log.Printf("job %s: %v", j.id, err)
@@ -284,7 +295,7 @@ func (m *manager) watch(j *job) {
 	}
 	cancel()
 	j.drain()
-	final := readUsage(j.cg.jobDir())
+	final, _ := readUsage(j.cg.jobDir())
 	if err := j.cg.remove(); err != nil {
 		log.Printf("job %s: remove cgroup: %v", j.id, err)
 	}
@@ -293,7 +304,6 @@ func (m *manager) watch(j *job) {
 	j.mu.Unlock()
 	close(j.done)
 	j.log.Close()
-	m.evict()
 }
 
 // drain waits for the pumps to read the last bytes. Every job process is gone by now, but a job could
@@ -362,10 +372,16 @@ func (j *job) snapshot() snapshot {
 	j.mu.Unlock()
 	select {
 	case <-j.done:
+		return s
 	default:
-		s.running = true
-		s.use = readUsage(j.cg.jobDir())
 	}
+	use, ok := readUsage(j.cg.jobDir())
+	if !ok {
+		// The job ended and its cgroup is being removed: the final figures are a moment away.
+		<-j.done
+		return j.snapshot()
+	}
+	s.running, s.use = true, use
 	return s
 }
 
