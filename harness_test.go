@@ -135,7 +135,8 @@ func startServer(t *testing.T, opts ...serverOpt) *testServer {
 	requireRoot(t)
 	goroutines := runtime.NumGoroutine()
 	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
-	c := serveConfig{ringSize: 1 << 20, retainJobs: 1000, retainFor: time.Hour,
+	c := serveConfig{ringSize: 1 << 20, retainJobs: 1000, retainFor: time.Hour, maxJobs: 1000,
+		maxJobsPerClient: 1000, maxStreamsPerClient: 1000,
 		cgroupParent: filepath.Join(mount, fmt.Sprintf("rund-test-%d-%s", os.Getpid(), sanitize(t.Name())))}
 	for _, o := range opts {
 		o(&c)
@@ -148,13 +149,13 @@ func startServer(t *testing.T, opts ...serverOpt) *testServer {
 	if ts.cg, err = setupCgroups(c.cgroupParent, c.ioDevices); err != nil {
 		t.Fatal(err)
 	}
-	ts.m = newManager(ts.cg, c.ringSize, c.retainJobs, c.retainFor)
+	ts.m = newManager(ts.cg, c)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ts.addr = lis.Addr().String()
-	srv := newGRPCServer(tlsCfg, ts.m)
+	srv := newGRPCServer(tlsCfg, ts.m, c.maxStreamsPerClient)
 	served := make(chan struct{})
 	go func() { srv.Serve(lis); close(served) }()
 	t.Cleanup(func() {

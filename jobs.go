@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -64,21 +65,23 @@ type job struct {
 
 // manager is the job table.
 type manager struct {
-	cg         *cgroupFS
-	ringSize   int
-	retainJobs int           // finished jobs kept, newest first
-	retainFor  time.Duration // finished jobs older than this are evicted
+	cg  *cgroupFS
+	cfg serveConfig // ring size, retention and per-client bounds; read-only
 
-	mu       sync.Mutex // guards jobs and closing
+	mu       sync.Mutex // guards jobs, running, live and closing
 	jobs     map[string]*job
+	running  map[string]int // live jobs per identity
+	live     int            // live jobs in all
 	closing  bool
 	watchers sync.WaitGroup // one per registered live job, done when its cgroup is gone
 }
 
-func newManager(cg *cgroupFS, ringSize, retainJobs int, retainFor time.Duration) *manager {
-	return &manager{cg: cg, ringSize: ringSize, retainJobs: retainJobs, retainFor: retainFor,
-		jobs: map[string]*job{}}
+func newManager(cg *cgroupFS, cfg serveConfig) *manager {
+	return &manager{cg: cg, cfg: cfg, jobs: map[string]*job{}, running: map[string]int{}}
 }
+
+// identityKey names one client certificate's set of SANs, for per-client bounds.
+func identityKey(owner []string) string { return strings.Join(owner, "\n") }
 
 // validate checks a request completely before anything is touched.
 func validate(name string, args, env []string, dir string, grace time.Duration, lim limits) (*jobSpec, error) {
@@ -194,22 +197,56 @@ func (m *manager) start(owner []string, spec *jobSpec) (*job, error) {
 		return nil, status.Errorf(codes.FailedPrecondition,
 			"this host cannot enforce the requested limit: cgroup controller %s is not available", c)
 	}
-	m.mu.Lock()
-	closing := m.closing
-	m.mu.Unlock()
-	if closing {
-		return nil, status.Error(codes.Unavailable, "server is shutting down")
+	if err := m.reserve(owner); err != nil {
+		return nil, err
 	}
+	j, err := m.spawnJob(owner, spec)
+	if err != nil {
+		m.release(owner)
+	}
+	return j, err
+}
+
+// reserve counts a job against the server's and its client's bounds, or says why it cannot run.
+func (m *manager) reserve(owner []string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	key := identityKey(owner)
+	switch {
+	case m.closing:
+		return status.Error(codes.Unavailable, "server is shutting down")
+	case m.live >= m.cfg.maxJobs:
+		return status.Errorf(codes.ResourceExhausted, "the server already runs its maximum of %d jobs", m.cfg.maxJobs)
+	case m.running[key] >= m.cfg.maxJobsPerClient:
+		return status.Errorf(codes.ResourceExhausted, "you already run %d jobs, the most one client may", m.cfg.maxJobsPerClient)
+	}
+	m.running[key]++
+	m.live++
+	return nil
+}
+
+func (m *manager) release(owner []string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	key := identityKey(owner)
+	if m.running[key]--; m.running[key] == 0 {
+		delete(m.running, key)
+	}
+	m.live--
+}
+
+// spawnJob creates the cgroup, starts the job and registers it.
+func (m *manager) spawnJob(owner []string, spec *jobSpec) (*job, error) {
 	id, err := newULID(time.Now())
 	if err != nil {
 		return nil, fmt.Errorf("new job id: %w", err)
 	}
 	j := &job{id: id.String(), owner: owner, command: spec.argv, grace: spec.grace,
-		log: newRing(m.ringSize), done: make(chan struct{})}
+		log: newRing(m.cfg.ringSize), done: make(chan struct{})}
 	if j.cg, err = m.cg.create(j.id, spec.lim); err != nil {
 		return nil, fmt.Errorf("create job cgroup: %w", err)
 	}
-	if err := j.spawn(spec); err != nil {
+	if err := j.spawn(spec, m.cfg.jobUser); err != nil {
 		j.cg.remove()
 		return nil, err
 	}
@@ -228,13 +265,14 @@ func (m *manager) start(owner []string, spec *jobSpec) (*job, error) {
 	go func() {
 		defer m.watchers.Done()
 		j.finish()
+		m.release(owner)
 		m.evict()
 	}()
 	return j, nil
 }
 
 // spawn starts the job's init with two pipes for output and the goroutines that pump them.
-func (j *job) spawn(spec *jobSpec) error {
+func (j *job) spawn(spec *jobSpec, user *jobUser) error {
 	var pipes [4]*os.File // out r/w, err r/w
 	var err error
 	if pipes[0], pipes[1], err = os.Pipe(); err == nil {
@@ -245,7 +283,7 @@ func (j *job) spawn(spec *jobSpec) error {
 		return fmt.Errorf("create output pipes: %w", err)
 	}
 	j.started = time.Now()
-	cfg := initConfig{Hostname: j.id, Argv: spec.argv, Env: spec.env, Dir: spec.dir}
+	cfg := initConfig{Hostname: j.id, Argv: spec.argv, Env: spec.env, Dir: spec.dir, User: user}
 	j.proc, err = spawn(j.cg, cfg, pipes[1], pipes[3])
 	closeAll([]*os.File{pipes[1], pipes[3]}) // the job holds its own copies
 	if err != nil {
@@ -425,9 +463,9 @@ func (m *manager) evict() {
 		}
 	}
 	sort.Slice(finished, func(a, b int) bool { return finished[a].ended.Before(finished[b].ended) })
-	cutoff := time.Now().Add(-m.retainFor)
+	cutoff := time.Now().Add(-m.cfg.retainFor)
 	for i, j := range finished {
-		if len(finished)-i > m.retainJobs || j.ended.Before(cutoff) {
+		if len(finished)-i > m.cfg.retainJobs || j.ended.Before(cutoff) {
 			delete(m.jobs, j.id)
 		}
 	}

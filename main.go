@@ -51,6 +51,10 @@ type serveConfig struct {
 	ringSize            int
 	retainJobs          int
 	retainFor           time.Duration
+	maxJobs             int      // live jobs in all
+	maxJobsPerClient    int      // live jobs per client identity
+	maxStreamsPerClient int      // concurrent Log streams per client identity
+	jobUser             *jobUser // run commands as this uid:gid; nil: as root
 }
 
 func runServe(args []string) int {
@@ -65,6 +69,11 @@ func runServe(args []string) int {
 	fs.IntVar(&c.ringSize, "log_buffer", 1<<20, "bytes of output kept per job")
 	fs.IntVar(&c.retainJobs, "retain_jobs", 1000, "finished jobs kept for status and log")
 	fs.DurationVar(&c.retainFor, "retain_for", 24*time.Hour, "finished jobs older than this are forgotten")
+	fs.IntVar(&c.maxJobs, "max_jobs", 1000, "live jobs the server runs at most")
+	fs.IntVar(&c.maxJobsPerClient, "max_jobs_per_client", 100, "live jobs one client identity runs at most")
+	fs.IntVar(&c.maxStreamsPerClient, "max_streams_per_client", 100, "concurrent log streams per client identity")
+	fs.Func("job_user", "run job commands as UID:GID, with no_new_privs and no capabilities (default: root)",
+		func(v string) (err error) { c.jobUser, err = parseJobUser(v); return err })
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
 		return 2
 	}
@@ -97,8 +106,8 @@ func serve(c serveConfig) error {
 	if err != nil {
 		return err
 	}
-	m := newManager(cg, c.ringSize, c.retainJobs, c.retainFor)
-	srv := newGRPCServer(tlsCfg, m)
+	m := newManager(cg, c)
+	srv := newGRPCServer(tlsCfg, m, c.maxStreamsPerClient)
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"io"
 	"log"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -25,15 +26,37 @@ import (
 
 // newGRPCServer serves the job API over mutual TLS. Requests are small (see validate's bounds), so
 // anything over 1 MiB is refused by grpc-go with ResourceExhausted before it reaches a handler.
-func newGRPCServer(tlsCfg *tls.Config, m *manager) *grpc.Server {
+func newGRPCServer(tlsCfg *tls.Config, m *manager, maxStreams int) *grpc.Server {
 	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), grpc.MaxRecvMsgSize(1<<20))
-	rpcpb.RegisterJobControllerServer(srv, &server{m: m})
+	rpcpb.RegisterJobControllerServer(srv, &server{m: m, maxStreams: maxStreams, streams: map[string]int{}})
 	return srv
 }
 
 type server struct {
 	rpcpb.UnimplementedJobControllerServer
-	m *manager
+	m          *manager
+	maxStreams int // concurrent Log streams per identity
+
+	mu      sync.Mutex     // guards streams
+	streams map[string]int // open Log streams per identity
+}
+
+// openStream counts a Log stream against its client's bound; the returned func ends it.
+func (s *server) openStream(caller []string) (func(), error) {
+	key := identityKey(caller)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.streams[key] >= s.maxStreams {
+		return nil, status.Errorf(codes.ResourceExhausted, "you already have %d log streams open, the most one client may", s.maxStreams)
+	}
+	s.streams[key]++
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.streams[key]--; s.streams[key] == 0 {
+			delete(s.streams, key)
+		}
+	}, nil
 }
 
 // publicError passes status errors through and hides anything else behind Internal.
@@ -105,19 +128,20 @@ func zeroLimit(req *rpcpb.JobStartRequest) error {
 }
 
 // lookup authenticates the caller and finds a job it may see.
-func (s *server) lookup(ctx context.Context, id string) (*job, error) {
+func (s *server) lookup(ctx context.Context, id string) (*job, []string, error) {
 	caller, err := callerIdentity(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if _, err := parseULID(id); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	return s.m.get(id, caller)
+	j, err := s.m.get(id, caller)
+	return j, caller, err
 }
 
 func (s *server) Stop(ctx context.Context, req *rpcpb.JobIdentifier) (*rpcpb.JobStatus, error) {
-	j, err := s.lookup(ctx, req.GetUlid())
+	j, _, err := s.lookup(ctx, req.GetUlid())
 	if err != nil {
 		return nil, err
 	}
@@ -128,7 +152,7 @@ func (s *server) Stop(ctx context.Context, req *rpcpb.JobIdentifier) (*rpcpb.Job
 }
 
 func (s *server) Status(ctx context.Context, req *rpcpb.JobIdentifier) (*rpcpb.JobStatus, error) {
-	j, err := s.lookup(ctx, req.GetUlid())
+	j, _, err := s.lookup(ctx, req.GetUlid())
 	if err != nil {
 		return nil, err
 	}
@@ -153,10 +177,15 @@ func (s *server) Log(req *rpcpb.JobIdentifier, stream grpc.ServerStreamingServer
 
 func (s *server) ReadLog(req *rpcpb.LogRequest, stream grpc.ServerStreamingServer[rpcpb.JobLog]) error {
 	ctx := stream.Context()
-	j, err := s.lookup(ctx, req.GetUlid())
+	j, caller, err := s.lookup(ctx, req.GetUlid())
 	if err != nil {
 		return err
 	}
+	done, err := s.openStream(caller)
+	if err != nil {
+		return err
+	}
+	defer done()
 	buf := make([]byte, maxChunk)
 	off := int64(req.GetOffset())
 	if off < 0 {

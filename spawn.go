@@ -27,6 +27,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -42,6 +43,23 @@ type initConfig struct {
 	Argv     []string `json:"argv"` // argv[0] is the command as requested
 	Env      []string `json:"env"`
 	Dir      string   `json:"dir"`
+	User     *jobUser `json:"user,omitempty"`
+}
+
+// jobUser is the unprivileged identity that job commands run as (rund serve -job_user).
+type jobUser struct {
+	UID uint32 `json:"uid"`
+	GID uint32 `json:"gid"`
+}
+
+func parseJobUser(s string) (*jobUser, error) {
+	u, g, ok := strings.Cut(s, ":")
+	uid, err1 := strconv.ParseUint(u, 10, 32)
+	gid, err2 := strconv.ParseUint(g, 10, 32)
+	if !ok || err1 != nil || err2 != nil {
+		return nil, fmt.Errorf("want numeric UID:GID, e.g. 65534:65534, got %q", s)
+	}
+	return &jobUser{UID: uint32(uid), GID: uint32(gid)}, nil
 }
 
 // initReport is what the init tells rund: first a start report (Pid, or Errno and Stage when the
@@ -247,11 +265,20 @@ func startCommand(cfg initConfig) (int, *initReport) {
 		return 0, failure("setup", err, "open %s: %v", os.DevNull, err)
 	}
 	defer devnull.Close()
+	sys := &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: 5}
+	if u := cfg.User; u != nil {
+		// no_new_privs (inherited by the command) keeps setuid binaries and file capabilities from
+		// giving back what setuid to a non-zero uid takes away: every capability (capabilities(7)).
+		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+			return 0, failure("setup", err, "set no_new_privs: %v", err)
+		}
+		sys.Credential = &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: []uint32{}}
+	}
 	pid, err := syscall.ForkExec(path, cfg.Argv, &syscall.ProcAttr{
 		Dir:   cfg.Dir,
 		Env:   cfg.Env,
 		Files: []uintptr{devnull.Fd(), 1, 2},
-		Sys:   &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: 5},
+		Sys:   sys,
 	})
 	if err != nil {
 		return 0, failure("exec", err, "exec %q: %v", cfg.Argv[0], errnoText(err))

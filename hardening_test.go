@@ -1,0 +1,115 @@
+package main
+
+import (
+	"errors"
+	"io"
+	"os"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"rund/rpcpb"
+)
+
+func TestPerClientJobBounds(t *testing.T) {
+	ts := startServer(t, func(c *serveConfig) { c.maxJobsPerClient, c.maxJobs = 2, 3 })
+	a, b := ts.dialAs(t, "a"), ts.dialAs(t, "b")
+	stop := func(c rpcpb.JobControllerClient, id string) {
+		if _, err := c.Stop(ctx(t), &rpcpb.JobIdentifier{Ulid: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a1, a2 := startJob(t, a, cmd("sleep", "1000")), startJob(t, a, cmd("sleep", "1000"))
+	_, err := a.Start(ctx(t), cmd("sleep", "1000"))
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "one client") {
+		t.Errorf("a's third job: %v, want ResourceExhausted for one client", err)
+	}
+	b1 := startJob(t, b, cmd("sleep", "1000")) // another client is not held back by a
+	_, err = b.Start(ctx(t), cmd("sleep", "1000"))
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "server") {
+		t.Errorf("fourth job on the server: %v, want ResourceExhausted for the server", err)
+	}
+	stop(a, a1) // a finished job frees its slot
+	a3 := startJob(t, a, cmd("sleep", "1000"))
+	for _, id := range []string{a2, a3} {
+		stop(a, id)
+	}
+	stop(b, b1)
+	assertNoJobCgroups(t, ts.cg.parent)
+}
+
+func TestPerClientStreamBound(t *testing.T) {
+	ts := startServer(t, func(c *serveConfig) { c.maxStreamsPerClient = 2 })
+	a, b := ts.dialAs(t, "a"), ts.dialAs(t, "b")
+	id := startJob(t, a, cmd("sh", "-c", "echo ready; exec sleep 1000"))
+	bid := startJob(t, b, cmd("sleep", "1000"))
+	for range 2 {
+		waitOutputStream(t, a, id) // each stays open: the job is still running
+	}
+	stream, err := a.Log(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("third stream: %v, want ResourceExhausted", err)
+	}
+	// b's streams are counted apart from a's.
+	bs, err := b.ReadLog(ctx(t), &rpcpb.LogRequest{Ulid: bid, NoFollow: true})
+	if err == nil {
+		_, err = bs.Recv()
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		t.Errorf("b's stream: %v", err)
+	}
+	a.Stop(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
+	b.Stop(ctx(t), &rpcpb.JobIdentifier{Ulid: bid})
+}
+
+// waitOutputStream opens a Log stream and returns once it has delivered its first chunk, leaving it open.
+func waitOutputStream(t *testing.T, c rpcpb.JobControllerClient, id string) {
+	t.Helper()
+	stream, err := c.Log(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestJobUserCannotWriteRootFiles: with -job_user the command runs unprivileged: no capabilities,
+// no_new_privs, and a root-owned file stays unwritable.
+func TestJobUserCannotWriteRootFiles(t *testing.T) {
+	ts := startServer(t, func(c *serveConfig) { c.jobUser = &jobUser{UID: 65534, GID: 65534} })
+	a := ts.dialAs(t, "a")
+	f, err := os.CreateTemp("", "rund-root-owned-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	defer os.Remove(f.Name())
+	os.Chmod(f.Name(), 0o644)
+	script := `id -u; id -g; grep -E '^(CapEff|CapPrm|NoNewPrivs)' /proc/self/status; echo overwritten > ` + f.Name() + ` && echo wrote`
+	id := startJob(t, a, cmd("sh", "-c", script))
+	out, errs := readAll(t, a, id)
+	want := "65534\n65534\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nNoNewPrivs:\t1\n"
+	if out != want || !strings.Contains(errs, "Permission denied") {
+		t.Errorf("job as nobody printed %q (stderr %q), want %q and a permission error", out, errs, want)
+	}
+	if data, _ := os.ReadFile(f.Name()); len(data) != 0 {
+		t.Errorf("root-owned file now holds %q", data)
+	}
+}
+
+func TestParseJobUser(t *testing.T) {
+	if u, err := parseJobUser("65534:100"); err != nil || *u != (jobUser{65534, 100}) {
+		t.Errorf("65534:100 -> %v %v", u, err)
+	}
+	for _, bad := range []string{"", "nobody", "1", "1:", ":1", "-1:1", "1:4294967296", "1:2:3"} {
+		if _, err := parseJobUser(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
