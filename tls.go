@@ -168,7 +168,7 @@ func issue(spec certSpec, parent *issued) (*issued, error) {
 	return &issued{cert: cert, key: key}, err
 }
 
-// write saves the certificate (0644) and key (0600) as dir/name.crt and dir/name.key.
+// write saves the certificate (0644) and key (0600) as dir/name.crt and dir/name.key, replacing neither.
 func (i *issued) write(dir, name string) error {
 	keyDER, err := x509.MarshalECPrivateKey(i.key)
 	if err != nil {
@@ -176,15 +176,16 @@ func (i *issued) write(dir, name string) error {
 	}
 	crt := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: i.cert.Raw})
 	key := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
-	if err := os.WriteFile(filepath.Join(dir, name+".crt"), crt, 0o644); err != nil {
+	if err := createFile(filepath.Join(dir, name+".crt"), crt, 0o644); err != nil {
 		return err
 	}
-	return writeSecret(filepath.Join(dir, name+".key"), key)
+	return createFile(filepath.Join(dir, name+".key"), key, 0o600)
 }
 
-// writeSecret creates path 0600 from the start (never briefly world-readable) and replaces no file.
-func writeSecret(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+// createFile creates path with perm from the start (so a key is never briefly world-readable) and
+// fails with an os.ErrExist error rather than replace a file.
+func createFile(path string, data []byte, perm os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
 	if err != nil {
 		return err
 	}
@@ -212,8 +213,22 @@ func writeDevPKI(dir string) error {
 		{"client", certSpec{name: "client", dns: []string{"client"}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}},
 		{"client2", certSpec{name: "client2", dns: []string{"client2"}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}},
 	}
+	// Refuse before writing anything: a certificate replaced next to a key that is kept would leave a
+	// PKI whose certificates match neither the keys nor each other.
+	files := []string{"ca.crt"}
+	for _, l := range leaves {
+		files = append(files, l.file+".crt", l.file+".key")
+	}
+	for _, f := range files {
+		switch _, err := os.Lstat(filepath.Join(dir, f)); {
+		case err == nil:
+			return fmt.Errorf("%s: %w (remove the old development PKI first)", filepath.Join(dir, f), os.ErrExist)
+		case !errors.Is(err, os.ErrNotExist):
+			return err
+		}
+	}
 	crt := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw})
-	if err := os.WriteFile(filepath.Join(dir, "ca.crt"), crt, 0o644); err != nil {
+	if err := createFile(filepath.Join(dir, "ca.crt"), crt, 0o644); err != nil {
 		return err
 	}
 	for _, l := range leaves {
