@@ -2,9 +2,12 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -111,5 +114,65 @@ func TestParseJobUser(t *testing.T) {
 		if _, err := parseJobUser(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
+	}
+}
+
+// TestCertificateRotationOnSIGHUP: SIGHUP makes the server read its CA, certificate and key again.
+// New connections use the new ones; a running job and an open log stream carry on.
+func TestCertificateRotationOnSIGHUP(t *testing.T) {
+	requireRoot(t)
+	old, rotated := newTestPKI(t), newTestPKI(t) // two CAs
+	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
+	parent := filepath.Join(mount, fmt.Sprintf("rund-test-%d-sighup", os.Getpid()))
+	defer rmdirRetry(parent)
+	srv, addr, lines := serverProcess(t, old, parent)
+	defer func() { srv.Process.Signal(syscall.SIGTERM); srv.Wait() }()
+
+	oldServer := &testServer{addr: addr, pki: old}
+	a := oldServer.dialAs(t, "a")
+	flag := filepath.Join(t.TempDir(), "go-on")
+	id := startJob(t, a, cmd("sh", "-c", "echo ready; while [ ! -e "+flag+" ]; do sleep 0.05; done; echo after"))
+	stream, err := a.Log(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := stream.Recv(); err != nil || string(msg.Stdout) != "ready\n" {
+		t.Fatalf("before rotation: %q %v", msg.GetStdout(), err)
+	}
+
+	for _, f := range []string{"ca.crt", "server.crt", "server.key"} {
+		data, _ := os.ReadFile(rotated.file(f))
+		if err := os.WriteFile(old.file(f), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv.Process.Signal(syscall.SIGHUP)
+	for line := range lines {
+		if strings.Contains(line, "SIGHUP: reloaded") {
+			break
+		}
+	}
+
+	if _, err := oldServer.dialAs(t, "b").List(ctx(t), &rpcpb.ListRequest{}); status.Code(err) != codes.Unavailable {
+		t.Errorf("a client of the old CA connected after rotation: %v", err)
+	}
+	l, err := (&testServer{addr: addr, pki: rotated}).dialAs(t, "a").List(ctx(t), &rpcpb.ListRequest{})
+	if err != nil || len(l.Jobs) != 1 || l.Jobs[0].Ulid != id {
+		t.Errorf("a client of the new CA, same names: %v %v, want the running job", l, err)
+	}
+	os.WriteFile(flag, nil, 0o644)
+	var rest []byte
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("the stream opened before rotation broke: %v", err)
+		}
+		rest = append(rest, msg.Stdout...)
+	}
+	if string(rest) != "after\n" {
+		t.Errorf("stream after rotation got %q", rest)
 	}
 }

@@ -477,8 +477,9 @@ func TestListAndRetention(t *testing.T) {
 	}
 }
 
-// serverProcess runs this test binary as "rund serve" and returns once it is serving.
-func serverProcess(t *testing.T, pki *testPKI, parent string) (*exec.Cmd, string) {
+// serverProcess runs this test binary as "rund serve" and returns once it is serving, with its
+// address and a channel of the lines it logs from then on.
+func serverProcess(t *testing.T, pki *testPKI, parent string) (*exec.Cmd, string, <-chan string) {
 	t.Helper()
 	c := exec.Command(os.Args[0], "serve", "-addr", "127.0.0.1:0", "-cgroup", parent,
 		"-ca", pki.file("ca.crt"), "-cert", pki.file("server.crt"), "-key", pki.file("server.key"))
@@ -489,13 +490,22 @@ func serverProcess(t *testing.T, pki *testPKI, parent string) (*exec.Cmd, string
 	sc := bufio.NewScanner(stderr)
 	for sc.Scan() {
 		if _, rest, ok := strings.Cut(sc.Text(), "rund serving on "); ok {
-			go io.Copy(io.Discard, stderr)
-			return c, strings.TrimSuffix(strings.Fields(rest)[0], ";")
+			lines := make(chan string, 100)
+			go func() {
+				defer close(lines)
+				for sc.Scan() {
+					select {
+					case lines <- sc.Text():
+					default: // nobody listens: drop, never block the server's stderr
+					}
+				}
+			}()
+			return c, strings.TrimSuffix(strings.Fields(rest)[0], ";"), lines
 		}
 	}
 	c.Wait()
 	t.Fatalf("server exited before serving")
-	return nil, ""
+	return nil, "", nil
 }
 
 func jobPIDs(t testing.TB, parent, id string) []int {
@@ -517,7 +527,7 @@ func TestServerSIGTERMEndsAllJobs(t *testing.T) {
 	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
 	parent := filepath.Join(mount, fmt.Sprintf("rund-test-%d-sigterm", os.Getpid()))
 	defer rmdirRetry(parent)
-	srv, addr := serverProcess(t, pki, parent)
+	srv, addr, _ := serverProcess(t, pki, parent)
 	ts := &testServer{addr: addr, pki: pki}
 	a := ts.dialAs(t, "a")
 	var pids []int
@@ -544,7 +554,7 @@ func TestCrashedServerLeavesNothingAfterRestart(t *testing.T) {
 	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
 	parent := filepath.Join(mount, fmt.Sprintf("rund-test-%d-crash", os.Getpid()))
 	defer rmdirRetry(parent)
-	srv, addr := serverProcess(t, pki, parent)
+	srv, addr, _ := serverProcess(t, pki, parent)
 	a := (&testServer{addr: addr, pki: pki}).dialAs(t, "a")
 	id := startJob(t, a, cmd("sh", "-c", "echo ready; exec sleep 1000"))
 	waitOutput(t, a, id, "ready")
@@ -563,7 +573,7 @@ func TestCrashedServerLeavesNothingAfterRestart(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(parent, id)); err != nil {
 		t.Fatalf("expected the crashed server's job cgroup to remain until restart: %v", err)
 	}
-	srv2, _ := serverProcess(t, pki, parent)
+	srv2, _, _ := serverProcess(t, pki, parent)
 	assertNoJobCgroups(t, parent) // removed before it started serving
 	srv2.Process.Signal(syscall.SIGTERM)
 	srv2.Wait()

@@ -94,7 +94,7 @@ func runServe(args []string) int {
 // serve runs the server until SIGTERM or SIGINT, then stops accepting, ends every job, removes their
 // cgroups and returns nil.
 func serve(c serveConfig) error {
-	tlsCfg, err := serverTLS(c.ca, c.cert, c.key)
+	certs, err := newCertStore(c.ca, c.cert, c.key)
 	if err != nil {
 		return err
 	}
@@ -107,18 +107,28 @@ func serve(c serveConfig) error {
 		return err
 	}
 	m := newManager(cg, c)
-	srv := newGRPCServer(tlsCfg, m, c.maxStreamsPerClient)
+	srv := newGRPCServer(certs.config(), m, c.maxStreamsPerClient)
 
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
 	log.Printf("rund serving on %s; jobs in %s; controllers %v; io devices %v",
 		lis.Addr(), cg.parent, keys(cg.available), cg.ioDevices)
-	select {
-	case err = <-served:
-	case s := <-sigs:
-		log.Printf("%v: stopping every job", s)
+	for stop := false; !stop; {
+		select {
+		case err = <-served:
+			stop = true
+		case s := <-sigs:
+			if s != syscall.SIGHUP {
+				log.Printf("%v: stopping every job", s)
+				stop = true
+			} else if rerr := certs.reload(); rerr != nil {
+				log.Printf("SIGHUP: keeping the old certificates: %v", rerr)
+			} else {
+				log.Printf("SIGHUP: reloaded %s, %s and %s", c.ca, c.cert, c.key)
+			}
+		}
 	}
 	stopped := make(chan struct{})
 	go func() { srv.GracefulStop(); close(stopped) }() // refuses new calls at once

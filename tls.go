@@ -22,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"time"
 )
 
@@ -67,6 +68,7 @@ func serverTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
 	own := cert.Certificate[0]
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS13,
+		NextProtos:   []string{"h2"}, // set here too, as certStore hands this config out directly
 		Certificates: []tls.Certificate{cert},
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    pool,
@@ -78,6 +80,38 @@ func serverTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
 			return requireEKU(leaf, x509.ExtKeyUsageClientAuth, "client")
 		},
 	}, nil
+}
+
+// certStore holds the server's current TLS configuration, so that certificates can be rotated without
+// a restart: reload re-reads the files, and new connections get the new configuration while open ones
+// (and the jobs and streams on them) carry on.
+type certStore struct {
+	ca, cert, key string
+	current       atomic.Pointer[tls.Config]
+}
+
+func newCertStore(ca, cert, key string) (*certStore, error) {
+	s := &certStore{ca: ca, cert: cert, key: key}
+	return s, s.reload()
+}
+
+// reload swaps in the configuration read from the files now, or keeps the old one if they are bad.
+func (s *certStore) reload() error {
+	cfg, err := serverTLS(s.ca, s.cert, s.key)
+	if err == nil {
+		s.current.Store(cfg)
+	}
+	return err
+}
+
+// config is the listener's configuration: each handshake takes the current one.
+func (s *certStore) config() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			return s.current.Load(), nil
+		},
+	}
 }
 
 // clientTLS is the client's configuration: it trusts only caFile and wants the ServerAuth EKU.
