@@ -133,7 +133,7 @@ func requireRoot(t testing.TB) {
 func startServer(t *testing.T, opts ...serverOpt) *testServer {
 	t.Helper()
 	requireRoot(t)
-	goroutines := runtime.NumGoroutine()
+	goroutines, fds := runtime.NumGoroutine(), openFDs()
 	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
 	c := serveConfig{ringSize: 1 << 20, retainJobs: 1000, retainFor: time.Hour, maxJobs: 1000,
 		maxJobsPerClient: 1000, maxStreamsPerClient: 1000,
@@ -167,8 +167,32 @@ func startServer(t *testing.T, opts ...serverOpt) *testServer {
 			t.Errorf("remove test cgroup parent: %v", err)
 		}
 		assertGoroutines(t, goroutines)
+		assertFDs(t, fds)
 	})
 	return ts
+}
+
+func openFDs() int {
+	entries, _ := os.ReadDir("/proc/self/fd")
+	return len(entries)
+}
+
+// assertFDs waits (bounded, like assertGoroutines) for the open fd count to fall back to want.
+func assertFDs(t testing.TB, want int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for openFDs() > want && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := openFDs(); n > want {
+		entries, _ := os.ReadDir("/proc/self/fd")
+		var links []string
+		for _, e := range entries {
+			l, _ := os.Readlink("/proc/self/fd/" + e.Name())
+			links = append(links, e.Name()+"->"+l)
+		}
+		t.Errorf("%d file descriptors outlived the test (had %d): %v", n-want, want, links)
+	}
 }
 
 func sanitize(s string) string {

@@ -257,7 +257,10 @@ func startCommand(cfg initConfig) (int, *initReport) {
 		return 0, failure("dir", err, "working directory %q: %v", cfg.Dir, errnoText(err))
 	}
 	path, err := lookPath(cfg.Argv[0], cfg.Dir, cfg.Env)
-	if err != nil {
+	switch {
+	case errors.Is(err, syscall.ENOENT) && !strings.Contains(cfg.Argv[0], "/"):
+		return 0, failure("path", err, "command %q not found in the job's PATH", cfg.Argv[0])
+	case err != nil:
 		return 0, failure("path", err, "command %q: %v", cfg.Argv[0], errnoText(err))
 	}
 	devnull, err := os.Open(os.DevNull)
