@@ -6,7 +6,7 @@ PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 TOOLS     := $(CURDIR)/.cache/tools
 
-.PHONY: build run certs test check proto proto-check clean
+.PHONY: build run certs test fuzz check proto proto-check clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN) .
@@ -23,7 +23,15 @@ check:
 	$(GO) vet ./...
 
 test: check build
-	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+# fuzz runs every fuzz target for FUZZTIME; their seeds are in the code and in testdata/fuzz.
+FUZZTIME ?= 30s
+fuzz:
+	@for f in $$($(GO) test -list '^Fuzz' . | grep '^Fuzz'); do \
+		echo "fuzz $$f for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) . || exit 1; \
+	done
 
 # protoc comes from Debian's protobuf-compiler; the Go plugins are pinned here.
 $(TOOLS)/protoc-gen-go:
