@@ -335,22 +335,22 @@ func waitEmpty(ctx context.Context, dir string) error {
 	if _, err := unix.InotifyAddWatch(fd, events, unix.IN_MODIFY); err != nil {
 		return fmt.Errorf("inotify_add_watch %s: %w", events, err)
 	}
+	stop := context.AfterFunc(ctx, func() { f.SetReadDeadline(time.Now()) }) // wake the read on cancel
+	defer stop()
 	buf := make([]byte, 4096)
 	for {
 		busy, err := populated(dir)
 		if err != nil || !busy {
 			return err
 		}
-		deadline, ok := ctx.Deadline()
-		if !ok {
-			deadline = time.Now().Add(time.Second) // re-check now and then even without a deadline
-		}
-		f.SetReadDeadline(deadline)
-		if _, err := f.Read(buf); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-			return err
-		}
+		// Re-check at least every second; set before the ctx check, so a cancel in between still
+		// reaches the read through AfterFunc's deadline.
+		f.SetReadDeadline(time.Now().Add(time.Second))
 		if ctx.Err() != nil {
 			return fmt.Errorf("wait for %s to empty: %w", dir, ctx.Err())
+		}
+		if _, err := f.Read(buf); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			return err
 		}
 	}
 }

@@ -173,23 +173,9 @@ func jobEnv(extra []string) []string {
 	return env
 }
 
-func cutEnv(kv string) (k, v string, ok bool) {
-	for i := 0; i < len(kv); i++ {
-		if kv[i] == '=' {
-			return kv[:i], kv[i+1:], true
-		}
-	}
-	return "", "", false
-}
+func cutEnv(kv string) (k, v string, ok bool) { return strings.Cut(kv, "=") }
 
-func containsNUL(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] == 0 {
-			return true
-		}
-	}
-	return false
-}
+func containsNUL(s string) bool { return strings.IndexByte(s, 0) >= 0 }
 
 // start runs a validated job for owner.
 func (m *manager) start(owner []string, spec *jobSpec) (*job, error) {
@@ -290,10 +276,10 @@ func (j *job) spawn(spec *jobSpec, user *jobUser) error {
 		closeAll([]*os.File{pipes[0], pipes[2]})
 		return err
 	}
+	j.outputs = [2]*os.File{pipes[0], pipes[2]}
 	j.pumps.Add(2)
 	go j.pump(stdoutStream, pipes[0])
 	go j.pump(stderrStream, pipes[2])
-	j.outputs = [2]*os.File{pipes[0], pipes[2]}
 	return nil
 }
 
