@@ -100,11 +100,18 @@ func TestNamespaces(t *testing.T) {
 	}
 }
 
-// TestNoInheritedFDs: the command holds stdin, stdout and stderr, none of the init's control pipes.
-// It is read from the host, so that nothing the probe itself opens gets counted.
-func TestNoInheritedFDs(t *testing.T) {
+// TestJobDoesNotInheritServerFDs: the command holds stdin, stdout and stderr, none of the init's
+// control pipes and none of the fds the server itself inherited without O_CLOEXEC (os/exec passes
+// those on: this caught a shell's stray fds 10 and 251 showing up in every job). Read from the host,
+// so that nothing a probe opens gets counted.
+func TestJobDoesNotInheritServerFDs(t *testing.T) {
 	ts := startServer(t)
 	a := ts.dialAs(t, "a")
+	leaky, err := syscall.Open(os.DevNull, syscall.O_RDONLY, 0) // no O_CLOEXEC, like an inherited fd
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(leaky)
 	id := startJob(t, a, cmd("sleep", "1000"))
 	defer a.Stop(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
 	pids := jobPIDs(t, ts.cg.parent, id)
