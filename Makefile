@@ -6,7 +6,7 @@ PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 TOOLS     := $(CURDIR)/.cache/tools
 
-.PHONY: build run certs test fuzz check proto proto-check clean
+.PHONY: build run certs test fuzz e2e check proto proto-check clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN) .
@@ -32,6 +32,11 @@ fuzz:
 		echo "fuzz $$f for $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) . || exit 1; \
 	done
+
+# e2e boots a throwaway VM (qemu under TCG, Debian's cloud kernel, cgroup_no_v1=all) and proves there
+# that every limit is enforced (vm_test.go, e2e_guest_test.go). As root; `make test` runs it too.
+e2e:
+	$(GO) test -count=1 -run TestVM -v .
 
 # protoc comes from Debian's protobuf-compiler; the Go plugins are pinned here.
 $(TOOLS)/protoc-gen-go:

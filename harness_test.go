@@ -36,6 +36,8 @@ func TestMain(m *testing.M) {
 			os.Exit(runServe(os.Args[2:]))
 		case "probe":
 			os.Exit(probe(os.Args[2:]))
+		case "e2e-tool":
+			os.Exit(e2eTool(os.Args[2:]))
 		}
 	}
 	os.Exit(runTests(m))

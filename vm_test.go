@@ -1,0 +1,464 @@
+package main
+
+// vm_test.go: TestVM proves in a throwaway VM what no test on a host without cgroup v2 controllers
+// can: that each limit is enforced. It boots Debian's cloud kernel under qemu (TCG, no KVM needed)
+// with cgroup_no_v1=all, from an initramfs of busybox-static, a static rund and this package's test
+// binary built static, plus a small virtio disk for the io checks. The guest's /init runs
+// TestE2EGuest (e2e_guest_test.go), which prints one "E2E <check> PASS|FAIL <figures>" line per check
+// on the serial console; here each becomes a subtest, and a missing line fails too.
+//
+// What it needs (qemu, the kernel and busybox packages) .ci/vm-assets.sh installs or fetches into
+// .cache/vm/. With CI=true anything missing fails the test; elsewhere, it skips without root or when
+// qemu cannot be had.
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// vmModules are the modules the guest loads (with their dependencies) to see its virtio disk.
+var vmModules = []string{"virtio_pci", "virtio_blk"}
+
+// vmTimeout bounds the VM's whole run; the guest suite itself takes about a minute and a half.
+const vmTimeout = 4 * time.Minute
+
+func TestVM(t *testing.T) {
+	ci := os.Getenv("CI") == "true"
+	// missing skips, or fails loudly in CI, where the suite must run.
+	missing := func(format string, args ...any) {
+		t.Helper()
+		if ci {
+			t.Fatalf("CI=true, and the VM suite cannot run: "+format, args...)
+		}
+		t.Skipf(format, args...)
+	}
+	if os.Getenv("RUND_E2E_GUEST") == "1" {
+		t.Skip("this is the guest")
+	}
+	if testing.Short() && !ci {
+		t.Skip("-short: the VM suite boots a VM and takes minutes")
+	}
+	if os.Geteuid() != 0 {
+		missing("needs root: it installs qemu with apt (.ci/vm-assets.sh) and boots a VM")
+	}
+	begin := time.Now()
+	cache, err := filepath.Abs(".cache/vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	assets, err := vmAssets(cache)
+	if err != nil {
+		if _, lerr := exec.LookPath("qemu-system-x86_64"); lerr != nil {
+			missing("qemu-system-x86_64 is not installed and .ci/vm-assets.sh could not install it: %v", err)
+		}
+		t.Fatalf("prepare the VM's kernel and busybox: %v", err)
+	}
+	dir := t.TempDir()
+	rund, rundTest := filepath.Join(dir, "rund"), filepath.Join(dir, "rund.test")
+	if err := goBuildStatic("build", "-trimpath", "-o", rund, "."); err != nil {
+		t.Fatal(err)
+	}
+	if err := goBuildStatic("test", "-c", "-o", rundTest, "."); err != nil {
+		t.Fatal(err)
+	}
+	initrd := filepath.Join(dir, "initramfs.cpio")
+	if err := writeInitramfs(initrd, assets, rund, rundTest); err != nil {
+		t.Fatalf("initramfs: %v", err)
+	}
+	disk := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(disk, nil, 0o600); err == nil {
+		err = os.Truncate(disk, 64<<20)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	prepared := time.Since(begin)
+
+	logPath := filepath.Join(cache, "last-console.log")
+	results, done, booted, err := runVM(assets, initrd, disk, logPath)
+	elapsed := time.Since(begin)
+	t.Logf("VM suite: %.1fs in all (%.1fs to build and prepare, guest suite started %.1fs after qemu); console log: %s",
+		elapsed.Seconds(), prepared.Seconds(), booted.Seconds(), logPath)
+	if err != nil {
+		t.Errorf("qemu: %v\nlast console lines:\n%s", err, consoleTail(logPath, 40))
+	}
+	if done != "exit=0" {
+		t.Errorf("guest suite ended %q (want exit=0)\nlast console lines:\n%s", done, consoleTail(logPath, 40))
+	}
+	for _, name := range e2eChecks {
+		t.Run(name, func(t *testing.T) {
+			r, ok := results[name]
+			switch {
+			case !ok:
+				t.Errorf("the guest printed no result for %s (console log: %s)", name, logPath)
+			case r.pass:
+				t.Logf("PASS %s", r.detail)
+			default:
+				t.Errorf("FAIL %s", r.detail)
+			}
+		})
+	}
+	for name := range results {
+		if !slices.Contains(e2eChecks, name) {
+			t.Errorf("the guest reported %q, which is not in e2eChecks", name)
+		}
+	}
+}
+
+// vmAssets runs .ci/vm-assets.sh and returns its key=value lines: qemu, kernel, modules, busybox.
+func vmAssets(cache string) (map[string]string, error) {
+	cmd := exec.Command("bash", ".ci/vm-assets.sh", cache)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf(".ci/vm-assets.sh: %v\n%s", err, stderr.Bytes())
+	}
+	assets := map[string]string{}
+	for _, line := range strings.Split(string(out), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok {
+			assets[k] = v
+		}
+	}
+	for _, k := range []string{"qemu", "kernel", "modules", "busybox"} {
+		if assets[k] == "" {
+			return nil, fmt.Errorf(".ci/vm-assets.sh did not say where %s is:\n%s", k, out)
+		}
+	}
+	return assets, nil
+}
+
+// goBuildStatic runs the go command with cgo off: the binaries must run in an initramfs without libc.
+// No -race: the guest runs plain builds even when the host suite runs under the race detector.
+func goBuildStatic(args ...string) error {
+	cmd := exec.Command("go", args...)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// vmInit is the guest's /init: mounts, the virtio disk, then the suite, then power off.
+const vmInit = `#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+ip link set lo up
+hostname rund-e2e
+for m in $(cat /lib/modules/order); do
+	insmod /lib/modules/$m.ko || echo "E2E-INIT insmod $m failed"
+done
+i=0
+while [ ! -e /sys/block/vda/dev ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+if [ -e /sys/block/vda/dev ] && [ ! -b /dev/vda ]; then
+	mknod /dev/vda b $(tr : ' ' </sys/block/vda/dev)
+fi
+echo "E2E-INIT kernel $(uname -r); cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers); vda $(cat /sys/block/vda/dev 2>&1)"
+cd /
+RUND_E2E_GUEST=1 /bin/rund.test -test.run '^TestE2EGuest$' -test.v -test.timeout 200s
+echo "E2E-DONE exit=$?"
+poweroff -f
+`
+
+// writeInitramfs writes the guest's root filesystem as a newc cpio archive (the kernel's initramfs
+// format), uncompressed.
+func writeInitramfs(path string, assets map[string]string, rund, rundTest string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	w := &cpioWriter{w: bufio.NewWriterSize(f, 1<<20)}
+	for _, d := range []string{"bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run",
+		"etc", "lib", "lib/modules", "mnt", "root"} {
+		w.add(d, 0o040755, nil, 0, 0)
+	}
+	w.add("dev/console", 0o020600, nil, 5, 1) // the kernel opens it for /init's stdio
+	w.add("dev/null", 0o020666, nil, 1, 3)
+	w.add("init", 0o100755, []byte(vmInit), 0, 0)
+	w.add("etc/hosts", 0o100644, []byte("127.0.0.1 localhost\n::1 localhost\n"), 0, 0)
+	for _, file := range []struct{ src, dst string }{
+		{assets["busybox"], "bin/busybox"}, {rund, "bin/rund"}, {rundTest, "bin/rund.test"},
+	} {
+		data, err := os.ReadFile(file.src)
+		if err != nil {
+			return err
+		}
+		w.add(file.dst, 0o100755, data, 0, 0)
+	}
+	applets, err := exec.Command(assets["busybox"], "--list-full").Output()
+	if err != nil {
+		return fmt.Errorf("busybox --list-full: %w", err)
+	}
+	for _, a := range strings.Fields(string(applets)) {
+		if a != "bin/busybox" {
+			w.add(a, 0o120777, []byte("/bin/busybox"), 0, 0)
+		}
+	}
+	mods, err := moduleLoadOrder(assets["modules"], vmModules)
+	if err != nil {
+		return err
+	}
+	var order []string
+	for _, m := range mods {
+		data, err := readModule(m.path)
+		if err != nil {
+			return err
+		}
+		w.add("lib/modules/"+m.name+".ko", 0o100644, data, 0, 0)
+		order = append(order, m.name)
+	}
+	w.add("lib/modules/order", 0o100644, []byte(strings.Join(order, "\n")+"\n"), 0, 0)
+	w.add("TRAILER!!!", 0, nil, 0, 0)
+	if w.err == nil {
+		w.err = w.w.Flush()
+	}
+	return w.err
+}
+
+// cpioWriter writes the "newc" format: a 110-byte ASCII header, the NUL-terminated name, the data,
+// each padded to 4 bytes.
+type cpioWriter struct {
+	w   *bufio.Writer
+	ino int
+	err error
+}
+
+func (c *cpioWriter) add(name string, mode uint32, data []byte, rdevMajor, rdevMinor int) {
+	if c.err != nil {
+		return
+	}
+	c.ino++
+	nlink := 1
+	if mode&0o170000 == 0o040000 {
+		nlink = 2
+	}
+	hdr := fmt.Sprintf("070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
+		c.ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rdevMajor, rdevMinor, len(name)+1, 0)
+	pad := func(n int) []byte { return make([]byte, (4-n%4)%4) }
+	for _, b := range [][]byte{[]byte(hdr), []byte(name), {0}, pad(len(hdr) + len(name) + 1), data, pad(len(data))} {
+		if _, err := c.w.Write(b); err != nil {
+			c.err = err
+			return
+		}
+	}
+}
+
+type kmod struct{ name, path string }
+
+// moduleLoadOrder returns want and the modules they depend on, each after its dependencies. The
+// kernel package ships no modules.dep (depmod makes it at install), so dependencies come from where
+// depmod takes them: the "depends=" entry of each module's .modinfo section.
+func moduleLoadOrder(dir string, want []string) ([]kmod, error) {
+	paths := map[string]string{} // module name -> file
+	err := filepath.WalkDir(filepath.Join(dir, "kernel"), func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		base := filepath.Base(p)
+		if i := strings.Index(base, ".ko"); i > 0 {
+			paths[strings.ReplaceAll(base[:i], "-", "_")] = p
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	var order []kmod
+	state := map[string]int{} // 1: visiting, 2: done
+	var visit func(name string) error
+	visit = func(name string) error {
+		switch state[name] {
+		case 1:
+			return fmt.Errorf("module dependency cycle at %s", name)
+		case 2:
+			return nil
+		}
+		state[name] = 1
+		p, ok := paths[name]
+		if !ok {
+			return fmt.Errorf("module %s is not in %s (built in? check modules.builtin)", name, dir)
+		}
+		data, err := readModule(p)
+		if err != nil {
+			return err
+		}
+		deps, err := moduleDepends(data)
+		if err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		for _, d := range deps {
+			if err := visit(d); err != nil {
+				return err
+			}
+		}
+		state[name] = 2
+		order = append(order, kmod{name, p})
+		return nil
+	}
+	for _, w := range want {
+		if err := visit(w); err != nil {
+			return nil, err
+		}
+	}
+	return order, nil
+}
+
+// moduleDepends reads "depends=a,b" from a module's .modinfo section (NUL-separated key=value).
+func moduleDepends(ko []byte) ([]string, error) {
+	f, err := elf.NewFile(bytes.NewReader(ko))
+	if err != nil {
+		return nil, err
+	}
+	sec := f.Section(".modinfo")
+	if sec == nil {
+		return nil, errors.New("no .modinfo section")
+	}
+	info, err := sec.Data()
+	if err != nil {
+		return nil, err
+	}
+	for _, kv := range bytes.Split(info, []byte{0}) {
+		if v, ok := bytes.CutPrefix(kv, []byte("depends=")); ok {
+			if len(v) == 0 {
+				return nil, nil
+			}
+			return strings.Split(string(v), ","), nil
+		}
+	}
+	return nil, nil
+}
+
+// readModule returns a module uncompressed. Debian's 6.1 cloud kernel ships plain .ko files
+// (CONFIG_MODULE_COMPRESS_NONE), later ones may compress them: gzip is undone here, xz and zstd by
+// their commands, as busybox insmod may not know them.
+func readModule(path string) ([]byte, error) {
+	switch filepath.Ext(path) {
+	case ".ko":
+		return os.ReadFile(path)
+	case ".gz":
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		z, err := gzip.NewReader(f)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return io.ReadAll(z)
+	case ".xz", ".zst":
+		tool := map[string]string{".xz": "xz", ".zst": "zstd"}[filepath.Ext(path)]
+		out, err := exec.Command(tool, "-dc", path).Output()
+		if err != nil {
+			return nil, fmt.Errorf("decompress %s with %s (install it): %w", path, tool, err)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("%s: unknown module file type", path)
+}
+
+// vmResult is one check's line from the guest.
+type vmResult struct {
+	pass   bool
+	detail string
+}
+
+// runVM boots the guest and collects its E2E lines. It returns the results by check name, the
+// "E2E-DONE" status, and how long after qemu's start the guest's /init reported in.
+func runVM(assets map[string]string, initrd, disk, logPath string) (map[string]vmResult, string, time.Duration, error) {
+	// cache=none opens the image with O_DIRECT, so that the host's page cache does not blur the
+	// guest's io figures; a filesystem without O_DIRECT gets writeback.
+	cacheMode := "none"
+	if fd, err := unix.Open(disk, unix.O_RDWR|unix.O_DIRECT, 0); err != nil {
+		cacheMode = "writeback"
+	} else {
+		unix.Close(fd)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, assets["qemu"],
+		"-M", "pc", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "1024",
+		"-nographic", "-no-reboot", "-nic", "none",
+		"-kernel", assets["kernel"], "-initrd", initrd,
+		"-append", "console=ttyS0 cgroup_no_v1=all panic=-1 loglevel=3",
+		"-drive", "file="+disk+",if=virtio,format=raw,cache="+cacheMode)
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, "", 0, err
+	}
+	defer logFile.Close()
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, "", 0, err
+	}
+	waited := make(chan error, 1)
+	go func() {
+		err := cmd.Wait()
+		pw.Close()
+		waited <- err
+	}()
+	results := map[string]vmResult{}
+	done := ""
+	var booted time.Duration
+	sc := bufio.NewScanner(pr)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimRight(sc.Text(), "\r")
+		fmt.Fprintln(logFile, line)
+		i := strings.Index(line, "E2E")
+		if i < 0 {
+			continue
+		}
+		line = line[i:]
+		if strings.HasPrefix(line, "E2E-INIT") && booted == 0 {
+			booted = time.Since(start)
+		}
+		if v, ok := strings.CutPrefix(line, "E2E-DONE "); ok {
+			done = strings.TrimSpace(v)
+		}
+		f := strings.SplitN(line, " ", 4)
+		if len(f) >= 3 && f[0] == "E2E" && (f[2] == "PASS" || f[2] == "FAIL") {
+			r := vmResult{pass: f[2] == "PASS"}
+			if len(f) == 4 {
+				r.detail = f[3]
+			}
+			results[f[1]] = r
+		}
+	}
+	io.Copy(io.Discard, pr)
+	err = <-waited
+	if ctx.Err() != nil {
+		err = fmt.Errorf("the VM did not power off within %v: %w", vmTimeout, ctx.Err())
+	}
+	return results, done, booted, err
+}
+
+// consoleTail returns the last n lines of the console log.
+func consoleTail(path string, n int) string {
+	data, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
