@@ -75,6 +75,7 @@ func TestBadInput(t *testing.T) {
 		{"wbps 0", lim(func(r *rpcpb.JobStartRequest) { r.MaxWbps = wrapperspb.UInt64(0) }), codes.InvalidArgument, "max_wbps is 0"},
 		{"riops 0", lim(func(r *rpcpb.JobStartRequest) { r.MaxRiops = wrapperspb.UInt64(0) }), codes.InvalidArgument, "max_riops is 0"},
 		{"wiops 0", lim(func(r *rpcpb.JobStartRequest) { r.MaxWiops = wrapperspb.UInt64(0) }), codes.InvalidArgument, "max_wiops is 0"},
+		{"pids over the kernel's limit", lim(func(r *rpcpb.JobStartRequest) { r.MaxPids = wrapperspb.UInt64(1<<22 + 1) }), codes.InvalidArgument, "kernel's limit"},
 		{"pids 0", lim(func(r *rpcpb.JobStartRequest) { r.MaxPids = wrapperspb.UInt64(0) }), codes.InvalidArgument, "max_pids is 0"},
 		{"negative grace", lim(func(r *rpcpb.JobStartRequest) { r.StopGracePeriod = durationpb.New(-time.Second) }), codes.InvalidArgument, "grace"},
 		{"zero grace", lim(func(r *rpcpb.JobStartRequest) { r.StopGracePeriod = durationpb.New(0) }), codes.InvalidArgument, "grace"},

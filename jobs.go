@@ -10,7 +10,9 @@ import (
 	"log"
 	"os"
 	"runtime"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -31,6 +33,7 @@ const (
 	cpuPeriod       = 100000
 	defaultGrace    = 10 * time.Second
 	maxGrace        = 10 * time.Minute
+	maxPids         = 1 << 22 // PID_MAX_LIMIT on 64-bit; pids.max refuses more
 )
 
 // jobSpec is a validated Start request.
@@ -57,7 +60,8 @@ type job struct {
 	done    chan struct{}  // closed once the fields below mu are final
 
 	mu            sync.Mutex // guards the fields below
-	stopRequested bool
+	stopRequested bool       // a Stop came before the command's end was known
+	exitKnown     bool       // the init has reported how the command ended
 	ended         time.Time
 	exit          exitInfo
 	final         usage
@@ -80,8 +84,15 @@ func newManager(cg *cgroupFS, cfg serveConfig) *manager {
 	return &manager{cg: cg, cfg: cfg, jobs: map[string]*job{}, running: map[string]int{}}
 }
 
-// identityKey names one client certificate's set of SANs, for per-client bounds.
-func identityKey(owner []string) string { return strings.Join(owner, "\n") }
+// identityKey names one client certificate's set of SANs, for per-client bounds: sorted, and quoted so
+// that no name can run into the next.
+func identityKey(owner []string) string {
+	var b strings.Builder
+	for _, n := range slices.Sorted(slices.Values(owner)) {
+		b.WriteString(strconv.Quote(n))
+	}
+	return b.String()
+}
 
 // validate checks a request completely before anything is touched.
 func validate(name string, args, env []string, dir string, grace time.Duration, lim limits) (*jobSpec, error) {
@@ -136,6 +147,9 @@ func validateLimits(lim limits) error {
 	if lim.cpuQuota != 0 && (lim.cpuQuota < minCPUQuota || lim.cpuQuota > maxQuota) {
 		return bad("max_cpu_bandwidth %d is outside %d..%d (us per %d us period, %d CPUs)",
 			lim.cpuQuota, minCPUQuota, maxQuota, cpuPeriod, runtime.NumCPU())
+	}
+	if lim.pids > maxPids {
+		return bad("max_pids %d is over the kernel's limit of %d", lim.pids, maxPids)
 	}
 	page, mem := uint64(os.Getpagesize()), physicalMemory()
 	if lim.memory != 0 && (lim.memory < page || lim.memory > mem) {
@@ -227,7 +241,7 @@ func (m *manager) spawnJob(owner []string, spec *jobSpec) (*job, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new job id: %w", err)
 	}
-	j := &job{id: id.String(), owner: owner, command: spec.argv, grace: spec.grace,
+	j := &job{id: id.String(), owner: owner, command: statusCommand(spec.argv), grace: spec.grace,
 		log: newRing(m.cfg.ringSize), done: make(chan struct{})}
 	if j.cg, err = m.cg.create(j.id, spec.lim); err != nil {
 		return nil, fmt.Errorf("create job cgroup: %w", err)
@@ -255,6 +269,20 @@ func (m *manager) spawnJob(owner []string, spec *jobSpec) (*job, error) {
 		m.evict()
 	}()
 	return j, nil
+}
+
+// statusCommand is the command as Status and List show it: cut at 1 KiB, so that a List of many jobs
+// with long command lines stays small.
+func statusCommand(argv []string) []string {
+	var out []string
+	n := 0
+	for i, a := range argv {
+		if n += len(a); n > 1024 {
+			return append(out, fmt.Sprintf("... (%d more args)", len(argv)-i))
+		}
+		out = append(out, a)
+	}
+	return out
 }
 
 // spawn starts the job's init with two pipes for output and the goroutines that pump them.
@@ -310,6 +338,9 @@ func (j *job) pump(s stream, f *os.File) {
 // cgroup removed; the status published; the log closed (so a reader that sees EOF sees a final status).
 func (j *job) finish() {
 	exit := j.proc.wait()
+	j.mu.Lock()
+	j.exitKnown = true
+	j.mu.Unlock()
 	if err := kill(j.cg.dir); err != nil {
 		log.Printf("job %s: %v", j.id, err)
 	}
@@ -339,41 +370,42 @@ func (j *job) drain() {
 	select {
 	case <-done:
 	case <-time.After(2 * time.Second):
-		closeAll(j.outputs[:])
-		<-done
 	}
-	closeAll(j.outputs[:])
+	closeAll(j.outputs[:]) // unblocks a pump still reading
+	<-done
 }
 
-// stop asks the job to end: SIGTERM to the command, then after the grace period SIGKILL to every
-// process of the command's cgroup. It returns once the job's cleanup is done or ctx ends.
+// stop asks the job to end and returns once its cleanup is done or ctx ends. The first Stop of a
+// running job starts escalate, which does not depend on that caller staying.
 func (j *job) stop(ctx context.Context) error {
 	j.mu.Lock()
-	over := !j.ended.IsZero()
-	j.stopRequested = j.stopRequested || !over // a job that already ended keeps its own state
+	first := !j.exitKnown && !j.stopRequested
+	j.stopRequested = j.stopRequested || !j.exitKnown // a job that already ended keeps its own state
 	j.mu.Unlock()
-	if over {
-		return nil
+	if first {
+		go j.escalate()
 	}
+	select {
+	case <-j.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// escalate sends SIGTERM to the command and, if the job is still there after the grace period, SIGKILL
+// to every process of the command's cgroup. Killing job/ and not the init lets the init report the
+// command's SIGKILL exactly.
+func (j *job) escalate() {
 	j.proc.signal(syscall.SIGTERM)
 	timer := time.NewTimer(j.grace)
 	defer timer.Stop()
 	select {
 	case <-j.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
 	case <-timer.C:
-	}
-	// Killing job/ and not the init lets the init report the command's SIGKILL exactly.
-	if err := kill(j.cg.jobDir()); err != nil {
-		log.Printf("job %s: %v", j.id, err)
-	}
-	select {
-	case <-j.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+		if err := kill(j.cg.jobDir()); err != nil {
+			log.Printf("job %s: %v", j.id, err)
+		}
 	}
 }
 
@@ -390,14 +422,18 @@ type snapshot struct {
 }
 
 func (j *job) snapshot() snapshot {
+	finished := false // checked before the copy: if done closes during it, the copy is not final
+	select {
+	case <-j.done:
+		finished = true
+	default:
+	}
 	j.mu.Lock()
 	s := snapshot{id: j.id, command: j.command, started: j.started, stopRequested: j.stopRequested,
 		ended: j.ended, exit: j.exit, use: j.final}
 	j.mu.Unlock()
-	select {
-	case <-j.done:
+	if finished {
 		return s
-	default:
 	}
 	use, ok := readUsage(j.cg.jobDir())
 	if !ok {
@@ -436,22 +472,25 @@ func (m *manager) list(caller []string) []*job {
 	return js
 }
 
-// evict drops finished jobs beyond the retention bounds, oldest first.
+// evict drops each client's finished jobs beyond the retention bounds, oldest first. The count is per
+// client, so that one client's many jobs cannot push out another's records.
 func (m *manager) evict() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var finished []*job
 	for _, j := range m.jobs {
 		select {
-		case <-j.done:
+		case <-j.done: // ended is final and visible once done is closed
 			finished = append(finished, j)
 		default:
 		}
 	}
-	sort.Slice(finished, func(a, b int) bool { return finished[a].ended.Before(finished[b].ended) })
+	sort.Slice(finished, func(a, b int) bool { return finished[a].ended.After(finished[b].ended) })
 	cutoff := time.Now().Add(-m.cfg.retainFor)
-	for i, j := range finished {
-		if len(finished)-i > m.cfg.retainJobs || j.ended.Before(cutoff) {
+	kept := map[string]int{}
+	for _, j := range finished {
+		k := identityKey(j.owner)
+		if kept[k]++; kept[k] > m.cfg.retainJobs || j.ended.Before(cutoff) {
 			delete(m.jobs, j.id)
 		}
 	}
@@ -481,6 +520,9 @@ func startErrorStatus(err error) error {
 	var se *startError
 	if !errors.As(err, &se) {
 		return err
+	}
+	if se.stage == "setup" {
+		return err // the server's own failure: logged, and Internal to the client
 	}
 	code := codes.Internal
 	switch {

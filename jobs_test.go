@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -419,27 +420,72 @@ func TestLiveFollowers(t *testing.T) {
 func TestListAndRetention(t *testing.T) {
 	ts := startServer(t, func(c *serveConfig) { c.retainJobs = 2 })
 	a, b := ts.dialAs(t, "a"), ts.dialAs(t, "b")
-	var ids []string
+	var aIDs []string
 	for i := range 4 {
-		ids = append(ids, startJob(t, a, cmd("sh", "-c", "exit "+strconv.Itoa(i))))
-		waitDone(t, a, ids[i])
+		aIDs = append(aIDs, startJob(t, a, cmd("sh", "-c", "exit "+strconv.Itoa(i))))
+		waitDone(t, a, aIDs[i])
 	}
 	bID := startJob(t, b, cmd("true"))
 	waitDone(t, b, bID)
-	l, err := a.List(ctx(t), &rpcpb.ListRequest{})
-	if err != nil {
-		t.Fatal(err)
+	ids := func(c rpcpb.JobControllerClient) []string {
+		l, err := c.List(ctx(t), &rpcpb.ListRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, j := range l.Jobs {
+			got = append(got, j.Ulid)
+		}
+		return got
 	}
-	var got []string
-	for _, j := range l.Jobs {
-		got = append(got, j.Ulid)
+	// Retention is per client: a keeps its 2 newest, and a's 4 jobs do not push out b's one.
+	if got := ids(a); !slices.Equal(got, aIDs[2:]) {
+		t.Errorf("a lists %v, want %v", got, aIDs[2:])
 	}
-	// Retention is per server: of the 5 finished jobs the 2 newest stay, and only one of them is a's.
-	if !slices.Equal(got, ids[3:]) {
-		t.Errorf("a lists %v, want %v", got, ids[3:])
+	if got := ids(b); !slices.Equal(got, []string{bID}) {
+		t.Errorf("b lists %v, want its own job %s", got, bID)
 	}
-	if _, err := a.Status(ctx(t), &rpcpb.JobIdentifier{Ulid: ids[0]}); status.Code(err) != codes.NotFound {
+	if _, err := a.Status(ctx(t), &rpcpb.JobIdentifier{Ulid: aIDs[0]}); status.Code(err) != codes.NotFound {
 		t.Errorf("evicted job: %v, want NotFound", err)
+	}
+}
+
+// TestStopEscalatesAfterCallerGivesUp: a Stop whose caller leaves before the grace period ends still
+// kills a job that ignores SIGTERM (the review found the SIGKILL was tied to the caller).
+func TestStopEscalatesAfterCallerGivesUp(t *testing.T) {
+	ts := startServer(t)
+	a := ts.dialAs(t, "a")
+	req := cmd("sh", "-c", `trap "" TERM; echo ready; while :; do sleep 0.1; done`)
+	req.StopGracePeriod = durationpb.New(500 * time.Millisecond)
+	id := startJob(t, a, req)
+	waitOutput(t, a, id, "ready")
+	short, cancel := context.WithTimeout(ctx(t), 50*time.Millisecond)
+	defer cancel()
+	if _, err := a.Stop(short, &rpcpb.JobIdentifier{Ulid: id}); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("Stop with a 50 ms deadline: %v", err)
+	}
+	st := waitDone(t, a, id)
+	if st.State != rpcpb.JobStatus_STATE_STOPPED || st.GetSignal().GetValue() != uint32(syscall.SIGKILL) {
+		t.Errorf("final status %v, want stopped by SIGKILL", st)
+	}
+}
+
+// TestStatusCommandIsBounded: a long command line is cut in Status and List, so listing many such jobs
+// stays small.
+func TestStatusCommandIsBounded(t *testing.T) {
+	ts := startServer(t)
+	a := ts.dialAs(t, "a")
+	args := []string{"-c", "exit 0"}
+	for range 100 {
+		args = append(args, strings.Repeat("y", 100))
+	}
+	st := waitDone(t, a, startJob(t, a, cmd("sh", args...)))
+	n := 0
+	for _, s := range st.Command {
+		n += len(s)
+	}
+	if n > 1100 || st.Command[0] != "sh" || !strings.HasPrefix(st.Command[len(st.Command)-1], "... (") {
+		t.Errorf("status command of %d bytes in %d strings, ending %q", n, len(st.Command), st.Command[len(st.Command)-1])
 	}
 }
 

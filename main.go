@@ -67,7 +67,7 @@ func runServe(args []string) int {
 	fs.StringVar(&c.cgroupParent, "cgroup", "", "cgroup2 directory for job cgroups (default <cgroup2 mount>/rund)")
 	io := fs.String("io_devices", "", "comma-separated MAJ:MIN block devices for io limits (default: the disk behind /)")
 	fs.IntVar(&c.ringSize, "log_buffer", 1<<20, "bytes of output kept per job")
-	fs.IntVar(&c.retainJobs, "retain_jobs", 1000, "finished jobs kept for status and log")
+	fs.IntVar(&c.retainJobs, "retain_jobs", 1000, "finished jobs kept for status and log, per client")
 	fs.DurationVar(&c.retainFor, "retain_for", 24*time.Hour, "finished jobs older than this are forgotten")
 	fs.IntVar(&c.maxJobs, "max_jobs", 1000, "live jobs the server runs at most")
 	fs.IntVar(&c.maxJobsPerClient, "max_jobs_per_client", 100, "live jobs one client identity runs at most")

@@ -10,7 +10,9 @@ import (
 )
 
 // maxChunk bounds the bytes returned by one Read.
-const maxChunk = 32764 // grpc-go makes a 32,768-byte payload cost a 1 MiB buffer; stay under it.
+// grpc-go gives a message over 32,768 bytes a 1 MiB buffer. A JobLog adds 26 bytes to its payload at
+// most: tag and length of the bytes (4), offset and lost (1 + 10 each).
+const maxChunk = 32<<10 - 26
 
 // stream tags which pipe a byte came from.
 type stream uint8
@@ -116,12 +118,36 @@ func (r *ring) Write(s stream, p []byte) {
 }
 
 // Close marks the end of output: readers drain what is held, then get io.EOF.
-// It is idempotent.
+// It is idempotent. It also shrinks the ring to the bytes it holds, since a
+// finished job keeps its log until it is evicted and must not keep a mostly
+// empty buffer meanwhile.
 func (r *ring) Close() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if !r.closed {
+		r.shrink()
+	}
 	r.closed = true
 	r.broadcast()
+}
+
+// shrink reallocates data and segs to what is held, keeping every offset's
+// place (offset o lives at data[o%len(data)]). Caller holds mu.
+func (r *ring) shrink() {
+	held := make([]byte, r.tail-r.head)
+	for n := 0; n < len(held); {
+		c, _ := r.copyOut(r.head+int64(n), held[n:])
+		n += c
+	}
+	data := make([]byte, max(len(held), 1)) // never empty: it is indexed modulo its length
+	p := int(r.head % int64(len(data)))
+	copy(data, held[copy(data[p:], held):])
+	r.data = data
+	segs := make([]segment, max(r.segLen, 1))
+	for i := range r.segLen {
+		segs[i] = *r.seg(i)
+	}
+	r.segs, r.segHead = segs, 0
 }
 
 // Bounds returns the oldest held offset and the next offset to be written.

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -27,7 +28,8 @@ import (
 // newGRPCServer serves the job API over mutual TLS. Requests are small (see validate's bounds), so
 // anything over 1 MiB is refused by grpc-go with ResourceExhausted before it reaches a handler.
 func newGRPCServer(tlsCfg *tls.Config, m *manager, maxStreams int) *grpc.Server {
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), grpc.MaxRecvMsgSize(1<<20))
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), grpc.MaxRecvMsgSize(1<<20),
+		grpc.MaxConcurrentStreams(256), grpc.ConnectionTimeout(10*time.Second))
 	rpcpb.RegisterJobControllerServer(srv, &server{m: m, maxStreams: maxStreams, streams: map[string]int{}})
 	return srv
 }
@@ -115,13 +117,16 @@ func zeroLimit(req *rpcpb.JobStartRequest) error {
 	if w := req.GetMaxCpuBandwidth(); w != nil && w.GetValue() == 0 {
 		return status.Error(codes.InvalidArgument, "max_cpu_bandwidth is 0; leave it unset for no limit")
 	}
-	for name, w := range map[string]*wrapperspb.UInt64Value{
-		"max_memory_usage": req.GetMaxMemoryUsage(), "max_pids": req.GetMaxPids(),
-		"max_rbps": req.GetMaxRbps(), "max_wbps": req.GetMaxWbps(),
-		"max_riops": req.GetMaxRiops(), "max_wiops": req.GetMaxWiops(),
+	for _, f := range []struct {
+		name string
+		w    *wrapperspb.UInt64Value
+	}{
+		{"max_memory_usage", req.GetMaxMemoryUsage()}, {"max_pids", req.GetMaxPids()},
+		{"max_rbps", req.GetMaxRbps()}, {"max_wbps", req.GetMaxWbps()},
+		{"max_riops", req.GetMaxRiops()}, {"max_wiops", req.GetMaxWiops()},
 	} {
-		if w != nil && w.GetValue() == 0 {
-			return status.Errorf(codes.InvalidArgument, "%s is 0; leave it unset for no limit", name)
+		if f.w != nil && f.w.GetValue() == 0 {
+			return status.Errorf(codes.InvalidArgument, "%s is 0; leave it unset for no limit", f.name)
 		}
 	}
 	return nil
@@ -207,7 +212,8 @@ func (s *server) ReadLog(req *rpcpb.LogRequest, stream grpc.ServerStreamingServe
 		} else {
 			msg.Stderr = buf[:n]
 		}
-		// Send marshals msg before it returns, so buf can be reused.
+		// Send marshals msg before it returns, so buf can be reused: this server installs no stats
+		// handler or tracer, the only things grpc-go lets keep a sent message.
 		if err := stream.Send(msg); err != nil {
 			return err
 		}
@@ -242,11 +248,11 @@ func statusProto(s snapshot) *rpcpb.JobStatus {
 		st.Killed = true
 		st.Signal = wrapperspb.UInt32(uint32(s.exit.signal))
 	}
-	switch {
-	case st.Killed && s.exit.signal == 9 && s.use.oomKills > 0:
-		st.State = rpcpb.JobStatus_STATE_OOM_KILLED
+	switch { // a Stop explains a SIGKILL better than an OOM kill some process had earlier
 	case s.stopRequested:
 		st.State = rpcpb.JobStatus_STATE_STOPPED
+	case st.Killed && s.exit.signal == int(syscall.SIGKILL) && s.use.oomKills > 0:
+		st.State = rpcpb.JobStatus_STATE_OOM_KILLED
 	case st.Killed:
 		st.State = rpcpb.JobStatus_STATE_SIGNALED
 	default:
