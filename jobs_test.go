@@ -533,33 +533,6 @@ func jobPIDs(t testing.TB, parent, id string) []int {
 	return pids
 }
 
-func TestServerSIGTERMEndsAllJobs(t *testing.T) {
-	requireRoot(t)
-	pki := newTestPKI(t)
-	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
-	parent := filepath.Join(mount, fmt.Sprintf("rund-test-%d-sigterm", os.Getpid()))
-	defer rmdirRetry(parent)
-	srv, addr, _ := serverProcess(t, pki, parent)
-	ts := &testServer{addr: addr, pki: pki}
-	a := ts.dialAs(t, "a")
-	var pids []int
-	for range 3 {
-		id := startJob(t, a, cmd("sh", "-c", "trap 'exit 0' TERM; echo ready; while :; do sleep 0.1; done"))
-		waitOutput(t, a, id, "ready")
-		pids = append(pids, jobPIDs(t, parent, id)...)
-	}
-	srv.Process.Signal(syscall.SIGTERM)
-	if err := srv.Wait(); err != nil {
-		t.Errorf("server exit after SIGTERM: %v, want 0", err)
-	}
-	assertNoJobCgroups(t, parent)
-	for _, pid := range pids {
-		if syscall.Kill(pid, 0) == nil {
-			t.Errorf("job process %d outlived the server", pid)
-		}
-	}
-}
-
 func TestCrashedServerLeavesNothingAfterRestart(t *testing.T) {
 	requireRoot(t)
 	pki := newTestPKI(t)
