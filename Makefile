@@ -6,7 +6,7 @@ PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 TOOLS     := $(CURDIR)/.cache/tools
 
-.PHONY: build run certs test fuzz e2e check proto proto-check clean
+.PHONY: build run certs test fuzz e2e bench check proto proto-check clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN) .
@@ -37,6 +37,12 @@ fuzz:
 # that every limit is enforced (vm_test.go, e2e_guest_test.go). As root; `make test` runs it too.
 e2e:
 	$(GO) test -count=1 -run TestVM -v .
+
+# bench measures rund against a raw baseline for each figure, in one run, and rewrites BENCHMARKS.md
+# (bench_test.go). As root; about 5 minutes. Not part of test, and never under -race, which would
+# distort every figure; test only builds it.
+bench:
+	RUND_BENCH=1 $(GO) test -count=1 -run '^TestBenchReport$$' -v -timeout 20m .
 
 # protoc comes from Debian's protobuf-compiler; the Go plugins are pinned here.
 $(TOOLS)/protoc-gen-go:
