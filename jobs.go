@@ -319,15 +319,36 @@ func closeAll(fs []*os.File) {
 	}
 }
 
-// pump copies one output pipe into the ring until every writer is gone. The 64 KiB reads match the
-// default pipe capacity (pipe(7)), so a job writing flat out needs few wakeups.
+// pumpBufs lends the pumps their read buffers. The 64 KiB reads match the default pipe capacity
+// (pipe(7)), so a job writing flat out needs few wakeups.
+var pumpBufs = sync.Pool{New: func() any { return new([64 << 10]byte) }}
+
+// pump copies one output pipe into the ring until every writer is gone. It waits for the pipe through
+// the runtime poller and holds a buffer only while it reads: an idle job's pumps hold no buffer and
+// keep the small stacks goroutines start with. (A buffer local to the loop would live on the
+// goroutine's stack, 2 x 128 KiB of stack per job.)
 func (j *job) pump(s stream, f *os.File) {
 	defer j.pumps.Done()
-	buf := make([]byte, 64<<10)
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
 	for {
-		n, err := f.Read(buf)
-		j.log.Write(s, buf[:n])
-		if err != nil {
+		n, rerr := 0, error(nil)
+		err := rc.Read(func(fd uintptr) bool {
+			buf := pumpBufs.Get().(*[64 << 10]byte)
+			defer pumpBufs.Put(buf)
+			if n, rerr = syscall.Read(int(fd), buf[:]); rerr == syscall.EAGAIN {
+				return false // wait until the pipe is readable
+			}
+			j.log.Write(s, buf[:max(n, 0)])
+			return true
+		})
+		switch {
+		case err != nil: // drain closed the pipe
+			return
+		case rerr == syscall.EINTR:
+		case rerr != nil || n == 0: // n == 0: every writer is gone
 			return
 		}
 	}

@@ -41,18 +41,21 @@ type segment struct {
 // search and a copy of at most maxChunk bytes, and slow readers simply find
 // their offset evicted (Read reports how much they lost).
 //
-// Memory is fixed at construction: len(data) = capacity bytes plus
-// capacity/64 segments of 16 bytes = capacity/4 bytes, so the worst case is
-// 1.25*capacity plus a small constant, whatever the writes look like. If the
-// segment deque is full (e.g. 1-byte writes alternating stdout/stderr), the
-// oldest segment is evicted whole, so fewer than capacity bytes are then held
-// (at least capacity/64 of them, the newest).
+// Memory grows with the output, doubling, up to a bound fixed at
+// construction: capacity bytes plus capacity/64 segments of 16 bytes =
+// capacity/4 bytes, so the worst case is 1.25*capacity plus a small constant,
+// whatever the writes look like, and a job that writes little costs little.
+// Until data has grown to capacity nothing wraps: offset o is at data[o]. If
+// the segment deque is full (e.g. 1-byte writes alternating stdout/stderr),
+// the oldest segment is evicted whole, so fewer than capacity bytes are then
+// held (at least capacity/64 of them, the newest).
 type ring struct {
 	mu      sync.Mutex    // guards every field below; data's contents too
-	data    []byte        // mu: preallocated, fixed length = capacity
+	data    []byte        // mu: grows up to limit bytes
+	limit   int           // capacity
 	head    int64         // mu: oldest offset held
 	tail    int64         // mu: next offset to be written (= total bytes written)
-	segs    []segment     // mu: circular deque storage, fixed length capacity/64
+	segs    []segment     // mu: circular deque storage, grows up to limit/64
 	segHead int           // mu: index in segs of the oldest segment
 	segLen  int           // mu: number of segments in use; its first starts <= head
 	closed  bool          // mu: Close was called
@@ -64,7 +67,24 @@ func newRing(capacity int) *ring {
 	if capacity < maxChunk {
 		panic(fmt.Sprintf("ring: capacity %d < maxChunk %d", capacity, maxChunk))
 	}
-	return &ring{data: make([]byte, capacity), segs: make([]segment, capacity/64)}
+	return &ring{limit: capacity}
+}
+
+// grow enlarges data to hold need bytes, doubling, at most limit. Caller holds mu and
+// len(data) < limit, so nothing has wrapped yet.
+func (r *ring) grow(need int64) {
+	data := make([]byte, min(max(int64(2*len(r.data)), need, 4<<10), int64(r.limit)))
+	copy(data, r.data)
+	r.data = data
+}
+
+// growSegs doubles the segment deque, at most limit/64 entries. Caller holds mu.
+func (r *ring) growSegs() {
+	segs := make([]segment, min(max(2*len(r.segs), 16), r.limit/64))
+	for i := range r.segLen {
+		segs[i] = *r.seg(i)
+	}
+	r.segs, r.segHead = segs, 0
 }
 
 // seg returns the i-th oldest segment. Caller holds mu and i < segLen.
@@ -87,7 +107,8 @@ func (r *ring) broadcast() {
 // Write appends p as output of stream s, evicting the oldest bytes as
 // needed. If p is longer than the capacity, only its last capacity bytes are
 // kept; the rest count as written and evicted. Writes after Close are
-// dropped. Write does not retain p and does not allocate.
+// dropped. Write does not retain p, and once the ring has grown to its
+// capacity it does not allocate.
 func (r *ring) Write(s stream, p []byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -95,12 +116,17 @@ func (r *ring) Write(s stream, p []byte) {
 		return
 	}
 	if r.segLen == 0 || r.seg(r.segLen-1).s != s {
-		if r.segLen == len(r.segs) { // deque full: evict the oldest segment whole
+		if r.segLen == len(r.segs) && len(r.segs) < r.limit/64 {
+			r.growSegs()
+		} else if r.segLen == len(r.segs) { // deque full: evict the oldest segment whole
 			r.popSeg()
 			r.head = max(r.head, r.seg(0).start)
 		}
 		r.segLen++
 		*r.seg(r.segLen - 1) = segment{start: r.tail, s: s}
+	}
+	if need := r.tail + int64(len(p)); need > int64(len(r.data)) && len(r.data) < r.limit {
+		r.grow(need)
 	}
 	size := int64(len(r.data))
 	r.tail += int64(len(p))
