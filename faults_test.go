@@ -451,12 +451,9 @@ func TestJobClosesOutputEarly(t *testing.T) {
 // dies of SIGTERM, ignores SIGTERM with a 500 ms grace period) exits 0 on SIGTERM, and takes every
 // job process and cgroup with it.
 func TestSIGTERMWith50Jobs(t *testing.T) {
-	requireRoot(t)
+	parent := subprocessParent(t, "sigterm50")
 	faultFDs(t)
 	pki := newTestPKI(t)
-	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
-	parent := filepath.Join(mount, fmt.Sprintf("rund-test-%d-sigterm50", os.Getpid()))
-	defer rmdirRetry(parent)
 	srv, addr, _ := serverProcess(t, pki, parent)
 	a := (&testServer{addr: addr, pki: pki}).dialAs(t, "a")
 	const jobs = 50

@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -120,11 +119,8 @@ func TestParseJobUser(t *testing.T) {
 // TestCertificateRotationOnSIGHUP: SIGHUP makes the server read its CA, certificate and key again.
 // New connections use the new ones; a running job and an open log stream carry on.
 func TestCertificateRotationOnSIGHUP(t *testing.T) {
-	requireRoot(t)
+	parent := subprocessParent(t, "sighup")
 	old, rotated := newTestPKI(t), newTestPKI(t) // two CAs
-	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
-	parent := filepath.Join(mount, fmt.Sprintf("rund-test-%d-sighup", os.Getpid()))
-	defer rmdirRetry(parent)
 	srv, addr, lines := serverProcess(t, old, parent)
 	defer func() { srv.Process.Signal(syscall.SIGTERM); srv.Wait() }()
 

@@ -489,6 +489,17 @@ func TestStatusCommandIsBounded(t *testing.T) {
 	}
 }
 
+// subprocessParent is the cgroup parent for a server run by serverProcess, removed at cleanup. It
+// skips the test without root.
+func subprocessParent(t *testing.T, tag string) string {
+	t.Helper()
+	requireRoot(t)
+	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
+	parent := filepath.Join(mount, fmt.Sprintf("rund-test-%d-%s", os.Getpid(), tag))
+	t.Cleanup(func() { rmdirRetry(parent) })
+	return parent
+}
+
 // serverProcess runs this test binary as "rund serve" and returns once it is serving, with its
 // address and a channel of the lines it logs from then on.
 func serverProcess(t *testing.T, pki *testPKI, parent string) (*exec.Cmd, string, <-chan string) {
@@ -534,11 +545,8 @@ func jobPIDs(t testing.TB, parent, id string) []int {
 }
 
 func TestCrashedServerLeavesNothingAfterRestart(t *testing.T) {
-	requireRoot(t)
+	parent := subprocessParent(t, "crash")
 	pki := newTestPKI(t)
-	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
-	parent := filepath.Join(mount, fmt.Sprintf("rund-test-%d-crash", os.Getpid()))
-	defer rmdirRetry(parent)
 	srv, addr, _ := serverProcess(t, pki, parent)
 	a := (&testServer{addr: addr, pki: pki}).dialAs(t, "a")
 	id := startJob(t, a, cmd("sh", "-c", "echo ready; exec sleep 1000"))

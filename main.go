@@ -6,9 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"maps"
 	"net"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -114,7 +116,7 @@ func serve(c serveConfig) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
 	log.Printf("rund serving on %s; jobs in %s; controllers %v; io devices %v",
-		lis.Addr(), cg.parent, keys(cg.available), cg.ioDevices)
+		lis.Addr(), cg.parent, slices.Sorted(maps.Keys(cg.available)), cg.ioDevices)
 	for stop := false; !stop; {
 		select {
 		case err = <-served:
@@ -139,14 +141,6 @@ func serve(c serveConfig) error {
 		srv.Stop()
 	}
 	return err
-}
-
-func keys(m map[string]bool) []string {
-	var ks []string
-	for k := range m {
-		ks = append(ks, k)
-	}
-	return ks
 }
 
 func runCerts(args []string) int {
