@@ -8,8 +8,12 @@ TOOLS     := $(CURDIR)/.cache/tools
 
 .PHONY: build run certs test fuzz e2e bench check proto proto-check clean
 
+# grpcnotrace leaves out grpc's golang.org/x/net/trace support (rund never enables it) and with it
+# html/template and more: 2 MB less binary, and every job's init starts ~1.5 ms faster (BENCHMARKS.md).
+GOFLAGS_BUILD := -trimpath -tags grpcnotrace
+
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN) .
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -ldflags='-s -w' -o $(BIN) .
 
 # certs writes a development PKI into tls/ unless one is there.
 certs: build

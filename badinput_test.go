@@ -101,7 +101,7 @@ func TestBadInput(t *testing.T) {
 			}
 		})
 	}
-	assertNoJobCgroups(t, ts.cg.parent)
+	assertNoJobCgroups(t, ts.cg.parent, ts.m)
 	if l, err := a.List(ctx(t), &rpcpb.ListRequest{}); err != nil || len(l.Jobs) != 1 || l.Jobs[0].Ulid != done {
 		t.Errorf("after the bad requests the jobs are %v (%v), want only %s", l.GetJobs(), err, done)
 	}

@@ -242,8 +242,9 @@ type jobCgroup struct {
 func (j *jobCgroup) initDir() string { return filepath.Join(j.dir, "init") }
 func (j *jobCgroup) jobDir() string  { return filepath.Join(j.dir, "job") }
 
-// create makes the job's cgroups and writes its limits into job/. On error nothing is left behind.
-func (cg *cgroupFS) create(id string, lim limits) (_ *jobCgroup, err error) {
+// create makes the job's cgroups, with every available controller enabled for job/ (its limits are
+// written at Start, by writeLimits). On error nothing is left behind.
+func (cg *cgroupFS) create(id string) (_ *jobCgroup, err error) {
 	j := &jobCgroup{dir: filepath.Join(cg.parent, id)}
 	if err := os.Mkdir(j.dir, 0o755); err != nil {
 		return nil, err
@@ -263,7 +264,7 @@ func (cg *cgroupFS) create(id string, lim limits) (_ *jobCgroup, err error) {
 			return nil, err
 		}
 	}
-	return j, cg.writeLimits(j.jobDir(), lim)
+	return j, nil
 }
 
 func (cg *cgroupFS) writeLimits(dir string, lim limits) error {

@@ -1059,13 +1059,21 @@ func (g *e2eGuest) checkCrashRestart() {
 		exitText(pst), perr)
 }
 
-// jobLeftovers lists job cgroups under the parent and processes whose cgroup is below it.
-func jobLeftovers() (cgroups, procs []string) {
+// jobLeftovers lists job cgroups under the parent and processes whose cgroup is below it, except for
+// up to spares idle sandboxes: a cgroup with nothing in job/ and one process in init/ whose command
+// line is "rund init <its id>" (the server keeps -spare_inits of them ready, 2 by default).
+func jobLeftovers(spares int) (cgroups, procs []string) {
+	spare := map[string]bool{}
 	entries, _ := os.ReadDir(e2eParent)
 	for _, e := range entries {
-		if e.IsDir() {
-			cgroups = append(cgroups, e.Name())
+		if !e.IsDir() {
+			continue
 		}
+		if len(spare) < spares && idleSandbox(filepath.Join(e2eParent, e.Name())) {
+			spare[e.Name()] = true
+			continue
+		}
+		cgroups = append(cgroups, e.Name())
 	}
 	rel := strings.TrimPrefix(e2eParent, "/sys/fs/cgroup") + "/"
 	all, _ := os.ReadDir("/proc")
@@ -1074,7 +1082,8 @@ func jobLeftovers() (cgroups, procs []string) {
 			continue
 		}
 		cg, _ := os.ReadFile("/proc/" + e.Name() + "/cgroup")
-		if strings.Contains(string(cg), "::"+rel) {
+		_, sandbox, _ := strings.Cut(strings.TrimSpace(string(cg)), "::"+rel)
+		if strings.Contains(string(cg), "::"+rel) && !spare[strings.TrimSuffix(sandbox, "/init")] {
 			comm, _ := os.ReadFile("/proc/" + e.Name() + "/comm")
 			procs = append(procs, e.Name()+":"+strings.TrimSpace(string(comm)))
 		}
@@ -1082,8 +1091,20 @@ func jobLeftovers() (cgroups, procs []string) {
 	return cgroups, procs
 }
 
+// idleSandbox reports whether dir holds no job process and only a "rund init" for its own id.
+func idleSandbox(dir string) bool {
+	job, _ := os.ReadFile(filepath.Join(dir, "job", "cgroup.procs"))
+	inits, _ := os.ReadFile(filepath.Join(dir, "init", "cgroup.procs"))
+	pids := strings.Fields(string(inits))
+	if len(strings.Fields(string(job))) != 0 || len(pids) != 1 {
+		return false
+	}
+	cmdline, _ := os.ReadFile("/proc/" + pids[0] + "/cmdline")
+	return string(cmdline) == "rund\x00init\x00"+filepath.Base(dir)+"\x00"
+}
+
 func (g *e2eGuest) checkCleanup() {
-	cg1, pr1 := jobLeftovers()
+	cg1, pr1 := jobLeftovers(2)
 	g.server.Process.Signal(syscall.SIGTERM)
 	var exitErr error
 	select {
@@ -1092,8 +1113,8 @@ func (g *e2eGuest) checkCleanup() {
 		exitErr = errors.New("rund did not exit within 30s of SIGTERM")
 		g.server.Process.Kill()
 	}
-	cg2, pr2 := jobLeftovers()
+	cg2, pr2 := jobLeftovers(0)
 	g.report("cleanup", len(cg1)+len(pr1)+len(cg2)+len(pr2) == 0 && exitErr == nil,
-		"after the suite: job cgroups %v, job processes %v; after SIGTERM to rund (exit: %v): job cgroups %v, job processes %v",
+		"after the suite (besides the spares): job cgroups %v, job processes %v; after SIGTERM to rund (exit: %v): job cgroups %v, job processes %v",
 		cg1, pr1, exitErr, cg2, pr2)
 }

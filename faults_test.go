@@ -516,7 +516,7 @@ func TestSIGTERMWith50Jobs(t *testing.T) {
 	if took > defaultGrace {
 		t.Errorf("shutdown took %v: the jobs' 500 ms grace periods did not run at once", took)
 	}
-	assertNoJobCgroups(t, parent)
+	assertNoJobCgroups(t, parent, nil)
 	for _, pid := range pids {
 		if syscall.Kill(pid, 0) == nil {
 			t.Errorf("job process %d outlived the server", pid)
@@ -694,9 +694,13 @@ func TestManyConcurrentStarts(t *testing.T) {
 		slices.Sort(want)
 		l, err := c.List(ctx(t), &rpcpb.ListRequest{})
 		var got []string
-		for _, st := range l.GetJobs() {
+		for k, st := range l.GetJobs() {
 			got = append(got, st.Ulid)
+			if k > 0 && st.StartTime.AsTime().Before(l.Jobs[k-1].StartTime.AsTime()) {
+				t.Errorf("client %d: List has job %s after %s, which started later", i, st.Ulid, l.Jobs[k-1].Ulid)
+			}
 		}
+		slices.Sort(got) // List is in start order; ids are in the order their sandboxes were made
 		if err != nil || !slices.Equal(got, want) {
 			t.Errorf("client %d lists %d jobs (%v), want its %d", i, len(got), err, len(want))
 		}

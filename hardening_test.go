@@ -39,7 +39,7 @@ func TestPerClientJobBounds(t *testing.T) {
 		stop(a, id)
 	}
 	stop(b, b1)
-	assertNoJobCgroups(t, ts.cg.parent)
+	assertNoJobCgroups(t, ts.cg.parent, ts.m)
 }
 
 func TestPerClientStreamBound(t *testing.T) {

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -58,6 +59,7 @@ type job struct {
 	outputs [2]*os.File    // read ends of the stdout and stderr pipes
 	pumps   sync.WaitGroup // the two goroutines copying outputs into log
 	done    chan struct{}  // closed once the fields below mu are final
+	gone    chan struct{}  // closed after done, once the job's init has exited and its cgroup is removed
 
 	mu            sync.Mutex // guards the fields below
 	stopRequested bool       // a Stop came before the command's end was known
@@ -70,18 +72,28 @@ type job struct {
 // manager is the job table.
 type manager struct {
 	cg  *cgroupFS
-	cfg serveConfig // ring size, retention and per-client bounds; read-only
+	cfg serveConfig // ring size, retention, per-client bounds and spare count; read-only
 
-	mu       sync.Mutex // guards jobs, running, live and closing
-	jobs     map[string]*job
-	running  map[string]int // live jobs per identity
-	live     int            // live jobs in all
-	closing  bool
-	watchers sync.WaitGroup // one per registered live job, done when its cgroup is gone
+	mu        sync.Mutex // guards jobs, running, live, closing, spares and sandboxes
+	jobs      map[string]*job
+	running   map[string]int // live jobs per identity
+	live      int            // live jobs in all
+	closing   bool
+	spares    []*sandbox      // ready for a Start, oldest first; at most cfg.spareInits
+	sandboxes map[string]bool // ids of the sandboxes no job has taken yet: spare, being made or removed
+	watchers  sync.WaitGroup  // one per registered live job, done when its cgroup is gone
+
+	wake   chan struct{}  // nudges warm to refill spares; closed by shutdown
+	warmer sync.WaitGroup // the warm goroutine
 }
 
 func newManager(cg *cgroupFS, cfg serveConfig) *manager {
-	return &manager{cg: cg, cfg: cfg, jobs: map[string]*job{}, running: map[string]int{}}
+	m := &manager{cg: cg, cfg: cfg, jobs: map[string]*job{}, running: map[string]int{},
+		sandboxes: map[string]bool{}, wake: make(chan struct{}, 1)}
+	m.wake <- struct{}{}
+	m.warmer.Add(1)
+	go m.warm()
+	return m
 }
 
 // identityKey names one client certificate's set of SANs, for per-client bounds: sorted, and quoted so
@@ -235,21 +247,28 @@ func (m *manager) release(owner []string) {
 	m.live--
 }
 
-// spawnJob creates the cgroup, starts the job and registers it.
+// spawnJob starts the job in a sandbox, writes its limits and registers it.
 func (m *manager) spawnJob(owner []string, spec *jobSpec) (*job, error) {
-	id, err := newULID(time.Now())
+	defer m.refill() // once this Start's own work is done
+	sb, err := m.takeSandbox()
 	if err != nil {
-		return nil, fmt.Errorf("new job id: %w", err)
+		return nil, err
 	}
-	j := &job{id: id.String(), owner: owner, command: statusCommand(spec.argv), grace: spec.grace,
-		log: newRing(m.cfg.ringSize), done: make(chan struct{})}
-	if j.cg, err = m.cg.create(j.id, spec.lim); err != nil {
-		return nil, fmt.Errorf("create job cgroup: %w", err)
+	if err := m.cg.writeLimits(sb.cg.jobDir(), spec.lim); err != nil {
+		m.discard(sb)
+		return nil, fmt.Errorf("write job limits: %w", err)
 	}
-	if err := j.spawn(spec, m.cfg.jobUser); err != nil {
+	j := &job{id: sb.id, owner: owner, command: statusCommand(spec.argv), grace: spec.grace,
+		started: time.Now(), cg: sb.cg, proc: sb.proc, outputs: sb.outputs, log: newRing(m.cfg.ringSize),
+		done: make(chan struct{}), gone: make(chan struct{})}
+	if err := j.proc.begin(initConfig{Argv: spec.argv, Env: spec.env, Dir: spec.dir, User: m.cfg.jobUser}); err != nil {
+		closeAll(j.outputs[:])
 		j.cg.remove()
 		return nil, err
 	}
+	j.pumps.Add(2)
+	go j.pump(stdoutStream, j.outputs[0])
+	go j.pump(stderrStream, j.outputs[1])
 	// Registering and the closing check happen under one lock, so shutdown either sees this job in
 	// its list or this start sees closing: no job escapes the shutdown.
 	m.mu.Lock()
@@ -271,6 +290,132 @@ func (m *manager) spawnJob(owner []string, spec *jobSpec) (*job, error) {
 	return j, nil
 }
 
+// sandbox is what a job runs in, made before its Start: the job id, the cgroups named by it (cgroup v2
+// cannot rename), the output pipes and the init, which starts up and sets up the namespaces meanwhile.
+// That start-up is most of a Start's cost (the Go runtime and package initialisation of this 10 MB
+// binary, ~17 ms of CPU here: BENCHMARKS.md), so the manager keeps cfg.spareInits sandboxes ready. An
+// unused one costs one waiting init process (about 1.4 MiB private memory) and three empty cgroups.
+type sandbox struct {
+	id      string
+	cg      *jobCgroup
+	proc    *proc
+	outputs [2]*os.File // read ends of the stdout and stderr pipes
+}
+
+// takeSandbox returns a spare sandbox, or makes one when there is none.
+func (m *manager) takeSandbox() (*sandbox, error) {
+	m.mu.Lock()
+	var sb *sandbox
+	if len(m.spares) > 0 {
+		sb, m.spares = m.spares[0], m.spares[1:]
+		delete(m.sandboxes, sb.id)
+	}
+	m.mu.Unlock()
+	if sb != nil {
+		return sb, nil
+	}
+	sb, err := m.newSandbox()
+	if err == nil {
+		m.mu.Lock()
+		delete(m.sandboxes, sb.id)
+		m.mu.Unlock()
+	}
+	return sb, err
+}
+
+// refill wakes warm.
+func (m *manager) refill() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.closing {
+		select {
+		case m.wake <- struct{}{}:
+		default: // already awake
+		}
+	}
+}
+
+// warm keeps cfg.spareInits sandboxes ready until shutdown closes wake. It runs on a thread of its
+// own at SCHED_IDLE (sched(7)), which the inits it starts inherit: making a spare, the server's part
+// and the init's start-up, takes only CPU time that jobs and Starts leave over (on 2 CPUs, making it
+// at normal priority took a short job's lifecycle from 14 to 18 ms). The thread stays locked, so it
+// ends with this goroutine and runs no other. proc.unidle undoes the policy for the init a Start takes.
+func (m *manager) warm() {
+	defer m.warmer.Done()
+	runtime.LockOSThread()
+	if err := unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_IDLE}, 0); err != nil {
+		log.Printf("spare job sandboxes are made at normal priority: sched_setattr: %v", err)
+	}
+	for range m.wake {
+		for {
+			m.mu.Lock()
+			full := m.closing || len(m.spares) >= m.cfg.spareInits
+			m.mu.Unlock()
+			if full {
+				break
+			}
+			sb, err := m.newSandbox()
+			if err != nil {
+				log.Printf("prepare a spare job sandbox: %v", err) // the next Start makes its own
+				break
+			}
+			m.mu.Lock()
+			closing := m.closing
+			if !closing {
+				m.spares = append(m.spares, sb)
+			}
+			m.mu.Unlock()
+			if closing {
+				m.discard(sb)
+			}
+		}
+	}
+}
+
+// newSandbox makes a sandbox: id, cgroups, pipes, init.
+func (m *manager) newSandbox() (*sandbox, error) {
+	id, err := newULID(time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("new job id: %w", err)
+	}
+	sb := &sandbox{id: id.String()}
+	m.mu.Lock()
+	m.sandboxes[sb.id] = true // before the cgroup exists, so that the set covers every cgroup not a job's
+	m.mu.Unlock()
+	var pipes [4]*os.File // out r/w, err r/w
+	if sb.cg, err = m.cg.create(sb.id); err != nil {
+		err = fmt.Errorf("create job cgroup: %w", err)
+	} else if pipes[0], pipes[1], err = os.Pipe(); err == nil {
+		if pipes[2], pipes[3], err = os.Pipe(); err == nil {
+			sb.proc, err = startInit(sb.cg, sb.id, pipes[1], pipes[3])
+		}
+	}
+	closeAll([]*os.File{pipes[1], pipes[3]}) // the init holds its own copies
+	sb.outputs = [2]*os.File{pipes[0], pipes[2]}
+	if err != nil {
+		m.discard(sb)
+		return nil, err
+	}
+	return sb, nil
+}
+
+// discard ends a sandbox that no job will use and removes what it holds.
+func (m *manager) discard(sb *sandbox) {
+	if sb.proc != nil {
+		sb.proc.kill()
+		sb.proc.reap()
+	}
+	closeAll(sb.outputs[:])
+	if sb.cg != nil {
+		if err := sb.cg.remove(); err != nil {
+			log.Printf("sandbox %s: remove cgroup: %v", sb.id, err)
+		}
+	}
+	m.mu.Lock()
+	delete(m.sandboxes, sb.id)
+	m.mu.Unlock()
+}
+
 // statusCommand is the command as Status and List show it: cut at 1 KiB, so that a List of many jobs
 // with long command lines stays small.
 func statusCommand(argv []string) []string {
@@ -283,32 +428,6 @@ func statusCommand(argv []string) []string {
 		out = append(out, a)
 	}
 	return out
-}
-
-// spawn starts the job's init with two pipes for output and the goroutines that pump them.
-func (j *job) spawn(spec *jobSpec, user *jobUser) error {
-	var pipes [4]*os.File // out r/w, err r/w
-	var err error
-	if pipes[0], pipes[1], err = os.Pipe(); err == nil {
-		pipes[2], pipes[3], err = os.Pipe()
-	}
-	if err != nil {
-		closeAll(pipes[:])
-		return fmt.Errorf("create output pipes: %w", err)
-	}
-	j.started = time.Now()
-	cfg := initConfig{Hostname: j.id, Argv: spec.argv, Env: spec.env, Dir: spec.dir, User: user}
-	j.proc, err = spawn(j.cg, cfg, pipes[1], pipes[3])
-	closeAll([]*os.File{pipes[1], pipes[3]}) // the job holds its own copies
-	if err != nil {
-		closeAll([]*os.File{pipes[0], pipes[2]})
-		return err
-	}
-	j.outputs = [2]*os.File{pipes[0], pipes[2]}
-	j.pumps.Add(2)
-	go j.pump(stdoutStream, pipes[0])
-	go j.pump(stderrStream, pipes[2])
-	return nil
 }
 
 func closeAll(fs []*os.File) {
@@ -355,31 +474,44 @@ func (j *job) pump(s stream, f *os.File) {
 }
 
 // finish waits for the job to end and then cleans up after it, in this order: the init's exit report;
-// cgroup.kill for anything left; the cgroup empty; the output drained; the final accounting; the
-// cgroup removed; the status published; the log closed (so a reader that sees EOF sees a final status).
+// cgroup.kill for anything the command left in job/, and job/ empty; the output drained; the final
+// accounting; the status published; the log closed (so a reader that sees EOF sees a final status).
+// Then rund's own part, which a client need not wait for: the init reaped, the cgroups removed.
 func (j *job) finish() {
 	exit := j.proc.wait()
 	j.mu.Lock()
 	j.exitKnown = true
 	j.mu.Unlock()
-	if err := kill(j.cg.dir); err != nil {
-		log.Printf("job %s: %v", j.id, err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	if err := waitEmpty(ctx, j.cg.dir); err != nil {
-		log.Printf("job %s: %v", j.id, err)
-	}
-	cancel()
+	j.empty(j.cg.jobDir())
 	j.drain()
 	final, _ := readUsage(j.cg.jobDir())
-	if err := j.cg.remove(); err != nil {
-		log.Printf("job %s: remove cgroup: %v", j.id, err)
-	}
 	j.mu.Lock()
 	j.ended, j.exit, j.final = time.Now(), exit, final
 	j.mu.Unlock()
 	close(j.done)
 	j.log.Close()
+	// The init exits after its report, taking its namespaces with it.
+	j.proc.reap()
+	j.empty(j.cg.dir)
+	if err := j.cg.remove(); err != nil {
+		log.Printf("job %s: remove cgroup: %v", j.id, err)
+	}
+	close(j.gone)
+}
+
+// empty returns once dir holds no process, killing what it holds.
+func (j *job) empty(dir string) {
+	if busy, err := populated(dir); !busy && err == nil {
+		return
+	}
+	if err := kill(dir); err != nil {
+		log.Printf("job %s: %v", j.id, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := waitEmpty(ctx, dir); err != nil {
+		log.Printf("job %s: %v", j.id, err)
+	}
 }
 
 // drain waits for the pumps to read the last bytes. Every job process is gone by now, but a job could
@@ -396,7 +528,7 @@ func (j *job) drain() {
 	<-done
 }
 
-// stop asks the job to end and returns once its cleanup is done or ctx ends. The first Stop of a
+// stop asks the job to end and returns once its cleanup is done (its cgroup is gone) or ctx ends. The first Stop of a
 // running job starts escalate, which does not depend on that caller staying.
 func (j *job) stop(ctx context.Context) error {
 	j.mu.Lock()
@@ -407,7 +539,7 @@ func (j *job) stop(ctx context.Context) error {
 		go j.escalate()
 	}
 	select {
-	case <-j.done:
+	case <-j.gone:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -489,7 +621,8 @@ func (m *manager) list(caller []string) []*job {
 		}
 	}
 	m.mu.Unlock()
-	sort.Slice(js, func(a, b int) bool { return js[a].id < js[b].id }) // ULIDs sort by time
+	// By start time: an id's time is when its sandbox was made, which for a spare precedes the Start.
+	sort.Slice(js, func(a, b int) bool { return js[a].started.Before(js[b].started) })
 	return js
 }
 
@@ -517,16 +650,23 @@ func (m *manager) evict() {
 	}
 }
 
-// shutdown refuses new jobs, stops every running one (each with its own grace period, all at once)
+// shutdown refuses new jobs, removes the spare sandboxes, stops every running one (each with its own grace period, all at once)
 // and returns when all their cgroups are gone.
 func (m *manager) shutdown() {
 	m.mu.Lock()
 	m.closing = true
+	close(m.wake)
 	var live []*job
 	for _, j := range m.jobs {
 		live = append(live, j)
 	}
+	spares := m.spares
+	m.spares = nil
 	m.mu.Unlock()
+	m.warmer.Wait()
+	for _, sb := range spares {
+		m.discard(sb)
+	}
 	var wg sync.WaitGroup
 	for _, j := range live {
 		wg.Add(1)

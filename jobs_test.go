@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -106,18 +107,30 @@ func TestNamespaces(t *testing.T) {
 // those on: this caught a shell's stray fds 10 and 251 showing up in every job). Read from the host,
 // so that nothing a probe opens gets counted.
 func TestJobDoesNotInheritServerFDs(t *testing.T) {
-	ts := startServer(t)
-	a := ts.dialAs(t, "a")
+	// Opened before the server, so that its spare inits inherit it too.
 	leaky, err := syscall.Open(os.DevNull, syscall.O_RDONLY, 0) // no O_CLOEXEC, like an inherited fd
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer syscall.Close(leaky)
+	ts := startServer(t)
+	a := ts.dialAs(t, "a")
 	id := startJob(t, a, cmd("sleep", "1000"))
 	defer a.Stop(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
 	pids := jobPIDs(t, ts.cg.parent, id)
 	if len(pids) != 1 {
 		t.Fatalf("job cgroup holds %v, want just the command", pids)
+	}
+	// Until sleep sleeps, the dynamic loader may hold a library open: wait for the sleeping syscall
+	// (clock_nanosleep, 230 on amd64; proc(5) /proc/pid/syscall).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		sc, _ := os.ReadFile(fmt.Sprintf("/proc/%d/syscall", pids[0]))
+		if f := strings.Fields(string(sc)); len(f) > 0 && (f[0] == "230" || f[0] == "35") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sleep never went to sleep: /proc/%d/syscall says %q", pids[0], sc)
+		}
 	}
 	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pids[0]))
 	if err != nil {
@@ -176,7 +189,7 @@ func TestExecFailures(t *testing.T) {
 			if status.Code(err) != tc.code || !strings.Contains(status.Convert(err).Message(), tc.msg) {
 				t.Errorf("got %v, want %v containing %q", err, tc.code, tc.msg)
 			}
-			assertNoJobCgroups(t, ts.cg.parent)
+			assertNoJobCgroups(t, ts.cg.parent, ts.m)
 			if l, _ := a.List(ctx(t), &rpcpb.ListRequest{}); len(l.GetJobs()) != 0 {
 				t.Errorf("a failed start left a job: %v", l.Jobs)
 			}
@@ -185,7 +198,8 @@ func TestExecFailures(t *testing.T) {
 }
 
 func TestUnavailableControllerIsFailedPrecondition(t *testing.T) {
-	ts := startServer(t)
+	// No spares: the test changes the controllers under the server, and a spare is made with them.
+	ts := startServer(t, func(c *serveConfig) { c.spareInits = 0 })
 	a := ts.dialAs(t, "a")
 	ts.cg.available = map[string]bool{} // as on a host whose cgroup v1 holds every controller
 	for _, tc := range []struct {
@@ -202,7 +216,7 @@ func TestUnavailableControllerIsFailedPrecondition(t *testing.T) {
 			t.Errorf("%s limit: got %v, want FailedPrecondition naming %s", tc.ctrl, err, tc.ctrl)
 		}
 	}
-	assertNoJobCgroups(t, ts.cg.parent)
+	assertNoJobCgroups(t, ts.cg.parent, ts.m)
 	// Without limits a job runs anyway.
 	if st := waitDone(t, a, startJob(t, a, cmd("true"))); st.GetExitCode().GetValue() != 0 {
 		t.Errorf("job without limits: %v", st)
@@ -554,9 +568,10 @@ func TestCrashedServerLeavesNothingAfterRestart(t *testing.T) {
 	pids := jobPIDs(t, parent, id)
 	srv.Process.Kill()
 	srv.Wait()
-	// The lifeline: the job's init sees the server's end of its pipe close and ends the job.
-	if err := waitEmpty(ctx(t), filepath.Join(parent, id)); err != nil {
-		t.Fatalf("job processes outlived the crashed server: %v", err)
+	// The lifeline: the job's init, and the spare's waiting for its command, see the server's end of
+	// their config pipe close; the job ends and the spare too.
+	if err := waitEmpty(ctx(t), parent); err != nil {
+		t.Fatalf("job or spare processes outlived the crashed server: %v", err)
 	}
 	for _, pid := range pids {
 		if syscall.Kill(pid, 0) == nil {
@@ -566,8 +581,81 @@ func TestCrashedServerLeavesNothingAfterRestart(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(parent, id)); err != nil {
 		t.Fatalf("expected the crashed server's job cgroup to remain until restart: %v", err)
 	}
+	// The crashed server's job and its spare sandbox: both cgroups stay until a restart removes them.
+	var left []os.DirEntry
+	entries, _ := os.ReadDir(parent)
+	for _, e := range entries {
+		if e.IsDir() {
+			left = append(left, e)
+		}
+	}
+	if len(left) < 2 {
+		t.Errorf("after the crash %d cgroups are left, want the job's and the spare's", len(left))
+	}
 	srv2, _, _ := serverProcess(t, pki, parent)
-	assertNoJobCgroups(t, parent) // removed before it started serving
+	for _, e := range left { // removed before it started serving
+		if _, err := os.Stat(filepath.Join(parent, e.Name())); err == nil {
+			t.Errorf("cgroup %s of the crashed server outlived the restart", e.Name())
+		}
+	}
 	srv2.Process.Signal(syscall.SIGTERM)
 	srv2.Wait()
+}
+
+// TestSpareSandboxes: the server keeps -spare_inits sandboxes whose inits start up at SCHED_IDLE; a
+// Start takes the oldest (the job gets its id), and then the init's threads and the command run at the
+// server's own policy: a job must not inherit the idle priority its init was made with.
+func TestSpareSandboxes(t *testing.T) {
+	ts := startServer(t)
+	a := ts.dialAs(t, "a")
+	var spares []*sandbox
+	for deadline := time.Now().Add(10 * time.Second); len(spares) < ts.m.cfg.spareInits; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d spares ready after 10 s, want %d", len(spares), ts.m.cfg.spareInits)
+		}
+		ts.m.mu.Lock()
+		spares = slices.Clone(ts.m.spares)
+		ts.m.mu.Unlock()
+	}
+	for _, sb := range spares {
+		for _, tid := range threadIDs(t, sb.proc.cmd.Process.Pid) {
+			if p := schedPolicy(t, tid); p != unix.SCHED_IDLE {
+				t.Errorf("spare %s: init thread %d has policy %d, want SCHED_IDLE", sb.id, tid, p)
+			}
+		}
+	}
+	id := startJob(t, a, cmd("sleep", "1000"))
+	defer a.Stop(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
+	if id != spares[0].id {
+		t.Errorf("job %s, want it in the oldest spare, %s", id, spares[0].id)
+	}
+	want := schedPolicy(t, 0)
+	for _, tid := range append(threadIDs(t, spares[0].proc.cmd.Process.Pid), jobPIDs(t, ts.cg.parent, id)...) {
+		if p := schedPolicy(t, tid); p != want {
+			t.Errorf("thread %d of the job or its init has policy %d, want the server's %d", tid, p, want)
+		}
+	}
+}
+
+func threadIDs(t *testing.T, pid int) []int {
+	t.Helper()
+	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tids []int
+	for _, e := range entries {
+		tid, _ := strconv.Atoi(e.Name())
+		tids = append(tids, tid)
+	}
+	return tids
+}
+
+func schedPolicy(t *testing.T, tid int) uint32 {
+	t.Helper()
+	attr, err := unix.SchedGetAttr(tid, 0)
+	if err != nil {
+		t.Fatalf("sched_getattr %d: %v", tid, err)
+	}
+	return attr.Policy
 }

@@ -56,6 +56,7 @@ type serveConfig struct {
 	maxJobs             int      // live jobs in all
 	maxJobsPerClient    int      // live jobs per client identity
 	maxStreamsPerClient int      // concurrent Log streams per client identity
+	spareInits          int      // job sandboxes kept ready ahead of Starts
 	jobUser             *jobUser // run commands as this uid:gid; nil: as root
 }
 
@@ -74,6 +75,7 @@ func runServe(args []string) int {
 	fs.IntVar(&c.maxJobs, "max_jobs", 1000, "live jobs the server runs at most")
 	fs.IntVar(&c.maxJobsPerClient, "max_jobs_per_client", 100, "live jobs one client identity runs at most")
 	fs.IntVar(&c.maxStreamsPerClient, "max_streams_per_client", 100, "concurrent log streams per client identity")
+	fs.IntVar(&c.spareInits, "spare_inits", 2, "job inits started ahead of the Starts that will use them; 0 for none")
 	fs.Func("job_user", "run job commands as UID:GID, with no_new_privs and no capabilities (default: root)",
 		func(v string) (err error) { c.jobUser, err = parseJobUser(v); return err })
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
@@ -84,6 +86,10 @@ func runServe(args []string) int {
 	}
 	if c.ringSize < maxChunk {
 		log.Printf("rund serve: -log_buffer must be at least %d bytes", maxChunk)
+		return 2
+	}
+	if c.spareInits < 0 || c.spareInits > 64 {
+		log.Printf("rund serve: -spare_inits must be 0..64")
 		return 2
 	}
 	if err := serve(c); err != nil {

@@ -39,11 +39,10 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 
 // initConfig is what rund tells the init.
 type initConfig struct {
-	Hostname string   `json:"hostname"`
-	Argv     []string `json:"argv"` // argv[0] is the command as requested
-	Env      []string `json:"env"`
-	Dir      string   `json:"dir"`
-	User     *jobUser `json:"user,omitempty"`
+	Argv []string `json:"argv"` // argv[0] is the command as requested
+	Env  []string `json:"env"`
+	Dir  string   `json:"dir"`
+	User *jobUser `json:"user,omitempty"`
 }
 
 // jobUser is the unprivileged identity that job commands run as (rund serve -job_user).
@@ -102,8 +101,10 @@ type proc struct {
 	report   *os.File
 }
 
-// spawn starts the init of a job into cg and waits for its start report.
-func spawn(cg *jobCgroup, cfg initConfig, stdout, stderr *os.File) (*proc, error) {
+// startInit starts a job's init into cg. The init sets up its namespaces (hostname is the job id) and
+// then waits on its config pipe for the command, which begin sends: so jobs can be prepared before
+// their Start (sandbox, jobs.go).
+func startInit(cg *jobCgroup, hostname string, stdout, stderr *os.File) (*proc, error) {
 	initFD, err := os.Open(cg.initDir())
 	if err != nil {
 		return nil, err
@@ -125,9 +126,11 @@ func spawn(cg *jobCgroup, cfg initConfig, stdout, stderr *os.File) (*proc, error
 	}
 
 	cmd := &exec.Cmd{
-		Path:       initExe,
-		Args:       []string{"rund", "init"},
-		Env:        []string{}, // none of the server's environment
+		Path: initExe,
+		Args: []string{"rund", "init", hostname},
+		// None of the server's environment. One P: the init has little to run, and every P costs its
+		// start-up page faults (BENCHMARKS.md).
+		Env:        []string{"GOMAXPROCS=1"},
 		Stdout:     stdout,
 		Stderr:     stderr,
 		ExtraFiles: []*os.File{cfgR, repW, jobFD},
@@ -144,20 +147,59 @@ func spawn(cg *jobCgroup, cfg initConfig, stdout, stderr *os.File) (*proc, error
 		closeAll([]*os.File{cfgW, repR})
 		return nil, fmt.Errorf("start job init: %w", err)
 	}
-	p := &proc{cmd: cmd, lifeline: cfgW, reports: json.NewDecoder(repR), report: repR}
+	return &proc{cmd: cmd, lifeline: cfgW, reports: json.NewDecoder(repR), report: repR}, nil
+}
+
+// begin sends the init its command and waits for the start report. If the command did not start, the
+// init is gone when begin returns.
+func (p *proc) begin(cfg initConfig) error {
 	var rep initReport
-	if err := json.NewEncoder(cfgW).Encode(cfg); err == nil {
+	err := p.unidle()
+	if err == nil {
+		err = json.NewEncoder(p.lifeline).Encode(cfg)
+	}
+	if err == nil {
 		err = p.reports.Decode(&rep)
 	}
 	if err != nil || rep.Pid == 0 {
 		p.kill()
-		p.wait()
+		p.reap()
 		if err != nil {
-			return nil, fmt.Errorf("job init did not start: %w", err)
+			return fmt.Errorf("job init did not start: %w", err)
 		}
-		return nil, &startError{stage: rep.Stage, errno: syscall.Errno(rep.Errno), msg: rep.Msg}
+		return &startError{stage: rep.Stage, errno: syscall.Errno(rep.Errno), msg: rep.Msg}
 	}
-	return p, nil
+	return nil
+}
+
+// unidle gives every thread of the init the scheduling of the calling thread, rund's own: a spare's
+// init was started at SCHED_IDLE (warm, jobs.go), and the command inherits the policy of the thread
+// that starts it. Policies are per thread and a new thread gets its creator's (sched(7)), so the
+// passes repeat until one changes nothing: after that no thread can appear with another policy.
+func (p *proc) unidle() error {
+	want, err := unix.SchedGetAttr(0, 0)
+	if err != nil {
+		return fmt.Errorf("sched_getattr: %w", err)
+	}
+	for changed := true; changed; {
+		changed = false
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", p.cmd.Process.Pid))
+		if err != nil {
+			return err
+		}
+		for _, t := range tasks {
+			tid, _ := strconv.Atoi(t.Name())
+			got, err := unix.SchedGetAttr(tid, 0)
+			if err != nil || (got.Policy == want.Policy && got.Nice == want.Nice && got.Priority == want.Priority) {
+				continue // gone, or as wanted
+			}
+			if err := unix.SchedSetAttr(tid, want, 0); err != nil {
+				return fmt.Errorf("sched_setattr of init thread %d: %w", tid, err)
+			}
+			changed = true
+		}
+	}
+	return nil
 }
 
 // signal sends sig to the init, which forwards it to the command.
@@ -166,19 +208,23 @@ func (p *proc) signal(sig syscall.Signal) error { return p.cmd.Process.Signal(si
 // kill ends the init at once; the kernel then SIGKILLs every process in its PID namespace.
 func (p *proc) kill() { p.cmd.Process.Kill() }
 
-// wait returns how the command ended, once the init has exited. If the init died without an exit report
-// (it was SIGKILLed, e.g. by cgroup.kill), so did the command: the kernel kills a PID namespace with its
+// wait returns how the command ended, from the init's exit report. If the init died without one (it
+// was SIGKILLed, e.g. by cgroup.kill), so did the command: the kernel kills a PID namespace with its
 // init.
 func (p *proc) wait() exitInfo {
 	var rep initReport
 	err := p.reports.Decode(&rep)
-	p.cmd.Wait()
-	p.lifeline.Close()
-	p.report.Close()
 	if err != nil || (!rep.Exited && rep.Signal == 0) {
 		return exitInfo{signal: int(syscall.SIGKILL)}
 	}
 	return exitInfo{exited: rep.Exited, code: rep.Code, signal: rep.Signal}
+}
+
+// reap waits for the init to exit and closes rund's ends of its pipes.
+func (p *proc) reap() {
+	p.cmd.Wait()
+	p.lifeline.Close()
+	p.report.Close()
 }
 
 // forwardedSignals are passed on from the init to the command.
@@ -187,7 +233,7 @@ var forwardedSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGH
 
 // runInit is the body of "rund init", the PID 1 of a job. It returns the process exit code.
 func runInit() int {
-	if os.Getpid() != 1 {
+	if os.Getpid() != 1 || len(os.Args) != 3 {
 		fmt.Fprintln(os.Stderr, "rund init: internal command, run by rund serve as a job's PID 1")
 		return 2
 	}
@@ -196,17 +242,18 @@ func runInit() int {
 	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		return 1
 	}
+	// Up to the config, the work is done before the job's Start: namespaces, and the signal handlers
+	// (the kernel drops signals to a PID 1 without a handler; rund sends none before the start report).
+	setupErr := setupNamespaces(os.Args[2])
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, forwardedSignals...)
 	cfgPipe, repPipe := os.NewFile(3, "config"), os.NewFile(4, "report")
 	dec, enc := json.NewDecoder(cfgPipe), json.NewEncoder(repPipe)
 	var cfg initConfig
 	if err := dec.Decode(&cfg); err != nil {
 		return 1
 	}
-	// Signals arriving before the handler exists would be dropped by the kernel; rund sends none
-	// until it has read the start report below.
-	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, forwardedSignals...)
-	pid, fail := startCommand(cfg)
+	pid, fail := startCommand(cfg, setupErr)
 	if fail != nil {
 		enc.Encode(fail)
 		return 1
@@ -223,6 +270,10 @@ func runInit() int {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}()
 	ws := reap(pid)
+	// Our copies of the output pipes go now, so that rund's readers see EOF without waiting for this
+	// process to exit; whatever else of the job still holds them, rund kills.
+	unix.Close(1)
+	unix.Close(2)
 	rep := initReport{Exited: ws.Exited(), Code: ws.ExitStatus()}
 	if ws.Signaled() {
 		rep = initReport{Signal: int(ws.Signal())}
@@ -245,10 +296,10 @@ func reap(pid int) syscall.WaitStatus {
 	}
 }
 
-// startCommand prepares the namespaces and starts the command as PID 2 in the job's cgroup.
-func startCommand(cfg initConfig) (int, *initReport) {
-	if err := setupNamespaces(cfg.Hostname); err != nil {
-		return 0, failure("setup", err, "set up job namespaces: %v", err)
+// startCommand starts the command as PID 2 in the job's cgroup.
+func startCommand(cfg initConfig, setupErr error) (int, *initReport) {
+	if setupErr != nil {
+		return 0, failure("setup", setupErr, "set up job namespaces: %v", setupErr)
 	}
 	if fi, err := os.Stat(cfg.Dir); err != nil || !fi.IsDir() {
 		if err == nil {
