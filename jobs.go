@@ -297,6 +297,7 @@ func (m *manager) spawnJob(owner []string, spec *jobSpec) (*job, error) {
 // unused one costs one waiting init process (about 1.4 MiB private memory) and three empty cgroups.
 type sandbox struct {
 	id      string
+	made    time.Time
 	cg      *jobCgroup
 	proc    *proc
 	outputs [2]*os.File // read ends of the stdout and stderr pipes
@@ -335,7 +336,7 @@ func (m *manager) refill() {
 	}
 }
 
-// warm keeps cfg.spareInits sandboxes ready until shutdown closes wake. It runs on a thread of its
+// warm keeps cfg.spareInits sandboxes ready, none older than spareMaxAge, until shutdown closes wake. It runs on a thread of its
 // own at SCHED_IDLE (sched(7)), which the inits it starts inherit: making a spare, the server's part
 // and the init's start-up, takes only CPU time that jobs and Starts leave over (on 2 CPUs, making it
 // at normal priority took a short job's lifecycle from 14 to 18 ms). The thread stays locked, so it
@@ -346,7 +347,17 @@ func (m *manager) warm() {
 	if err := unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_IDLE}, 0); err != nil {
 		log.Printf("spare job sandboxes are made at normal priority: sched_setattr: %v", err)
 	}
-	for range m.wake {
+	tick := time.NewTicker(spareMaxAge / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case _, ok := <-m.wake:
+			if !ok {
+				return
+			}
+		case <-tick.C:
+			m.dropOldSpares()
+		}
 		for {
 			m.mu.Lock()
 			full := m.closing || len(m.spares) >= m.cfg.spareInits
@@ -372,13 +383,31 @@ func (m *manager) warm() {
 	}
 }
 
+// spareMaxAge bounds how old a spare gets: a job id is minted with its sandbox, and its time should
+// stay close to the job's start.
+var spareMaxAge = time.Minute
+
+// dropOldSpares discards the spares made more than spareMaxAge ago; warm then makes new ones.
+func (m *manager) dropOldSpares() {
+	m.mu.Lock()
+	var old []*sandbox
+	for len(m.spares) > 0 && time.Since(m.spares[0].made) > spareMaxAge {
+		old = append(old, m.spares[0])
+		m.spares = m.spares[1:]
+	}
+	m.mu.Unlock()
+	for _, sb := range old {
+		m.discard(sb)
+	}
+}
+
 // newSandbox makes a sandbox: id, cgroups, pipes, init.
 func (m *manager) newSandbox() (*sandbox, error) {
 	id, err := newULID(time.Now())
 	if err != nil {
 		return nil, fmt.Errorf("new job id: %w", err)
 	}
-	sb := &sandbox{id: id.String()}
+	sb := &sandbox{id: id.String(), made: time.Now()}
 	m.mu.Lock()
 	m.sandboxes[sb.id] = true // before the cgroup exists, so that the set covers every cgroup not a job's
 	m.mu.Unlock()

@@ -608,15 +608,7 @@ func TestCrashedServerLeavesNothingAfterRestart(t *testing.T) {
 func TestSpareSandboxes(t *testing.T) {
 	ts := startServer(t)
 	a := ts.dialAs(t, "a")
-	var spares []*sandbox
-	for deadline := time.Now().Add(10 * time.Second); len(spares) < ts.m.cfg.spareInits; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d spares ready after 10 s, want %d", len(spares), ts.m.cfg.spareInits)
-		}
-		ts.m.mu.Lock()
-		spares = slices.Clone(ts.m.spares)
-		ts.m.mu.Unlock()
-	}
+	spares := readySpares(t, ts.m)
 	for _, sb := range spares {
 		for _, tid := range threadIDs(t, sb.proc.cmd.Process.Pid) {
 			if p := schedPolicy(t, tid); p != unix.SCHED_IDLE {
@@ -658,4 +650,50 @@ func schedPolicy(t *testing.T, tid int) uint32 {
 		t.Fatalf("sched_getattr %d: %v", tid, err)
 	}
 	return attr.Policy
+}
+
+// TestOldSparesAreReplaced: a job id is minted with its sandbox, so spares are remade once they are
+// spareMaxAge old, and a job's id time stays near its start.
+func TestOldSparesAreReplaced(t *testing.T) {
+	defer func(old time.Duration) { spareMaxAge = old }(spareMaxAge)
+	spareMaxAge = 300 * time.Millisecond // before the server: its warmer reads it
+	ts := startServer(t)
+	first := readySpares(t, ts.m)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		ts.m.mu.Lock()
+		kept := 0
+		for _, sb := range ts.m.spares {
+			if slices.Contains(first, sb) {
+				kept++
+			}
+		}
+		ts.m.mu.Unlock()
+		if kept == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of the first spares are still there after 10 s, with a maximum age of %v", kept, spareMaxAge)
+		}
+	}
+	for _, sb := range readySpares(t, ts.m) {
+		if slices.Contains(first, sb) {
+			t.Errorf("spare %s came back", sb.id)
+		}
+	}
+}
+
+// readySpares waits (bounded) until m holds all its spares and returns them.
+func readySpares(t *testing.T, m *manager) []*sandbox {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		m.mu.Lock()
+		spares := slices.Clone(m.spares)
+		m.mu.Unlock()
+		if len(spares) == m.cfg.spareInits {
+			return spares
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d spares ready after 10 s, want %d", len(spares), m.cfg.spareInits)
+		}
+	}
 }
