@@ -1235,10 +1235,13 @@ several times what it does on bare metal); the lines it names are in "Measuremen
 - **Job lifecycle (target 2x).** rund's lifecycle is three RPCs on a TLS connection (Start, Log to EOF,
   Status: "rund lifecycle in parts") and two processes, rund's init and then the command; the raw lifecycle
   is one process and no RPC. Traced with timestamps in the server and the init: config to the init until the
-  command has exec'd 1.0-2.5 ms (the init's fork and exec), ` + "`true`" + ` itself 3.5-5.5 ms (1.9 ms of CPU alone; a
-  spare being made meanwhile contends in the kernel even at SCHED_IDLE), exit report to log end 0.5-0.8 ms.
-  Taken off so far: the init's start-up (spares: 31.6 ms to about 11), its namespace teardown (the status is
-  published before the init is reaped), the refill's CPU (SCHED_IDLE). Left: the second process and the RPCs.
+  command has exec'd 1.0-2.5 ms (the init's fork and exec), ` + "`true`" + ` itself 3.5-5.5 ms (1.9 ms of CPU alone; the
+  spare being made meanwhile competes for the 2 CPUs), exit report to log end 0.5-0.8 ms.
+  Taken off so far: the init's start-up (spares: 31.6 ms to about 12), its namespace teardown (the status is
+  published before the init is reaped). The spare made after each Start competes with that job: making it
+  at SCHED_IDLE measured 9.6-11 ms, but a per-thread policy let the job inherit it and an idle thread could
+  hold the server's locks, so spares are idle only through cgroup cpu.idle, which this host (cgroup v1
+  holds the cpu controller) lacks. Left: the second process, the spare's start-up, and the RPCs.
 - **Sustained starts (target 0.6x).** CPU-bound: "CPU per job while sustained" puts a rund job at about
   40 ms of CPU, most of it in the job's cgroup (its init), against about 7 ms per raw spawn, and 2 CPUs at
   about 47 rund jobs/s. One start of rund's binary ("CPU of one start": ` + "`rund init`" + ` exiting at once) costs
@@ -1272,7 +1275,7 @@ const benchMethod = `
   gRPC options and rpcpb messages as rund, with handlers that do only what the figure needs.
 - **Start RPC latency**: sequential Start of ` + "`true`" + ` on an open connection; the job is waited for (untimed), then
   20 ms pass before the next Start (the same for every raw sample): latency on an idle server, which has its
-  default two spare sandboxes (made at SCHED_IDLE after each Start; see README "Spares"). Raw: a unary
+  default two spare sandboxes (a new one is made after each Start; see README "Spares"). Raw: a unary
   RPC whose handler does the raw spawn (mkdir of a fresh cgroup, clone3 with CLONE_INTO_CGROUP and new PID,
   mount, network, UTS and IPC namespaces, until cmd.Start returns); its parts, measured alone, are listed too.
 - **Lifecycle**: Start, follow the log to its end (which rund sends after the final status is set), Status says

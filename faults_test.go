@@ -406,8 +406,12 @@ func TestJobClosesOutputEarly(t *testing.T) {
 		if took := time.Since(begin); took > 10*time.Second {
 			t.Errorf("log ended %v after Start: the grandchild kept it open", took)
 		}
+		// Stop of an ended job returns once its cleanup is done, the cgroup removed.
+		if _, err := a.Stop(ctx(t), &rpcpb.JobIdentifier{Ulid: id}); err != nil {
+			t.Fatal(err)
+		}
 		if _, err := os.Stat(filepath.Join(ts.cg.parent, id)); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("job cgroup still there after its log ended: %v", err)
+			t.Errorf("job cgroup still there after Stop of the ended job: %v", err)
 		}
 	})
 
@@ -438,8 +442,12 @@ func TestJobClosesOutputEarly(t *testing.T) {
 		if st.State != rpcpb.JobStatus_STATE_EXITED || st.GetExitCode().GetValue() != 0 {
 			t.Errorf("status %v, want exit 0", st)
 		}
+		// Stop of an ended job returns once its cleanup is done, the cgroup removed.
+		if _, err := a.Stop(ctx(t), &rpcpb.JobIdentifier{Ulid: id}); err != nil {
+			t.Fatal(err)
+		}
 		if _, err := os.Stat(filepath.Join(ts.cg.parent, id)); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("job cgroup still there after its log ended: %v", err)
+			t.Errorf("job cgroup still there after Stop of the ended job: %v", err)
 		}
 		if c, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", sleeper)); err == nil && string(c) == "sleep\x001000\x00" {
 			t.Errorf("grandchild sleep 1000 (pid %d) outlived its job", sleeper)

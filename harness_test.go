@@ -211,13 +211,17 @@ func sanitize(s string) string {
 // running server's spares; nil once it has shut down).
 func assertNoJobCgroups(t testing.TB, parent string, m *manager) {
 	t.Helper()
-	var spare map[string]bool
-	if m != nil {
-		m.mu.Lock()
-		spare = maps.Clone(m.sandboxes)
-		m.mu.Unlock()
+	spare := map[string]bool{}
+	sandboxes := func() { // before and after the listing: one made or removed meanwhile is in one of them
+		if m != nil {
+			m.mu.Lock()
+			maps.Copy(spare, m.sandboxes)
+			m.mu.Unlock()
+		}
 	}
+	sandboxes()
 	entries, _ := os.ReadDir(parent)
+	sandboxes()
 	for _, e := range entries {
 		if e.IsDir() && !spare[e.Name()] {
 			t.Errorf("cgroup %s/%s outlived its job", parent, e.Name())

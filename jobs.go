@@ -18,7 +18,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -247,16 +246,55 @@ func (m *manager) release(owner []string) {
 	m.live--
 }
 
-// spawnJob starts the job in a sandbox, writes its limits and registers it.
+// spawnJob starts the job in a sandbox and registers it.
 func (m *manager) spawnJob(owner []string, spec *jobSpec) (*job, error) {
 	defer m.refill() // once this Start's own work is done
-	sb, err := m.takeSandbox()
-	if err != nil {
-		return nil, err
+	var j *job
+	for attempt := 0; j == nil; attempt++ {
+		sb, spare, err := m.takeSandbox()
+		if err != nil {
+			return nil, err
+		}
+		j, err = m.startIn(sb, owner, spec)
+		var se *startError
+		if err != nil && (!spare || attempt > 0 || errors.As(err, &se)) {
+			return nil, err
+		} else if err != nil {
+			// A spare's init can die while it waits (the OOM killer, an operator): the job goes into
+			// another sandbox, once.
+			log.Printf("spare sandbox %s: %v; trying another", sb.id, err)
+		}
 	}
-	if err := m.cg.writeLimits(sb.cg.jobDir(), spec.lim); err != nil {
+	// Registering and the closing check happen under one lock, so shutdown either sees this job in
+	// its list or this start sees closing: no job escapes the shutdown.
+	m.mu.Lock()
+	if m.closing {
+		m.mu.Unlock()
+		j.proc.kill()
+		j.finish(func() {}) // start releases the reservation when spawnJob fails
+		return nil, status.Error(codes.Unavailable, "server is shutting down")
+	}
+	m.jobs[j.id] = j
+	m.watchers.Add(1)
+	m.mu.Unlock()
+	go func() {
+		defer m.watchers.Done()
+		j.finish(func() { m.release(owner) })
+		m.evict()
+	}()
+	return j, nil
+}
+
+// startIn starts the job's command in sb: normal priority and the job's limits for its cgroup, then the
+// command to its init. On error sb is gone.
+func (m *manager) startIn(sb *sandbox, owner []string, spec *jobSpec) (*job, error) {
+	err := m.cg.setIdle(sb.cg, false)
+	if err == nil {
+		err = m.cg.writeLimits(sb.cg.jobDir(), spec.lim)
+	}
+	if err != nil {
 		m.discard(sb)
-		return nil, fmt.Errorf("write job limits: %w", err)
+		return nil, fmt.Errorf("prepare job cgroup: %w", err)
 	}
 	j := &job{id: sb.id, owner: owner, command: statusCommand(spec.argv), grace: spec.grace,
 		started: time.Now(), cg: sb.cg, proc: sb.proc, outputs: sb.outputs, log: newRing(m.cfg.ringSize),
@@ -269,24 +307,6 @@ func (m *manager) spawnJob(owner []string, spec *jobSpec) (*job, error) {
 	j.pumps.Add(2)
 	go j.pump(stdoutStream, j.outputs[0])
 	go j.pump(stderrStream, j.outputs[1])
-	// Registering and the closing check happen under one lock, so shutdown either sees this job in
-	// its list or this start sees closing: no job escapes the shutdown.
-	m.mu.Lock()
-	if m.closing {
-		m.mu.Unlock()
-		j.proc.kill()
-		j.finish()
-		return nil, status.Error(codes.Unavailable, "server is shutting down")
-	}
-	m.jobs[j.id] = j
-	m.watchers.Add(1)
-	m.mu.Unlock()
-	go func() {
-		defer m.watchers.Done()
-		j.finish()
-		m.release(owner)
-		m.evict()
-	}()
 	return j, nil
 }
 
@@ -303,25 +323,23 @@ type sandbox struct {
 	outputs [2]*os.File // read ends of the stdout and stderr pipes
 }
 
-// takeSandbox returns a spare sandbox, or makes one when there is none.
-func (m *manager) takeSandbox() (*sandbox, error) {
+// takeSandbox returns the oldest spare sandbox (spare is true), or makes one when there is none.
+func (m *manager) takeSandbox() (sb *sandbox, spare bool, err error) {
 	m.mu.Lock()
-	var sb *sandbox
 	if len(m.spares) > 0 {
 		sb, m.spares = m.spares[0], m.spares[1:]
 		delete(m.sandboxes, sb.id)
 	}
 	m.mu.Unlock()
 	if sb != nil {
-		return sb, nil
+		return sb, true, nil
 	}
-	sb, err := m.newSandbox()
-	if err == nil {
+	if sb, err = m.newSandbox(); err == nil {
 		m.mu.Lock()
 		delete(m.sandboxes, sb.id)
 		m.mu.Unlock()
 	}
-	return sb, err
+	return sb, false, err
 }
 
 // refill wakes warm.
@@ -336,17 +354,12 @@ func (m *manager) refill() {
 	}
 }
 
-// warm keeps cfg.spareInits sandboxes ready, none older than spareMaxAge, until shutdown closes wake. It runs on a thread of its
-// own at SCHED_IDLE (sched(7)), which the inits it starts inherit: making a spare, the server's part
-// and the init's start-up, takes only CPU time that jobs and Starts leave over (on 2 CPUs, making it
-// at normal priority took a short job's lifecycle from 14 to 18 ms). The thread stays locked, so it
-// ends with this goroutine and runs no other. proc.unidle undoes the policy for the init a Start takes.
+// warm keeps cfg.spareInits sandboxes ready, none older than spareMaxAge, until shutdown closes wake.
+// Once a spare's init has exec'd, its cgroup is made idle (setIdle), so that the init's start-up takes
+// only CPU time that jobs leave over; startIn undoes that. Not before the exec: the server waits for it
+// holding the process-wide fork lock, which an idle exec could then hold for long.
 func (m *manager) warm() {
 	defer m.warmer.Done()
-	runtime.LockOSThread()
-	if err := unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_IDLE}, 0); err != nil {
-		log.Printf("spare job sandboxes are made at normal priority: sched_setattr: %v", err)
-	}
 	tick := time.NewTicker(spareMaxAge / 2)
 	defer tick.Stop()
 	for {
@@ -366,7 +379,13 @@ func (m *manager) warm() {
 				break
 			}
 			sb, err := m.newSandbox()
+			if err == nil {
+				err = m.cg.setIdle(sb.cg, true)
+			}
 			if err != nil {
+				if sb != nil {
+					m.discard(sb)
+				}
 				log.Printf("prepare a spare job sandbox: %v", err) // the next Start makes its own
 				break
 			}
@@ -383,9 +402,9 @@ func (m *manager) warm() {
 	}
 }
 
-// spareMaxAge bounds how old a spare gets: a job id is minted with its sandbox, and its time should
-// stay close to the job's start.
-var spareMaxAge = time.Minute
+// spareMaxAge bounds how old a spare gets (checked every spareMaxAge/2): a job id is minted with its
+// sandbox, and its time should stay within a minute of the job's start.
+var spareMaxAge = 40 * time.Second
 
 // dropOldSpares discards the spares made more than spareMaxAge ago; warm then makes new ones.
 func (m *manager) dropOldSpares() {
@@ -506,7 +525,7 @@ func (j *job) pump(s stream, f *os.File) {
 // cgroup.kill for anything the command left in job/, and job/ empty; the output drained; the final
 // accounting; the status published; the log closed (so a reader that sees EOF sees a final status).
 // Then rund's own part, which a client need not wait for: the init reaped, the cgroups removed.
-func (j *job) finish() {
+func (j *job) finish(ended func()) {
 	exit := j.proc.wait()
 	j.mu.Lock()
 	j.exitKnown = true
@@ -517,6 +536,7 @@ func (j *job) finish() {
 	j.mu.Lock()
 	j.ended, j.exit, j.final = time.Now(), exit, final
 	j.mu.Unlock()
+	ended() // before done: a client that sees the end may start its next job at once
 	close(j.done)
 	j.log.Close()
 	// The init exits after its report, taking its namespaces with it.
@@ -619,7 +639,7 @@ func (j *job) snapshot() snapshot {
 	}
 	use, ok := readUsage(j.cg.jobDir())
 	if !ok {
-		// The job ended and its cgroup is being removed: the final figures are a moment away.
+		// job/ is removed only after done is closed: the job ended since the check above.
 		<-j.done
 		return j.snapshot()
 	}

@@ -602,18 +602,16 @@ func TestCrashedServerLeavesNothingAfterRestart(t *testing.T) {
 	srv2.Wait()
 }
 
-// TestSpareSandboxes: the server keeps -spare_inits sandboxes whose inits start up at SCHED_IDLE; a
-// Start takes the oldest (the job gets its id), and then the init's threads and the command run at the
-// server's own policy: a job must not inherit the idle priority its init was made with.
+// TestSpareSandboxes: the server keeps -spare_inits sandboxes, each an init that waits for its
+// command; a Start takes the oldest (the job gets its id) and its command runs at the server's own
+// scheduling policy.
 func TestSpareSandboxes(t *testing.T) {
 	ts := startServer(t)
 	a := ts.dialAs(t, "a")
 	spares := readySpares(t, ts.m)
 	for _, sb := range spares {
-		for _, tid := range threadIDs(t, sb.proc.cmd.Process.Pid) {
-			if p := schedPolicy(t, tid); p != unix.SCHED_IDLE {
-				t.Errorf("spare %s: init thread %d has policy %d, want SCHED_IDLE", sb.id, tid, p)
-			}
+		if got := jobPIDs(t, ts.cg.parent, sb.id); len(got) != 0 {
+			t.Errorf("spare %s already has processes %v in job/", sb.id, got)
 		}
 	}
 	id := startJob(t, a, cmd("sleep", "1000"))
@@ -655,8 +653,9 @@ func schedPolicy(t *testing.T, tid int) uint32 {
 // TestOldSparesAreReplaced: a job id is minted with its sandbox, so spares are remade once they are
 // spareMaxAge old, and a job's id time stays near its start.
 func TestOldSparesAreReplaced(t *testing.T) {
-	defer func(old time.Duration) { spareMaxAge = old }(spareMaxAge)
-	spareMaxAge = 300 * time.Millisecond // before the server: its warmer reads it
+	old := spareMaxAge
+	t.Cleanup(func() { spareMaxAge = old }) // registered first, so it runs after the server's cleanup
+	spareMaxAge = 300 * time.Millisecond    // before the server: its warmer reads it
 	ts := startServer(t)
 	first := readySpares(t, ts.m)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
@@ -695,5 +694,32 @@ func readySpares(t *testing.T, m *manager) []*sandbox {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d spares ready after 10 s, want %d", len(spares), m.cfg.spareInits)
 		}
+	}
+}
+
+// TestDeadSpareIsSkipped: a spare whose init died while it waited (the OOM killer, an operator) costs
+// the client nothing: its Start runs in another sandbox, and the dead one is cleaned up.
+func TestDeadSpareIsSkipped(t *testing.T) {
+	ts := startServer(t)
+	a := ts.dialAs(t, "a")
+	dead := readySpares(t, ts.m)[0]
+	dead.proc.cmd.Process.Kill()
+	id := startJob(t, a, cmd("true"))
+	if st := waitDone(t, a, id); id == dead.id || st.GetExitCode().GetValue() != 0 {
+		t.Errorf("job %s (%v); want it in a live sandbox, not %s, and exit 0", id, st, dead.id)
+	}
+	if _, err := os.Stat(filepath.Join(ts.cg.parent, dead.id)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the dead spare's cgroup is still there: %v", err)
+	}
+}
+
+// TestSlotFreeWhenJobEnds: a client at its job bound may start its next job as soon as it has seen the
+// last one end (log EOF), though rund's own cleanup of that job goes on a moment longer.
+func TestSlotFreeWhenJobEnds(t *testing.T) {
+	ts := startServer(t, func(c *serveConfig) { c.maxJobsPerClient = 1 })
+	a := ts.dialAs(t, "a")
+	for range 20 {
+		id := startJob(t, a, cmd("true"))
+		readAll(t, a, id)
 	}
 }

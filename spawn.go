@@ -154,10 +154,7 @@ func startInit(cg *jobCgroup, hostname string, stdout, stderr *os.File) (*proc, 
 // init is gone when begin returns.
 func (p *proc) begin(cfg initConfig) error {
 	var rep initReport
-	err := p.unidle()
-	if err == nil {
-		err = json.NewEncoder(p.lifeline).Encode(cfg)
-	}
+	err := json.NewEncoder(p.lifeline).Encode(cfg)
 	if err == nil {
 		err = p.reports.Decode(&rep)
 	}
@@ -168,36 +165,6 @@ func (p *proc) begin(cfg initConfig) error {
 			return fmt.Errorf("job init did not start: %w", err)
 		}
 		return &startError{stage: rep.Stage, errno: syscall.Errno(rep.Errno), msg: rep.Msg}
-	}
-	return nil
-}
-
-// unidle gives every thread of the init the scheduling of the calling thread, rund's own: a spare's
-// init was started at SCHED_IDLE (warm, jobs.go), and the command inherits the policy of the thread
-// that starts it. Policies are per thread and a new thread gets its creator's (sched(7)), so the
-// passes repeat until one changes nothing: after that no thread can appear with another policy.
-func (p *proc) unidle() error {
-	want, err := unix.SchedGetAttr(0, 0)
-	if err != nil {
-		return fmt.Errorf("sched_getattr: %w", err)
-	}
-	for changed := true; changed; {
-		changed = false
-		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", p.cmd.Process.Pid))
-		if err != nil {
-			return err
-		}
-		for _, t := range tasks {
-			tid, _ := strconv.Atoi(t.Name())
-			got, err := unix.SchedGetAttr(tid, 0)
-			if err != nil || (got.Policy == want.Policy && got.Nice == want.Nice && got.Priority == want.Priority) {
-				continue // gone, or as wanted
-			}
-			if err := unix.SchedSetAttr(tid, want, 0); err != nil {
-				return fmt.Errorf("sched_setattr of init thread %d: %w", tid, err)
-			}
-			changed = true
-		}
 	}
 	return nil
 }
@@ -355,11 +322,13 @@ func errnoText(err error) string {
 	return err.Error()
 }
 
-// setupNamespaces runs in the init, inside the new namespaces: mounts private (so nothing mounted here
-// shows on the host), a /proc of the new PID namespace, loopback up, hostname = the job id.
+// setupNamespaces runs in the init, inside the new namespaces: mounts made slaves of the host's (so
+// nothing mounted here shows on the host, while the host's mounts and unmounts still reach the job: a
+// spare's namespace can be a minute old, and must neither miss a new mount nor pin an unmounted one;
+// mount_namespaces(7)), a /proc of the new PID namespace, loopback up, hostname = the job id.
 func setupNamespaces(hostname string) error {
-	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		return fmt.Errorf("make mounts private: %w", err)
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
+		return fmt.Errorf("make mounts slaves: %w", err)
 	}
 	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fmt.Errorf("mount /proc: %w", err)
