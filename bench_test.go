@@ -1237,14 +1237,14 @@ several times what it does on bare metal); the lines it names are in "Measuremen
   is one process and no RPC. Traced with timestamps in the server and the init: config to the init until the
   command has exec'd 1.0-2.5 ms (the init's fork and exec), ` + "`true`" + ` itself 3.5-5.5 ms (1.9 ms of CPU alone; the
   spare being made meanwhile competes for the 2 CPUs), exit report to log end 0.5-0.8 ms.
-  Taken off so far: the init's start-up (spares: 31.6 ms to about 12), its namespace teardown (the status is
+  Taken off so far: the init's start-up (spares: 31.6 ms to 12-13), its namespace teardown (the status is
   published before the init is reaped). The spare made after each Start competes with that job: making it
   at SCHED_IDLE measured 9.6-11 ms, but a per-thread policy let the job inherit it and an idle thread could
   hold the server's locks, so spares are idle only through cgroup cpu.idle, which this host (cgroup v1
   holds the cpu controller) lacks. Left: the second process, the spare's start-up, and the RPCs.
 - **Sustained starts (target 0.6x).** CPU-bound: "CPU per job while sustained" puts a rund job at about
-  40 ms of CPU, most of it in the job's cgroup (its init), against about 7 ms per raw spawn, and 2 CPUs at
-  about 47 rund jobs/s. One start of rund's binary ("CPU of one start": ` + "`rund init`" + ` exiting at once) costs
+  40-47 ms of CPU, most of it in the job's cgroup (its init), against 7-8 ms per raw spawn, and 2 CPUs at
+  43-47 rund jobs/s. One start of rund's binary ("CPU of one start": ` + "`rund init`" + ` exiting at once) costs
   17-24 ms of CPU, an empty Go program 7-9 ms, /bin/true 2-3 ms. perf of the inits during this figure: 26% in
   pvm_irq_enable (page-fault and TLB-flush exits to the hypervisor), then the Go runtime's start and the
   package initialisers (GODEBUG=inittrace: protobuf descriptors, grpc, compress/flate). Spares take this
@@ -1259,8 +1259,8 @@ several times what it does on bare metal); the lines it names are in "Measuremen
   (BenchmarkServerLogFollow) from 348 to 260 MB/s. Server profile of that benchmark: 24% reading the job's
   pipe, 22% TLS writes, 16% memmove. With 100 followers, which share the job's cost, the target is met.
 - **Output rate (target 0.8x of /dev/null).** Writing to /dev/null copies nothing; a pipe costs a copy in
-  and a copy out. A bare Go loop draining the same pipe gets only the "any reader's floor" row, 0.33-0.59x of
-  /dev/null across runs, and rund gets 0.84-0.92x of that floor for ` + "`yes`" + `. No reader that keeps the bytes
+  and a copy out. A bare Go loop draining the same pipe gets only the "any reader's floor" row, 0.30-0.59x of
+  /dev/null across runs, and rund gets 0.77-0.96x of that floor for ` + "`yes`" + `. No reader that keeps the bytes
   can beat the floor; the target would need the job's output to bypass the pipe. 256 KiB and 1 MiB pipes
   were tried: within noise, and +23% for ` + "`yes`" + ` at 16x the kernel memory a flooding job may pin; not kept.
 `
