@@ -1235,13 +1235,14 @@ several times what it does on bare metal); the lines it names are in "Measuremen
 - **Job lifecycle (target 2x).** rund's lifecycle is three RPCs on a TLS connection (Start, Log to EOF,
   Status: "rund lifecycle in parts") and two processes, rund's init and then the command; the raw lifecycle
   is one process and no RPC. Traced with timestamps in the server and the init: config to the init until the
-  command has exec'd 1.0-2.5 ms (the init's fork and exec), ` + "`true`" + ` itself 3.5-5.5 ms (1.9 ms of CPU alone; the
-  spare being made meanwhile competes for the 2 CPUs), exit report to log end 0.5-0.8 ms.
+  command has exec'd 1.0-2.5 ms (the init's fork and exec), ` + "`true`" + ` itself 3.5-5.5 ms (1.9 ms of CPU alone),
+  exit report to log end 0.5-0.8 ms.
   Taken off so far: the init's start-up (spares: 31.6 ms to 12-13), its namespace teardown (the status is
-  published before the init is reaped). The spare made after each Start competes with that job: making it
-  at SCHED_IDLE measured 9.6-11 ms, but a per-thread policy let the job inherit it and an idle thread could
-  hold the server's locks, so spares are idle only through cgroup cpu.idle, which this host (cgroup v1
-  holds the cpu controller) lacks. Left: the second process, the spare's start-up, and the RPCs.
+  published before the init is reaped), and the making of the next spare beside the job just started (it
+  waits for that job's end, at most 100 ms: 12-13 ms to about 11; spares start idle only through cgroup
+  cpu.idle, which this host, whose cgroup v1 holds the cpu controller, lacks). Left: the second process
+  and its wakeups (config, start report, exit report: "Log opened and followed to EOF" is about 5.5 ms for
+  a command that takes 2), and the RPCs.
 - **Sustained starts (target 0.6x).** CPU-bound: "CPU per job while sustained" puts a rund job at about
   40-47 ms of CPU, most of it in the job's cgroup (its init), against 7-8 ms per raw spawn, and 2 CPUs at
   43-47 rund jobs/s. One start of rund's binary ("CPU of one start": ` + "`rund init`" + ` exiting at once) costs
@@ -1275,7 +1276,7 @@ const benchMethod = `
   gRPC options and rpcpb messages as rund, with handlers that do only what the figure needs.
 - **Start RPC latency**: sequential Start of ` + "`true`" + ` on an open connection; the job is waited for (untimed), then
   20 ms pass before the next Start (the same for every raw sample): latency on an idle server, which has its
-  default two spare sandboxes (a new one is made after each Start; see README "Spares"). Raw: a unary
+  default two spare sandboxes (one is remade after each job's end; see README "Spares"). Raw: a unary
   RPC whose handler does the raw spawn (mkdir of a fresh cgroup, clone3 with CLONE_INTO_CGROUP and new PID,
   mount, network, UTS and IPC namespaces, until cmd.Start returns); its parts, measured alone, are listed too.
 - **Lifecycle**: Start, follow the log to its end (which rund sends after the final status is set), Status says
