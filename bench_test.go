@@ -1239,14 +1239,14 @@ several times what it does on bare metal); the lines it names are in "Measuremen
   exit report to log end 0.5-0.8 ms.
   Taken off so far: the init's start-up (spares: 31.6 ms to 12-13), its namespace teardown (the status is
   published before the init is reaped), and the making of the next spare beside the job just started (it
-  waits for that job's end, at most 100 ms: 12-13 ms to about 11; spares start idle only through cgroup
+  waits for that job's end, at most 100 ms: 12-13 ms to 10-11; spares start idle only through cgroup
   cpu.idle, which this host, whose cgroup v1 holds the cpu controller, lacks). Left: the second process
   and its wakeups (config, start report, exit report: "Log opened and followed to EOF" is about 5.5 ms for
   a command that takes 2), and the RPCs.
-- **Sustained starts (target 0.6x).** CPU-bound: "CPU per job while sustained" puts a rund job at about
-  40-47 ms of CPU, most of it in the job's cgroup (its init), against 7-8 ms per raw spawn, and 2 CPUs at
-  43-47 rund jobs/s. One start of rund's binary ("CPU of one start": ` + "`rund init`" + ` exiting at once) costs
-  17-24 ms of CPU, an empty Go program 7-9 ms, /bin/true 2-3 ms. perf of the inits during this figure: 26% in
+- **Sustained starts (target 0.6x).** CPU-bound: "CPU per job while sustained" puts a rund job at
+  40-48 ms of CPU, most of it in the job's cgroup (its init), against 7-8 ms per raw spawn, and 2 CPUs at
+  42-47 rund jobs/s. One start of rund's binary ("CPU of one start": ` + "`rund init`" + ` exiting at once) costs
+  17-25 ms of CPU, an empty Go program 7-9 ms, /bin/true 2-3 ms. perf of the inits during this figure: 26% in
   pvm_irq_enable (page-fault and TLB-flush exits to the hypervisor), then the Go runtime's start and the
   package initialisers (GODEBUG=inittrace: protobuf descriptors, grpc, compress/flate). Spares take this
   cost off a Start's latency, not off the CPU; -tags grpcnotrace took 1.5 ms off it. The target allows about
