@@ -628,16 +628,13 @@ func (g *e2eGuest) checkServerCgroup() {
 // a job started in one runs with cpu.idle 0. Read back from the files: the scheduler's effect would
 // need a spare starting up against a busy job, which this suite cannot time.
 func (g *e2eGuest) checkSpares() {
-	var spares, idle []string
-	for deadline := time.Now().Add(10 * time.Second); len(spares) < 2 && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		spares, idle = nil, nil
-		entries, _ := os.ReadDir(e2eParent)
-		for _, e := range entries {
-			if dir := filepath.Join(e2eParent, e.Name()); e.IsDir() && idleSandbox(dir) {
-				spares = append(spares, e.Name())
-				idle = append(idle, strings.TrimSpace(readString(dir+"/cpu.idle")))
-			}
-		}
+	spares := idleSandboxes()
+	for deadline := time.Now().Add(10 * time.Second); len(spares) < 2 && time.Now().Before(deadline); spares = idleSandboxes() {
+		time.Sleep(50 * time.Millisecond)
+	}
+	var idle []string
+	for _, name := range spares {
+		idle = append(idle, strings.TrimSpace(readString(filepath.Join(e2eParent, name, "cpu.idle"))))
 	}
 	id, err := g.start(tool("sleep", "1s"))
 	jobIdle := strings.TrimSpace(readString(filepath.Join(e2eParent, id, "cpu.idle")))
@@ -1092,16 +1089,14 @@ func (g *e2eGuest) checkCrashRestart() {
 // line is "rund init <its id>" (the server keeps -spare_inits of them ready, 2 by default).
 func jobLeftovers(spares int) (cgroups, procs []string) {
 	spare := map[string]bool{}
+	for i, name := range idleSandboxes() {
+		spare[name] = i < spares
+	}
 	entries, _ := os.ReadDir(e2eParent)
 	for _, e := range entries {
-		if !e.IsDir() {
-			continue
+		if e.IsDir() && !spare[e.Name()] {
+			cgroups = append(cgroups, e.Name())
 		}
-		if len(spare) < spares && idleSandbox(filepath.Join(e2eParent, e.Name())) {
-			spare[e.Name()] = true
-			continue
-		}
-		cgroups = append(cgroups, e.Name())
 	}
 	rel := strings.TrimPrefix(e2eParent, "/sys/fs/cgroup") + "/"
 	all, _ := os.ReadDir("/proc")
@@ -1110,13 +1105,24 @@ func jobLeftovers(spares int) (cgroups, procs []string) {
 			continue
 		}
 		cg, _ := os.ReadFile("/proc/" + e.Name() + "/cgroup")
-		_, sandbox, _ := strings.Cut(strings.TrimSpace(string(cg)), "::"+rel)
-		if strings.Contains(string(cg), "::"+rel) && !spare[strings.TrimSuffix(sandbox, "/init")] {
+		if _, sub, below := strings.Cut(strings.TrimSpace(string(cg)), "::"+rel); below && !spare[strings.TrimSuffix(sub, "/init")] {
 			comm, _ := os.ReadFile("/proc/" + e.Name() + "/comm")
 			procs = append(procs, e.Name()+":"+strings.TrimSpace(string(comm)))
 		}
 	}
 	return cgroups, procs
+}
+
+// idleSandboxes names the idle sandboxes under the parent, oldest first.
+func idleSandboxes() []string {
+	var names []string
+	entries, _ := os.ReadDir(e2eParent) // sorted by name: ULIDs, so by age
+	for _, e := range entries {
+		if e.IsDir() && idleSandbox(filepath.Join(e2eParent, e.Name())) {
+			names = append(names, e.Name())
+		}
+	}
+	return names
 }
 
 // idleSandbox reports whether dir holds no job process and only a "rund init" for its own id.
