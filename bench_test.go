@@ -1327,9 +1327,11 @@ several times what it does on bare metal); the lines it names are in "Measuremen
   runs against 1.71-1.78x over 4 at 50 ms. Runs on this machine move ratios by about ±15%; each 20 ms run
   over 2x was one where the raw lifecycle itself was 13-25% slower than usual.
 - **Sustained starts (target 0.6x).** CPU-bound: "CPU per job while sustained" puts a rund job at
-  40-48 ms of CPU, most of it in the job's cgroup (its init), against 7-8 ms per raw spawn, and 2 CPUs at
-  42-47 rund jobs/s. One start of rund's binary ("CPU of one start": ` + "`rund init`" + ` exiting at once) costs
-  17-25 ms of CPU, an empty Go program 7-9 ms, /bin/true 2-3 ms. perf of the inits during this figure: 26% in
+  40-49 ms of CPU, most of it in the job's cgroup (its init), against 7-8 ms per raw spawn, and 2 CPUs at
+  41-48 rund jobs/s. One start of rund's binary ("CPU of one start": ` + "`rund init`" + ` exiting at once) costs
+  17-25 ms of CPU, an empty Go program 7-10 ms, /bin/true 2-3 ms (perf stat: 460 page faults and 57
+  context switches against 209 and 7; the runtime's sysmon, waking every 20 us at first, is 8% of the
+  init's own samples). perf of the inits during this figure: 26% in
   pvm_irq_enable (page-fault and TLB-flush exits to the hypervisor), then the Go runtime's start and the
   package initialisers (GODEBUG=inittrace: protobuf descriptors, grpc, compress/flate). Spares take this
   cost off a Start's latency, not off the CPU; -tags grpcnotrace took 1.5 ms off it. The target allows about
