@@ -616,7 +616,7 @@ func (b *bench) startLatency() {
 			if err != nil {
 				b.t.Fatalf("rund start: %v", err)
 			}
-			benchDrain(b.t, rc, id.Ulid)
+			readAll(b.t, rc, id.Ulid)
 			tEOF := time.Now()
 			st, err := rc.Status(ctx, id)
 			t2 := time.Now()
@@ -727,22 +727,6 @@ func (b *bench) startLatency() {
 			fmt.Sprintf("%.2f ms", benchPct(rawBusyLife, .5)), fmt.Sprintf("%.2fx", benchPct(busyLife, .5)/benchPct(rawBusyLife, .5)), "", ""})
 
 	b.clientStatus(srv, lastID)
-}
-
-// benchDrain follows a job's log to its end.
-func benchDrain(t testing.TB, c rpcpb.JobControllerClient, id string) {
-	stream, err := c.Log(context.Background(), &rpcpb.JobIdentifier{Ulid: id})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := stream.Recv(); err != nil {
-			if err != io.EOF {
-				t.Fatalf("log %s: %v", id, err)
-			}
-			return
-		}
-	}
 }
 
 // clientStatus: wall time of `rund client status` against a minimal Go client doing the same RPC.
@@ -1546,30 +1530,9 @@ func main() {
 
 // benchInProcess is startServer for a testing.TB, without the leak checks.
 func benchInProcess(tb testing.TB) *testServer {
-	requireRoot(tb)
-	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
-	c := serveConfig{ringSize: 1 << 20, retainJobs: 1000, retainFor: time.Hour, maxJobs: 5000, spareInits: 2,
-		maxJobsPerClient: 5000, maxStreamsPerClient: 1000,
-		cgroupParent: filepath.Join(mount, fmt.Sprintf("rund-bench-%d-%s", os.Getpid(), sanitize(tb.Name())))}
-	ts := &testServer{pki: newTestPKI(tb)}
-	tlsCfg, err := serverTLS(ts.pki.file("ca.crt"), ts.pki.file("server.crt"), ts.pki.file("server.key"))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if ts.cg, err = setupCgroups(c.cgroupParent, c.ioDevices); err != nil {
-		tb.Fatal(err)
-	}
-	ts.m = newManager(ts.cg, c)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ts.addr = lis.Addr().String()
-	srv := newGRPCServer(tlsCfg, ts.m, c.maxStreamsPerClient)
-	go srv.Serve(lis)
+	ts, stop := serveInProcess(tb, "rund-bench", func(c *serveConfig) { c.maxJobs, c.maxJobsPerClient = 5000, 5000 })
 	tb.Cleanup(func() {
-		srv.Stop()
-		ts.m.shutdown()
+		stop()
 		rmdirRetry(ts.cg.parent)
 	})
 	return ts
@@ -1605,14 +1568,14 @@ func benchInProcessRaw(tb testing.TB, pki *testPKI) *testServer {
 func BenchmarkServerStart(b *testing.B) {
 	ts := benchInProcess(b)
 	a := ts.dialAs(b, "a")
-	benchDrain(b, a, startJob(b, a, cmd("true")))
+	readAll(b, a, startJob(b, a, cmd("true")))
 	var starts []float64
 	b.ResetTimer()
 	for range b.N {
 		t0 := time.Now()
 		id := startJob(b, a, cmd("true"))
 		starts = append(starts, benchMs(time.Since(t0)))
-		benchDrain(b, a, id)
+		readAll(b, a, id)
 	}
 	b.ReportMetric(benchPct(starts, .5), "start-p50-ms")
 }

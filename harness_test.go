@@ -137,34 +137,9 @@ func startServer(t *testing.T, opts ...serverOpt) *testServer {
 	t.Helper()
 	requireRoot(t)
 	goroutines, fds := runtime.NumGoroutine(), openFDs()
-	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
-	c := serveConfig{ringSize: 1 << 20, retainJobs: 1000, retainFor: time.Hour, maxJobs: 1000,
-		maxJobsPerClient: 1000, maxStreamsPerClient: 1000, spareInits: 2,
-		cgroupParent: filepath.Join(mount, fmt.Sprintf("rund-test-%d-%s", os.Getpid(), sanitize(t.Name())))}
-	for _, o := range opts {
-		o(&c)
-	}
-	ts := &testServer{pki: newTestPKI(t)}
-	tlsCfg, err := serverTLS(ts.pki.file("ca.crt"), ts.pki.file("server.crt"), ts.pki.file("server.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ts.cg, err = setupCgroups(c.cgroupParent, c.ioDevices); err != nil {
-		t.Fatal(err)
-	}
-	ts.m = newManager(ts.cg, c)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts.addr = lis.Addr().String()
-	srv := newGRPCServer(tlsCfg, ts.m, c.maxStreamsPerClient)
-	served := make(chan struct{})
-	go func() { srv.Serve(lis); close(served) }()
+	ts, stop := serveInProcess(t, "rund-test", opts...)
 	t.Cleanup(func() {
-		srv.Stop()
-		ts.m.shutdown()
-		<-served
+		stop()
 		assertNoJobCgroups(t, ts.cg.parent, nil)
 		if err := rmdirRetry(ts.cg.parent); err != nil {
 			t.Errorf("remove test cgroup parent: %v", err)
@@ -205,6 +180,41 @@ func sanitize(s string) string {
 		}
 		return '-'
 	}, s)
+}
+
+// serveInProcess runs a server in this process, its cgroup parent named prefix-PID-test; stop shuts it
+// down (every job stopped, its cgroups removed) and leaves the parent for the caller.
+func serveInProcess(tb testing.TB, prefix string, opts ...serverOpt) (ts *testServer, stop func()) {
+	requireRoot(tb)
+	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
+	c := serveConfig{ringSize: 1 << 20, retainJobs: 1000, retainFor: time.Hour, maxJobs: 1000,
+		maxJobsPerClient: 1000, maxStreamsPerClient: 1000, spareInits: 2,
+		cgroupParent: filepath.Join(mount, fmt.Sprintf("%s-%d-%s", prefix, os.Getpid(), sanitize(tb.Name())))}
+	for _, o := range opts {
+		o(&c)
+	}
+	ts = &testServer{pki: newTestPKI(tb)}
+	tlsCfg, err := serverTLS(ts.pki.file("ca.crt"), ts.pki.file("server.crt"), ts.pki.file("server.key"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if ts.cg, err = setupCgroups(c.cgroupParent, c.ioDevices); err != nil {
+		tb.Fatal(err)
+	}
+	ts.m = newManager(ts.cg, c)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ts.addr = lis.Addr().String()
+	srv := newGRPCServer(tlsCfg, ts.m, c.maxStreamsPerClient)
+	served := make(chan struct{})
+	go func() { srv.Serve(lis); close(served) }()
+	return ts, func() {
+		srv.Stop()
+		ts.m.shutdown()
+		<-served
+	}
 }
 
 // assertNoJobCgroups fails if any directory is left below parent, other than the sandboxes of m (a

@@ -324,8 +324,7 @@ func (m *manager) startIn(sb *sandbox, owner []string, spec *jobSpec) (*job, err
 		started: time.Now(), cg: sb.cg, proc: sb.proc, outputs: sb.outputs, log: newRing(m.cfg.ringSize),
 		done: make(chan struct{}), gone: make(chan struct{})}
 	if err := j.proc.begin(initConfig{Argv: spec.argv, Env: spec.env, Dir: spec.dir, User: m.cfg.jobUser}); err != nil {
-		closeAll(j.outputs[:])
-		j.cg.remove()
+		m.discard(sb)
 		return nil, err
 	}
 	j.pumps.Add(2)
@@ -601,8 +600,8 @@ func (j *job) drain() {
 	<-done
 }
 
-// stop asks the job to end and returns once its cleanup is done (its cgroup is gone) or ctx ends. The first Stop of a
-// running job starts escalate, which does not depend on that caller staying.
+// stop asks the job to end and returns once its cleanup is done (its cgroup is gone) or ctx ends. The
+// first Stop of a running job starts escalate, which does not depend on that caller staying.
 func (j *job) stop(ctx context.Context) error {
 	j.mu.Lock()
 	first := !j.exitKnown && !j.stopRequested
@@ -723,8 +722,8 @@ func (m *manager) evict() {
 	}
 }
 
-// shutdown refuses new jobs, removes the spare sandboxes, stops every running one (each with its own grace period, all at once)
-// and returns when all their cgroups are gone.
+// shutdown refuses new jobs, removes the spare sandboxes, stops every running job (each with its own
+// grace period, all at once) and returns when all their cgroups are gone.
 func (m *manager) shutdown() {
 	m.mu.Lock()
 	m.closing = true

@@ -152,7 +152,7 @@ func startInit(cg *jobCgroup, hostname string, stdout, stderr *os.File) (*proc, 
 }
 
 // begin sends the init its command and waits for the start report. If the command did not start, the
-// init is gone when begin returns.
+// caller ends the init (jobs.go discard).
 func (p *proc) begin(cfg initConfig) error {
 	var rep initReport
 	err := json.NewEncoder(p.lifeline).Encode(cfg)
@@ -160,8 +160,6 @@ func (p *proc) begin(cfg initConfig) error {
 		err = p.reports.Decode(&rep)
 	}
 	if err != nil || rep.Pid == 0 {
-		p.kill()
-		p.reap()
 		if err != nil {
 			return fmt.Errorf("job init did not start: %w", err)
 		}
