@@ -15,10 +15,8 @@ import (
 	"crypto/x509"
 	"slices"
 
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/status"
 )
 
 // callerIdentity returns the SANs of the caller's verified certificate, each prefixed with its kind so
@@ -26,11 +24,11 @@ import (
 func callerIdentity(ctx context.Context) ([]string, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
-		return nil, status.Error(codes.Unauthenticated, "no peer information")
+		return nil, clientErr(errNoIdentity, "no peer information")
 	}
 	info, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
-		return nil, status.Error(codes.Unauthenticated, "no verified client certificate")
+		return nil, clientErr(errNoIdentity, "no verified client certificate")
 	}
 	return certIdentity(info.State.VerifiedChains[0][0]), nil
 }

@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// FuzzValidate: any request either is refused with InvalidArgument or yields a spec that obeys every
+// FuzzValidate: any request either is refused with InvalidArgument (as a client sees it) or yields a spec that obeys every
 // bound validate promises; it never panics.
 func FuzzValidate(f *testing.F) {
 	f.Add("sh", "-c", "A=1", "/", int64(0), uint64(0), uint64(0))
@@ -26,7 +26,7 @@ func FuzzValidate(f *testing.F) {
 	f.Fuzz(func(t *testing.T, name, arg, env, dir string, grace int64, cpu, mem uint64) {
 		spec, err := validate(name, []string{arg}, []string{env}, dir, time.Duration(grace), limits{cpuQuota: cpu, memory: mem})
 		if err != nil {
-			if status.Code(err) != codes.InvalidArgument || status.Convert(err).Message() == "" {
+			if pe := publicError("validate", err); status.Code(pe) != codes.InvalidArgument || status.Convert(pe).Message() == "" {
 				t.Fatalf("refusal %v is not an InvalidArgument with a message", err)
 			}
 			return

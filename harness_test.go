@@ -11,7 +11,6 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
-	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -201,7 +200,7 @@ func serveInProcess(tb testing.TB, prefix string, opts ...serverOpt) (ts *testSe
 	if ts.cg, err = setupCgroups(c.cgroupParent, c.ioDevices); err != nil {
 		tb.Fatal(err)
 	}
-	ts.m = newManager(ts.cg, c)
+	ts.m = newManager(ts.cg, coreConfig(c))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
@@ -217,25 +216,34 @@ func serveInProcess(tb testing.TB, prefix string, opts ...serverOpt) (ts *testSe
 	}
 }
 
-// assertNoJobCgroups fails if any directory is left below parent, other than the sandboxes of m (a
-// running server's spares; nil once it has shut down).
+// assertNoJobCgroups fails if any directory is left below parent, other than the idle sandboxes of m
+// (a running server's spares, at most its -spare_inits; m is nil once it has shut down). A spare in
+// the making is not idle yet, so with m it waits (bounded, like assertGoroutines) for the rest to go.
 func assertNoJobCgroups(t testing.TB, parent string, m *manager) {
 	t.Helper()
-	spare := map[string]bool{}
-	sandboxes := func() { // before and after the listing: one made or removed meanwhile is in one of them
-		if m != nil {
-			m.mu.Lock()
-			maps.Copy(spare, m.sandboxes)
-			m.mu.Unlock()
+	leftovers := func() []string {
+		var left []string
+		spares := 0
+		entries, _ := os.ReadDir(parent) // sorted by name: ULIDs, so by age
+		for _, e := range entries {
+			if !e.IsDir() {
+				continue
+			}
+			if m != nil && spares < m.cfg.spareInits && idleSandbox(filepath.Join(parent, e.Name())) {
+				spares++
+				continue
+			}
+			left = append(left, e.Name())
 		}
+		return left
 	}
-	sandboxes()
-	entries, _ := os.ReadDir(parent)
-	sandboxes()
-	for _, e := range entries {
-		if e.IsDir() && !spare[e.Name()] {
-			t.Errorf("cgroup %s/%s outlived its job", parent, e.Name())
-		}
+	left := leftovers()
+	for deadline := time.Now().Add(5 * time.Second); m != nil && len(left) > 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		left = leftovers()
+	}
+	for _, name := range left {
+		t.Errorf("cgroup %s/%s outlived its job", parent, name)
 	}
 }
 

@@ -659,14 +659,14 @@ func TestOldSparesAreReplaced(t *testing.T) {
 	ts := startServer(t)
 	first := readySpares(t, ts.m)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		ts.m.mu.Lock()
+		ts.m.pool.mu.Lock()
 		kept := 0
-		for _, sb := range ts.m.spares {
+		for _, sb := range ts.m.pool.spares {
 			if slices.Contains(first, sb) {
 				kept++
 			}
 		}
-		ts.m.mu.Unlock()
+		ts.m.pool.mu.Unlock()
 		if kept == 0 {
 			break
 		}
@@ -685,9 +685,9 @@ func TestOldSparesAreReplaced(t *testing.T) {
 func readySpares(t *testing.T, m *manager) []*sandbox {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		m.mu.Lock()
-		spares := slices.Clone(m.spares)
-		m.mu.Unlock()
+		m.pool.mu.Lock()
+		spares := slices.Clone(m.pool.spares)
+		m.pool.mu.Unlock()
 		if len(spares) == m.cfg.spareInits {
 			return spares
 		}

@@ -100,7 +100,9 @@ func runServe(args []string) int {
 }
 
 // serve runs the server until SIGTERM or SIGINT, then stops accepting, ends every job, removes their
-// cgroups and returns nil.
+// cgroups and returns nil. Its goroutines: one runs srv.Serve and ends when the server stops (its result
+// goes to a buffered channel, read only if it ends first); one runs GracefulStop at shutdown and ends
+// when the last call does, or when srv.Stop cuts the calls off 5 s after the jobs are gone.
 func serve(c serveConfig) error {
 	certs, err := newCertStore(c.ca, c.cert, c.key)
 	if err != nil {
@@ -114,7 +116,7 @@ func serve(c serveConfig) error {
 	if err != nil {
 		return err
 	}
-	m := newManager(cg, c)
+	m := newManager(cg, coreConfig(c))
 	srv := newGRPCServer(certs.config(), m, c.maxStreamsPerClient)
 
 	sigs := make(chan os.Signal, 1)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -23,7 +22,7 @@ const (
 )
 
 // errOffsetBeyondEnd is returned by Read when off > bytes written so far.
-var errOffsetBeyondEnd = errors.New("ring: offset beyond end of output")
+var errOffsetBeyondEnd error = &clientError{kind: errOutOfRange, msg: "offset is beyond the end of the job's output"}
 
 // segment marks where a run of bytes of one stream starts. A segment covers
 // [start, next segment's start), or [start, tail) for the last one.

@@ -1,8 +1,10 @@
 package main
 
 // server.go is the gRPC face of the job manager: it authenticates each call, maps requests to jobs and
-// errors to status codes. Clients never see a host path: internal errors are logged here in full and
-// answered with a short Internal status.
+// errors to status codes (publicError, the one place that does). Clients never see a host path:
+// internal errors are logged here in full and answered with a short Internal status.
+//
+// Goroutines: grpc-go's own, one per connection and per call; the server starts none.
 
 import (
 	"context"
@@ -10,6 +12,7 @@ import (
 	"errors"
 	"io"
 	"log"
+	"path"
 	"sync"
 	"syscall"
 	"time"
@@ -25,11 +28,25 @@ import (
 	"rund/rpcpb"
 )
 
+// coreConfig is the part of the serve flags the job table reads.
+func coreConfig(c serveConfig) jobsConfig {
+	return jobsConfig{ringSize: c.ringSize, retainJobs: c.retainJobs, retainFor: c.retainFor, maxJobs: c.maxJobs,
+		maxJobsPerClient: c.maxJobsPerClient, spareInits: c.spareInits, jobUser: c.jobUser}
+}
+
 // newGRPCServer serves the job API over mutual TLS. Requests are small (see validate's bounds), so
-// anything over 1 MiB is refused by grpc-go with ResourceExhausted before it reaches a handler.
+// anything over 1 MiB is refused by grpc-go with ResourceExhausted before it reaches a handler. Every
+// handler's error goes through publicError.
 func newGRPCServer(tlsCfg *tls.Config, m *manager, maxStreams int) *grpc.Server {
 	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), grpc.MaxRecvMsgSize(1<<20),
-		grpc.MaxConcurrentStreams(256), grpc.ConnectionTimeout(10*time.Second))
+		grpc.MaxConcurrentStreams(256), grpc.ConnectionTimeout(10*time.Second),
+		grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			resp, err := h(ctx, req)
+			return resp, publicError(info.FullMethod, err)
+		}),
+		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			return publicError(info.FullMethod, h(srv, ss))
+		}))
 	rpcpb.RegisterJobControllerServer(srv, &server{m: m, maxStreams: maxStreams, streams: map[string]int{}})
 	return srv
 }
@@ -49,7 +66,7 @@ func (s *server) openStream(caller []string) (func(), error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.streams[key] >= s.maxStreams {
-		return nil, status.Errorf(codes.ResourceExhausted, "you already have %d log streams open, the most one client may", s.maxStreams)
+		return nil, clientErr(errExhausted, "you already have %d log streams open, the most one client may", s.maxStreams)
 	}
 	s.streams[key]++
 	return func() {
@@ -61,11 +78,44 @@ func (s *server) openStream(caller []string) (func(), error) {
 	}, nil
 }
 
-// publicError passes status errors through and hides anything else behind Internal.
-func publicError(op string, err error) error {
+// codeOf maps each kind of client error (errors.go) to its gRPC status code.
+var codeOf = []struct {
+	kind error
+	code codes.Code
+}{
+	{errInvalid, codes.InvalidArgument},
+	{errNotFound, codes.NotFound},
+	{errDenied, codes.PermissionDenied},
+	{errUnsupported, codes.FailedPrecondition},
+	{errExhausted, codes.ResourceExhausted},
+	{errClosing, codes.Unavailable},
+	{errOutOfRange, codes.OutOfRange},
+	{errNotStarted, codes.Internal},
+	{errNoIdentity, codes.Unauthenticated},
+}
+
+// publicError is the only way an error reaches a client. A client error gets its kind's code and its
+// own message; a status (from grpc-go itself) and a context's end pass through; anything else is the
+// server's own failure: logged in full here, and a bare Internal to the client, which never sees a
+// host path.
+func publicError(method string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if ce := (*clientError)(nil); errors.As(err, &ce) {
+		for _, c := range codeOf {
+			if errors.Is(ce.kind, c.kind) {
+				return status.Error(c.code, ce.msg)
+			}
+		}
+	}
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return status.FromContextError(err).Err()
+	}
+	op := path.Base(method)
 	log.Printf("%s: %v", op, err)
 	return status.Errorf(codes.Internal, "%s failed on the server; its log has the details", op)
 }
@@ -76,8 +126,7 @@ func (s *server) Start(ctx context.Context, req *rpcpb.JobStartRequest) (*rpcpb.
 		return nil, err
 	}
 	if len(caller) == 0 {
-		return nil, status.Error(codes.PermissionDenied,
-			"your certificate has no subject alternative name, so jobs could not be tied to you")
+		return nil, clientErr(errDenied, "your certificate has no subject alternative name, so jobs could not be tied to you")
 	}
 	lim := limits{
 		cpuQuota: uint64(req.GetMaxCpuBandwidth().GetValue()),
@@ -94,7 +143,7 @@ func (s *server) Start(ctx context.Context, req *rpcpb.JobStartRequest) (*rpcpb.
 	var grace time.Duration
 	if g := req.GetStopGracePeriod(); g != nil {
 		if err := g.CheckValid(); err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "stop_grace_period: %v", err)
+			return nil, clientErr(errInvalid, "stop_grace_period: %v", err)
 		}
 		if grace = g.AsDuration(); grace == 0 {
 			grace = -1 // an explicit 0 is invalid, unlike an unset one
@@ -106,7 +155,7 @@ func (s *server) Start(ctx context.Context, req *rpcpb.JobStartRequest) (*rpcpb.
 	}
 	j, err := s.m.start(caller, spec)
 	if err != nil {
-		return nil, publicError("start job", startErrorStatus(err))
+		return nil, err
 	}
 	return &rpcpb.JobIdentifier{Ulid: j.id}, nil
 }
@@ -115,7 +164,7 @@ func (s *server) Start(ctx context.Context, req *rpcpb.JobStartRequest) (*rpcpb.
 // limit (io.max and pids.max would read it as "nothing at all", cpu.max refuses it).
 func zeroLimit(req *rpcpb.JobStartRequest) error {
 	if w := req.GetMaxCpuBandwidth(); w != nil && w.GetValue() == 0 {
-		return status.Error(codes.InvalidArgument, "max_cpu_bandwidth is 0; leave it unset for no limit")
+		return clientErr(errInvalid, "max_cpu_bandwidth is 0; leave it unset for no limit")
 	}
 	for _, f := range []struct {
 		name string
@@ -126,7 +175,7 @@ func zeroLimit(req *rpcpb.JobStartRequest) error {
 		{"max_riops", req.GetMaxRiops()}, {"max_wiops", req.GetMaxWiops()},
 	} {
 		if f.w != nil && f.w.GetValue() == 0 {
-			return status.Errorf(codes.InvalidArgument, "%s is 0; leave it unset for no limit", f.name)
+			return clientErr(errInvalid, "%s is 0; leave it unset for no limit", f.name)
 		}
 	}
 	return nil
@@ -139,7 +188,7 @@ func (s *server) lookup(ctx context.Context, id string) (*job, []string, error) 
 		return nil, nil, err
 	}
 	if _, err := parseULID(id); err != nil {
-		return nil, nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, nil, clientErr(errInvalid, "%v", err)
 	}
 	j, err := s.m.get(id, caller)
 	return j, caller, err
@@ -151,7 +200,7 @@ func (s *server) Stop(ctx context.Context, req *rpcpb.JobIdentifier) (*rpcpb.Job
 		return nil, err
 	}
 	if err := j.stop(ctx); err != nil {
-		return nil, status.FromContextError(err).Err()
+		return nil, err
 	}
 	return statusProto(j.snapshot()), nil
 }
@@ -194,17 +243,15 @@ func (s *server) ReadLog(req *rpcpb.LogRequest, stream grpc.ServerStreamingServe
 	buf := make([]byte, maxChunk)
 	off := int64(req.GetOffset())
 	if off < 0 {
-		return status.Error(codes.OutOfRange, "offset is beyond any job's output")
+		return clientErr(errOutOfRange, "offset is beyond any job's output")
 	}
 	for {
 		n, s, at, lost, err := j.log.Read(ctx, off, buf, !req.GetNoFollow())
 		switch {
 		case errors.Is(err, io.EOF):
 			return nil
-		case errors.Is(err, errOffsetBeyondEnd):
-			return status.Error(codes.OutOfRange, err.Error())
 		case err != nil:
-			return status.FromContextError(err).Err()
+			return err
 		}
 		msg := &rpcpb.JobLog{Offset: uint64(at), Lost: uint64(lost)}
 		if s == stdoutStream {

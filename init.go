@@ -1,0 +1,321 @@
+package main
+
+// init.go is everything that runs as a job's PID 1 ("rund init"), and the protocol it speaks with the
+// server over two pipes (spawn.go is the server's side). The init prepares its namespaces, waits for
+// its command, execs it as PID 2 into <job>/job (clone3 + CLONE_INTO_CGROUP), forwards signals to it,
+// reaps orphans and reports the command's exact wait status.
+//
+// Why a PID 1 of our own: the kernel drops signals to a namespace's init that has no handler for them
+// (pid_namespaces(7)), so a command run as PID 1 could not be stopped with SIGTERM, and nothing would
+// reap the orphans it leaves. The init lives in its own unlimited cgroup, so the limits a client sets
+// are all its command gets.
+//
+// File descriptors of the init:
+//
+//	0      /dev/null
+//	1, 2   the job's stdout and stderr pipes (the command inherits them)
+//	3      config pipe: one JSON initConfig, then kept open as a lifeline: EOF means rund died
+//	4      report pipe: one JSON startReport, then, if the command started, one exitReport
+//	5      <job>/job cgroup directory, for CLONE_INTO_CGROUP of the command
+//
+// Goroutines of the init (it is a process of its own; its exit ends them all):
+//   - main: setup, the config, the command's start, then reaping until the command has ended.
+//   - the signal forwarder: started once the command runs; ends with the process.
+//   - the lifeline reader: started once the command runs; SIGKILLs the command on EOF; ends with the
+//     process.
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// defaultPath is the PATH of a job whose request sets none.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// initConfig is what the server tells the init: the command to run.
+type initConfig struct {
+	Argv []string `json:"argv"` // argv[0] is the command as requested
+	Env  []string `json:"env"`
+	Dir  string   `json:"dir"`
+	User *jobUser `json:"user,omitempty"`
+}
+
+// jobUser is the unprivileged identity that job commands run as (rund serve -job_user).
+type jobUser struct {
+	UID uint32 `json:"uid"`
+	GID uint32 `json:"gid"`
+}
+
+func parseJobUser(s string) (*jobUser, error) {
+	u, g, ok := strings.Cut(s, ":")
+	uid, err1 := strconv.ParseUint(u, 10, 32)
+	gid, err2 := strconv.ParseUint(g, 10, 32)
+	if !ok || err1 != nil || err2 != nil {
+		return nil, fmt.Errorf("want numeric UID:GID, e.g. 65534:65534, got %q", s)
+	}
+	return &jobUser{UID: uint32(uid), GID: uint32(gid)}, nil
+}
+
+// startReport is the init's first message: the command's pid, or why it did not start.
+type startReport struct {
+	Pid   int    `json:"pid,omitempty"` // > 0 once the command runs
+	Stage stage  `json:"stage,omitempty"`
+	Errno int    `json:"errno,omitempty"`
+	Msg   string `json:"msg,omitempty"` // for the client: no host path but the ones it named
+}
+
+// stage is the step of a start that failed; the server decides from it whose fault the failure is.
+type stage string
+
+const (
+	stageSetup stage = "setup" // the init's own namespaces or files: the server's fault
+	stageDir   stage = "dir"   // the requested working directory
+	stagePath  stage = "path"  // finding the command
+	stageExec  stage = "exec"  // the exec itself
+)
+
+// exitReport is the init's second and last message: how the command ended. The server reads a
+// missing one as SIGKILL (spawn.go wait).
+type exitReport struct {
+	Exited bool `json:"exited"`
+	Code   int  `json:"code"`   // exit status, when Exited
+	Signal int  `json:"signal"` // the signal that ended it, when not Exited
+}
+
+// forwardedSignals are passed on from the init to the command.
+var forwardedSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT,
+	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGCONT}
+
+// runInit is the body of "rund init", the PID 1 of a job. It returns the process exit code.
+func runInit() int {
+	if os.Getpid() != 1 || len(os.Args) != 3 {
+		fmt.Fprintln(os.Stderr, "rund init: internal command, run by rund serve as a job's PID 1")
+		return 2
+	}
+	// The command gets fds 0-2 only: not our control pipes, and not whatever rund itself inherited
+	// without O_CLOEXEC from the one that started it (os/exec passes those on). close_range(2).
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		return 1
+	}
+	// Up to the config, the work is done before the job's Start: namespaces, and the signal handlers
+	// (the kernel drops signals to a PID 1 without a handler; rund sends none before the start report).
+	setupErr := setupNamespaces(os.Args[2])
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, forwardedSignals...)
+	cfgPipe, repPipe := initPipe(3, "config"), initPipe(4, "report")
+	dec, enc := json.NewDecoder(cfgPipe), json.NewEncoder(repPipe)
+	// The first use of a type builds encoding/json's reflection caches: done here, not in the Start
+	// (BENCHMARKS.md, "Where a Start's time goes").
+	json.Unmarshal([]byte(`{"argv":["x"],"env":["k=v"],"dir":"/","user":{"uid":1,"gid":1}}`), new(initConfig))
+	json.Marshal(startReport{Pid: 1})
+	var cfg initConfig
+	if err := dec.Decode(&cfg); err != nil {
+		return 1
+	}
+	pid, fail := startCommand(cfg, setupErr)
+	if fail != nil {
+		enc.Encode(fail)
+		return 1
+	}
+	enc.Encode(startReport{Pid: pid})
+	go func() {
+		for s := range sigs {
+			syscall.Kill(pid, s.(syscall.Signal))
+		}
+	}()
+	go func() {
+		// The lifeline: rund holds the write end; EOF means it is gone, so the job goes too.
+		io.Copy(io.Discard, io.MultiReader(dec.Buffered(), cfgPipe))
+		syscall.Kill(pid, syscall.SIGKILL)
+	}()
+	ws := reap(pid)
+	// Our copies of the output pipes go now, so that rund's readers see EOF without waiting for this
+	// process to exit; whatever else of the job still holds them, rund kills.
+	unix.Close(1)
+	unix.Close(2)
+	rep := exitReport{Exited: ws.Exited(), Code: ws.ExitStatus()}
+	if ws.Signaled() {
+		rep = exitReport{Signal: int(ws.Signal())}
+	}
+	enc.Encode(rep)
+	return 0 // our exit makes the kernel SIGKILL whatever is left in the namespace
+}
+
+// initPipe wraps one of the init's pipes for the runtime's poller. os/exec hands them over blocking, and
+// a blocking read holds a thread: polled, the init has one thread fewer, and starts none once the
+// command runs (BENCHMARKS.md, "Where a Start's time goes"). If the fd cannot be polled (O_NONBLOCK or
+// epoll_ctl failed), it is made blocking again, which works too.
+func initPipe(fd int, name string) *os.File {
+	unix.SetNonblock(fd, true)
+	f := os.NewFile(uintptr(fd), name)
+	if f.SetReadDeadline(time.Time{}) != nil { // os.ErrNoDeadline: not in the poller
+		unix.SetNonblock(fd, false)
+	}
+	return f
+}
+
+// reap waits for every child, as a PID 1 must, until pid has ended, and returns pid's wait status.
+func reap(pid int) syscall.WaitStatus {
+	for {
+		var ws syscall.WaitStatus
+		got, err := syscall.Wait4(-1, &ws, 0, nil)
+		if got == pid {
+			return ws
+		}
+		if err != nil && err != syscall.EINTR {
+			return syscall.WaitStatus(syscall.SIGKILL) // cannot happen: pid is our child
+		}
+	}
+}
+
+// startCommand starts the command as PID 2 in the job's cgroup.
+func startCommand(cfg initConfig, setupErr error) (int, *startReport) {
+	if setupErr != nil {
+		return 0, failure(stageSetup, setupErr, "set up job namespaces: %v", setupErr)
+	}
+	if fi, err := os.Stat(cfg.Dir); err != nil || !fi.IsDir() {
+		if err == nil {
+			err = syscall.ENOTDIR
+		}
+		return 0, failure(stageDir, err, "working directory %q: %v", cfg.Dir, errnoText(err))
+	}
+	path, err := lookPath(cfg.Argv[0], cfg.Dir, cfg.Env)
+	switch {
+	case errors.Is(err, syscall.ENOENT) && !strings.Contains(cfg.Argv[0], "/"):
+		return 0, failure(stagePath, err, "command %q not found in the job's PATH", cfg.Argv[0])
+	case err != nil:
+		return 0, failure(stagePath, err, "command %q: %v", cfg.Argv[0], errnoText(err))
+	}
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return 0, failure(stageSetup, err, "open %s: %v", os.DevNull, err)
+	}
+	defer devnull.Close()
+	sys := &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: 5}
+	if u := cfg.User; u != nil {
+		// no_new_privs (inherited by the command) keeps setuid binaries and file capabilities from
+		// giving back what setuid to a non-zero uid takes away: every capability (capabilities(7)).
+		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+			return 0, failure(stageSetup, err, "set no_new_privs: %v", err)
+		}
+		sys.Credential = &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: []uint32{}}
+	}
+	pid, err := syscall.ForkExec(path, cfg.Argv, &syscall.ProcAttr{
+		Dir:   cfg.Dir,
+		Env:   cfg.Env,
+		Files: []uintptr{devnull.Fd(), 1, 2},
+		Sys:   sys,
+	})
+	if err != nil {
+		return 0, failure(stageExec, err, "exec %q: %v", cfg.Argv[0], errnoText(err))
+	}
+	return pid, nil
+}
+
+func failure(st stage, err error, format string, args ...any) *startReport {
+	var errno syscall.Errno
+	errors.As(err, &errno)
+	return &startReport{Stage: st, Errno: int(errno), Msg: fmt.Sprintf(format, args...)}
+}
+
+// errnoText is the bare errno text ("no such file or directory") without an *os.PathError's path.
+func errnoText(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Error()
+	}
+	return err.Error()
+}
+
+// setupNamespaces runs in the init, inside the new namespaces: mounts made slaves of the host's (so
+// nothing mounted here shows on the host, while the host's mounts and unmounts still reach the job: a
+// spare's namespace can be a minute old, and must neither miss a new mount nor pin an unmounted one;
+// mount_namespaces(7)), a /proc of the new PID namespace, loopback up, hostname = the job id.
+func setupNamespaces(hostname string) error {
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
+		return fmt.Errorf("make mounts slaves: %w", err)
+	}
+	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("mount /proc: %w", err)
+	}
+	if err := unix.Sethostname([]byte(hostname)); err != nil {
+		return fmt.Errorf("sethostname: %w", err)
+	}
+	return loopbackUp()
+}
+
+// loopbackUp sets IFF_UP on "lo", the only interface of a new network namespace (netdevice(7)).
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("socket: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("get lo flags: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("set lo up: %w", err)
+	}
+	return nil
+}
+
+// lookPath finds the command the way execvp(3) does, but on the job's PATH rather than the server's.
+// A name with a slash is taken as is (relative to the working directory). EACCES is kept when a match
+// exists but is not executable, so the client hears "permission denied" rather than "not found".
+func lookPath(name, dir string, env []string) (string, error) {
+	if strings.Contains(name, "/") {
+		p := name
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(dir, p)
+		}
+		return p, checkExecutable(p)
+	}
+	pathVar := defaultPath
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			pathVar = v
+		}
+	}
+	found := error(syscall.ENOENT)
+	for _, d := range filepath.SplitList(pathVar) {
+		if !filepath.IsAbs(d) {
+			continue // a relative PATH entry would depend on the working directory: skip it
+		}
+		p := filepath.Join(d, name)
+		switch err := checkExecutable(p); {
+		case err == nil:
+			return p, nil
+		case errors.Is(err, syscall.EACCES):
+			found = err
+		}
+	}
+	return "", found
+}
+
+func checkExecutable(p string) error {
+	fi, err := os.Stat(p)
+	switch {
+	case err != nil:
+		return err
+	case fi.IsDir():
+		return syscall.EACCES
+	}
+	return unix.Access(p, unix.X_OK)
+}

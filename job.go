@@ -1,0 +1,244 @@
+package main
+
+// job.go owns one job's life, from the sandbox it runs in to its removal:
+//
+//	begin:  limits written, command sent to the init, pumps started
+//	finish: exit report -> job/ emptied -> output drained -> final accounting -> status published (done)
+//	        -> log closed -> init reaped -> cgroups removed (gone)
+//	stop:   SIGTERM to the command; after the grace period, cgroup.kill of job/
+//
+// Goroutines of a job (who starts, what ends, who waits):
+//   - two pumps: started by begin; end when every writer of their pipe is gone or drain closes it;
+//     finish waits (j.pumps), through drain's waiter, which ends with them.
+//   - the watcher: started by the manager once the job is registered (jobs.go); runs finish, ends
+//     after gone; manager.shutdown waits (m.watchers).
+//   - escalate: started by the first Stop of a running job; ends at done or after the grace period;
+//     finish waits (j.escalation) before gone.
+//
+// Lock order: manager.mu before job.mu; ring.mu is taken with neither held.
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// job is one job. Fields above mu are set before the job is published and never change.
+type job struct {
+	id         string
+	owner      []string // SANs of the certificate that started it
+	command    []string
+	grace      time.Duration
+	started    time.Time
+	cg         *jobCgroup
+	proc       *proc
+	log        *ring
+	outputs    [2]*os.File    // read ends of the stdout and stderr pipes
+	pumps      sync.WaitGroup // the two goroutines copying outputs into log
+	escalation sync.WaitGroup // the escalate goroutine, if a Stop started one
+	done       chan struct{}  // closed once the fields below mu are final
+	gone       chan struct{}  // closed after done, once the job's init has exited and its cgroup is removed
+
+	mu            sync.Mutex // guards the fields below
+	stopRequested bool       // a Stop came before the command's end was known
+	exitKnown     bool       // the init has reported how the command ended
+	ended         time.Time
+	exit          exitInfo
+	final         usage
+}
+
+// begin starts the job's command in sb, with the spec's limits on its cgroup and a ring of ringSize.
+// On error sb is discarded.
+func begin(sb *sandbox, owner []string, spec *jobSpec, cg *cgroupFS, ringSize int, user *jobUser) (*job, error) {
+	if err := cg.writeLimits(sb.cg.jobDir(), spec.lim); err != nil {
+		sb.discard()
+		return nil, fmt.Errorf("prepare job cgroup: %w", err)
+	}
+	j := &job{id: sb.id, owner: owner, command: statusCommand(spec.argv), grace: spec.grace,
+		started: time.Now(), cg: sb.cg, proc: sb.proc, outputs: sb.outputs, log: newRing(ringSize),
+		done: make(chan struct{}), gone: make(chan struct{})}
+	if err := j.proc.begin(initConfig{Argv: spec.argv, Env: spec.env, Dir: spec.dir, User: user}); err != nil {
+		sb.discard()
+		return nil, err
+	}
+	j.pumps.Add(2)
+	go j.pump(stdoutStream, j.outputs[0])
+	go j.pump(stderrStream, j.outputs[1])
+	return j, nil
+}
+
+// pumpBufs lends the pumps their read buffers. The 64 KiB reads match the default pipe capacity
+// (pipe(7)), so a job writing flat out needs few wakeups.
+var pumpBufs = sync.Pool{New: func() any { return new([64 << 10]byte) }}
+
+// pump copies one output pipe into the ring until every writer is gone. It waits for the pipe through
+// the runtime poller and holds a buffer only while it reads: an idle job's pumps hold no buffer and
+// keep the small stacks goroutines start with. (A buffer local to the loop would live on the
+// goroutine's stack, 2 x 128 KiB of stack per job.)
+func (j *job) pump(s stream, f *os.File) {
+	defer j.pumps.Done()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	for {
+		n, rerr := 0, error(nil)
+		err := rc.Read(func(fd uintptr) bool {
+			buf := pumpBufs.Get().(*[64 << 10]byte)
+			defer pumpBufs.Put(buf)
+			if n, rerr = syscall.Read(int(fd), buf[:]); rerr == syscall.EAGAIN {
+				return false // wait until the pipe is readable
+			}
+			j.log.Write(s, buf[:max(n, 0)])
+			return true
+		})
+		switch {
+		case err != nil: // drain closed the pipe
+			return
+		case rerr == syscall.EINTR:
+		case rerr != nil || n == 0: // n == 0: every writer is gone
+			return
+		}
+	}
+}
+
+// finish waits for the job to end and then cleans up after it, in the order at the top of this file.
+// ended runs just before done is closed: a client that sees the end may start its next job at once.
+// What follows done is rund's own part, which a client need not wait for.
+func (j *job) finish(ended func()) {
+	exit := j.proc.wait()
+	j.mu.Lock()
+	j.exitKnown = true
+	j.mu.Unlock()
+	j.empty(j.cg.jobDir())
+	j.drain()
+	final, _ := readUsage(j.cg.jobDir())
+	j.mu.Lock()
+	j.ended, j.exit, j.final = time.Now(), exit, final
+	j.mu.Unlock()
+	ended()
+	close(j.done)
+	j.log.Close()
+	// The init exits after its report, taking its namespaces with it.
+	j.proc.reap()
+	j.empty(j.cg.dir)
+	if err := j.cg.remove(); err != nil {
+		log.Printf("job %s: remove cgroup: %v", j.id, err)
+	}
+	j.escalation.Wait() // it returns at done
+	close(j.gone)
+}
+
+// empty returns once dir holds no process, killing what it holds.
+func (j *job) empty(dir string) {
+	if busy, err := populated(dir); !busy && err == nil {
+		return
+	}
+	if err := kill(dir); err != nil {
+		log.Printf("job %s: %v", j.id, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := waitEmpty(ctx, dir); err != nil {
+		log.Printf("job %s: %v", j.id, err)
+	}
+}
+
+// drain waits for the pumps to read the last bytes. Every job process is gone by now, but a job could
+// have passed its pipe to a process outside (over a unix socket on the shared filesystem); such a
+// holder must not keep the log open forever, so after a short wait the read ends are closed.
+func (j *job) drain() {
+	done := make(chan struct{})
+	go func() { j.pumps.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+	}
+	closeAll(j.outputs[:]) // unblocks a pump still reading
+	<-done
+}
+
+// stop asks the job to end and returns once its cleanup is done (its cgroup is gone) or ctx ends. The
+// first Stop of a running job starts escalate, which does not depend on that caller staying.
+func (j *job) stop(ctx context.Context) error {
+	j.mu.Lock()
+	first := !j.exitKnown && !j.stopRequested
+	j.stopRequested = j.stopRequested || !j.exitKnown // a job that already ended keeps its own state
+	if first {
+		j.escalation.Add(1) // under mu, before finish sets exitKnown and so before it waits
+	}
+	j.mu.Unlock()
+	if first {
+		go j.escalate()
+	}
+	select {
+	case <-j.gone:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// escalate sends SIGTERM to the command and, if the job is still there after the grace period, SIGKILL
+// to every process of the command's cgroup. Killing job/ and not the init lets the init report the
+// command's SIGKILL exactly.
+func (j *job) escalate() {
+	defer j.escalation.Done()
+	j.proc.signal(syscall.SIGTERM)
+	timer := time.NewTimer(j.grace)
+	defer timer.Stop()
+	select {
+	case <-j.done:
+	case <-timer.C:
+		if err := kill(j.cg.jobDir()); err != nil {
+			log.Printf("job %s: %v", j.id, err)
+		}
+	}
+}
+
+// snapshot is a job's status at one moment.
+type snapshot struct {
+	id            string
+	command       []string
+	started       time.Time
+	running       bool
+	stopRequested bool
+	ended         time.Time
+	exit          exitInfo
+	use           usage
+}
+
+func (j *job) snapshot() snapshot {
+	finished := false // checked before the copy: if done closes during it, the copy is not final
+	select {
+	case <-j.done:
+		finished = true
+	default:
+	}
+	j.mu.Lock()
+	s := snapshot{id: j.id, command: j.command, started: j.started, stopRequested: j.stopRequested,
+		ended: j.ended, exit: j.exit, use: j.final}
+	j.mu.Unlock()
+	if finished {
+		return s
+	}
+	use, ok := readUsage(j.cg.jobDir())
+	if !ok {
+		// job/ is removed only after done is closed: the job ended since the check above.
+		<-j.done
+		return j.snapshot()
+	}
+	s.running, s.use = true, use
+	return s
+}
+
+// endedAt is when the job ended, and whether it has.
+func (j *job) endedAt() (time.Time, bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.ended, !j.ended.IsZero()
+}

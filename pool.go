@@ -1,0 +1,235 @@
+package main
+
+// pool.go owns the spare sandboxes: what a job runs in, made before its Start.
+//
+// A sandbox is the job id, the cgroups named by it (cgroup v2 cannot rename), the output pipes, and the
+// init, which starts up and sets up the namespaces meanwhile. That start-up is most of a Start's cost
+// (BENCHMARKS.md, "Where a Start's time goes"), so the pool keeps size sandboxes ready; an unused one
+// costs one waiting init process and three empty cgroups. With size 0 every take makes a fresh one.
+//
+// A spare waits with its cgroup's cpu.idle set, so that its init's start-up takes only CPU time that
+// jobs leave over; take clears it. It is set only once the init has exec'd: the server waits for the
+// exec holding the process-wide fork lock, which an idle exec could then hold for long.
+//
+// Goroutines (who starts, what ends, who waits):
+//   - warm: started by newPool when size > 0; ends when close closes quit; close waits (p.wg).
+//   - one refill timer per taken spare (refillAfter): ends when the job that took it is gone, after
+//     refillDelay, or at close; close waits (p.wg).
+//
+// p.mu is never held with another lock, nor across a sandbox's making or removal.
+
+import (
+	"fmt"
+	"log"
+	"os"
+	"sync"
+	"time"
+)
+
+// sandbox is a job's cgroups, pipes and init, before and while the job runs.
+type sandbox struct {
+	id      string
+	made    time.Time
+	cg      *jobCgroup
+	proc    *proc
+	outputs [2]*os.File // read ends of the stdout and stderr pipes
+}
+
+// pool keeps spare sandboxes ready for Starts.
+type pool struct {
+	cg   *cgroupFS // read-only
+	size int       // spares kept ready
+
+	mu     sync.Mutex // guards spares and closed
+	spares []*sandbox // ready for a Start, oldest first; at most size
+	closed bool       // close has begun: nothing is added to spares, and p.wg takes no new goroutine
+
+	wake chan struct{}  // a nudge to warm to refill; buffered, one pending nudge is enough
+	quit chan struct{}  // closed by close
+	wg   sync.WaitGroup // warm and the refill timers
+}
+
+// spareMaxAge bounds how old a spare gets (checked every spareMaxAge/2): a job id is minted with its
+// sandbox, and its time should stay within a minute of the job's start.
+var spareMaxAge = 40 * time.Second
+
+// refillDelay is how long a taken spare's replacement waits for the job that took it to be gone.
+// Making a sandbox (a clone with five new namespaces, an exec, a Go runtime's start) competes with the
+// job's own start where spares cannot start idle (no cpu controller), and with the teardown of its
+// sandbox and the client reading its end (BENCHMARKS.md, "Where a Start's time goes"). With two
+// spares the next Start still finds one.
+const refillDelay = 100 * time.Millisecond
+
+func newPool(cg *cgroupFS, size int) *pool {
+	p := &pool{cg: cg, size: size, wake: make(chan struct{}, 1), quit: make(chan struct{})}
+	if size > 0 {
+		p.wake <- struct{}{}
+		p.wg.Add(1)
+		go p.warm()
+	}
+	return p
+}
+
+// take returns a sandbox for a Start: the oldest spare (spare is true), or a new one when there is
+// none. The caller owns it: it runs a job in it, or discards it.
+func (p *pool) take() (sb *sandbox, spare bool, err error) {
+	p.mu.Lock()
+	if len(p.spares) > 0 {
+		sb, p.spares = p.spares[0], p.spares[1:]
+	}
+	p.mu.Unlock()
+	if sb == nil {
+		sb, err = newSandbox(p.cg)
+		return sb, false, err
+	}
+	if err := p.cg.setIdle(sb.cg, false); err != nil {
+		sb.discard()
+		return nil, true, fmt.Errorf("prepare job cgroup: %w", err)
+	}
+	return sb, true, nil
+}
+
+// refill nudges warm to make up the spares.
+func (p *pool) refill() {
+	select {
+	case p.wake <- struct{}{}:
+	default: // a nudge is pending already
+	}
+}
+
+// refillAfter refills once gone is closed (the job that took a spare is gone) or refillDelay has
+// passed, whichever comes first.
+func (p *pool) refillAfter(gone <-chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.size == 0 {
+		return
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		timer := time.NewTimer(refillDelay)
+		defer timer.Stop()
+		select {
+		case <-gone:
+		case <-timer.C:
+		case <-p.quit:
+			return
+		}
+		p.refill()
+	}()
+}
+
+// warm keeps size spares ready, none older than spareMaxAge, until close.
+func (p *pool) warm() {
+	defer p.wg.Done()
+	tick := time.NewTicker(spareMaxAge / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case <-p.quit:
+			return
+		case <-p.wake:
+		case <-tick.C:
+			p.dropOld()
+		}
+		p.fill()
+	}
+}
+
+// fill makes spares until there are size of them, the pool closes, or one cannot be made.
+func (p *pool) fill() {
+	for {
+		p.mu.Lock()
+		full := p.closed || len(p.spares) >= p.size
+		p.mu.Unlock()
+		if full {
+			return
+		}
+		sb, err := newSandbox(p.cg)
+		if err == nil {
+			if err = p.cg.setIdle(sb.cg, true); err != nil {
+				sb.discard()
+			}
+		}
+		if err != nil {
+			log.Printf("prepare a spare job sandbox: %v", err) // the next Start makes its own
+			return
+		}
+		p.mu.Lock()
+		closed := p.closed
+		if !closed {
+			p.spares = append(p.spares, sb)
+		}
+		p.mu.Unlock()
+		if closed {
+			sb.discard()
+		}
+	}
+}
+
+// dropOld discards the spares made more than spareMaxAge ago; fill then makes new ones.
+func (p *pool) dropOld() {
+	p.mu.Lock()
+	var old []*sandbox
+	for len(p.spares) > 0 && time.Since(p.spares[0].made) > spareMaxAge {
+		old = append(old, p.spares[0])
+		p.spares = p.spares[1:]
+	}
+	p.mu.Unlock()
+	for _, sb := range old {
+		sb.discard()
+	}
+}
+
+// close stops making spares, waits for the pool's goroutines and discards the spares.
+func (p *pool) close() {
+	p.mu.Lock()
+	p.closed = true
+	spares := p.spares
+	p.spares = nil
+	p.mu.Unlock()
+	close(p.quit)
+	p.wg.Wait()
+	for _, sb := range spares {
+		sb.discard()
+	}
+}
+
+// newSandbox makes a sandbox: id, cgroups, pipes, init. On error nothing is left.
+func newSandbox(cg *cgroupFS) (*sandbox, error) {
+	id, err := newULID(time.Now())
+	if err != nil {
+		return nil, err
+	}
+	sb := &sandbox{id: id.String(), made: time.Now()}
+	var pipes [4]*os.File // out r/w, err r/w
+	if sb.cg, err = cg.create(sb.id); err != nil {
+		err = fmt.Errorf("create job cgroup: %w", err)
+	} else if pipes[0], pipes[1], err = os.Pipe(); err == nil {
+		if pipes[2], pipes[3], err = os.Pipe(); err == nil {
+			sb.proc, err = startInit(sb.cg, sb.id, pipes[1], pipes[3])
+		}
+	}
+	closeAll([]*os.File{pipes[1], pipes[3]}) // the init holds its own copies
+	sb.outputs = [2]*os.File{pipes[0], pipes[2]}
+	if err != nil {
+		sb.discard()
+		return nil, err
+	}
+	return sb, nil
+}
+
+// discard ends a sandbox that no job will use and removes what it holds.
+func (sb *sandbox) discard() {
+	if sb.proc != nil {
+		sb.proc.kill()
+		sb.proc.reap()
+	}
+	closeAll(sb.outputs[:])
+	if sb.cg != nil {
+		if err := sb.cg.remove(); err != nil {
+			log.Printf("sandbox %s: remove cgroup: %v", sb.id, err)
+		}
+	}
+}

@@ -1,0 +1,145 @@
+package main
+
+// spec.go decides what a valid job request is. validate checks a request completely before anything
+// is touched, and turns it into the jobSpec the rest of the core trusts.
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Request bounds. The kernel's own are MAX_ARG_STRLEN (128 KiB per string) and a total near 2 MiB
+// (execve(2)); ours are lower so one request cannot pin much server memory.
+const (
+	maxArgs         = 1024
+	maxEnv          = 256
+	maxStringBytes  = 128 << 10
+	maxCommandBytes = 512 << 10
+	minCPUQuota     = 1000 // the kernel's minimum cpu.max quota, in us
+	cpuPeriod       = 100000
+	defaultGrace    = 10 * time.Second
+	maxGrace        = 10 * time.Minute
+	maxPids         = 1 << 22 // PID_MAX_LIMIT on 64-bit; pids.max refuses more
+)
+
+// jobSpec is a validated Start request.
+type jobSpec struct {
+	argv  []string
+	env   []string
+	dir   string
+	grace time.Duration
+	lim   limits
+}
+
+// validate checks a request. A grace of 0 means the default; a negative one is refused.
+func validate(name string, args, env []string, dir string, grace time.Duration, lim limits) (*jobSpec, error) {
+	bad := func(format string, a ...any) (*jobSpec, error) { return nil, clientErr(errInvalid, format, a...) }
+	if name == "" {
+		return bad("command name is empty")
+	}
+	if len(args) > maxArgs || len(env) > maxEnv {
+		return bad("at most %d args and %d env entries, got %d and %d", maxArgs, maxEnv, len(args), len(env))
+	}
+	total := 0
+	for _, s := range append(append([]string{name, dir}, args...), env...) {
+		if len(s) > maxStringBytes {
+			return bad("an argument or env entry is %d bytes; the limit is %d", len(s), maxStringBytes)
+		}
+		if containsNUL(s) {
+			return bad("command, args, env and dir cannot contain a NUL byte")
+		}
+		total += len(s)
+	}
+	if total > maxCommandBytes {
+		return bad("command, args and env total %d bytes; the limit is %d", total, maxCommandBytes)
+	}
+	for _, kv := range env {
+		if k, _, ok := cutEnv(kv); !ok || k == "" {
+			return bad("env entry %.40q is not KEY=VALUE", kv)
+		}
+	}
+	if dir == "" {
+		dir = "/"
+	}
+	if dir[0] != '/' {
+		return bad("working directory %.40q is not an absolute path", dir)
+	}
+	switch {
+	case grace == 0:
+		grace = defaultGrace
+	case grace < 0 || grace > maxGrace:
+		return bad("stop grace period %v is outside 0..%v", grace, maxGrace)
+	}
+	if err := validateLimits(lim); err != nil {
+		return nil, err
+	}
+	return &jobSpec{argv: append([]string{name}, args...), env: jobEnv(env), dir: dir, grace: grace, lim: lim}, nil
+}
+
+func validateLimits(lim limits) error {
+	maxQuota := uint64(cpuPeriod * runtime.NumCPU())
+	if lim.cpuQuota != 0 && (lim.cpuQuota < minCPUQuota || lim.cpuQuota > maxQuota) {
+		return clientErr(errInvalid, "max_cpu_bandwidth %d is outside %d..%d (us per %d us period, %d CPUs)",
+			lim.cpuQuota, minCPUQuota, maxQuota, cpuPeriod, runtime.NumCPU())
+	}
+	if lim.pids > maxPids {
+		return clientErr(errInvalid, "max_pids %d is over the kernel's limit of %d", lim.pids, maxPids)
+	}
+	page, mem := uint64(os.Getpagesize()), physicalMemory()
+	if lim.memory != 0 && (lim.memory < page || lim.memory > mem) {
+		return clientErr(errInvalid, "max_memory_usage %d is outside %d..%d bytes (one page .. this host's memory)",
+			lim.memory, page, mem)
+	}
+	return nil
+}
+
+// physicalMemory is the host's RAM in bytes; a memory limit above it would limit nothing.
+func physicalMemory() uint64 {
+	var si syscall.Sysinfo_t
+	if syscall.Sysinfo(&si) != nil {
+		return 1 << 62
+	}
+	return si.Totalram * uint64(si.Unit)
+}
+
+// jobEnv is the minimal environment every job gets, then the request's entries (later ones win).
+func jobEnv(extra []string) []string {
+	env := []string{"PATH=" + defaultPath, "HOME=/root", "TERM=dumb"}
+	seen := map[string]int{}
+	for i, kv := range env {
+		k, _, _ := cutEnv(kv)
+		seen[k] = i
+	}
+	for _, kv := range extra {
+		k, _, _ := cutEnv(kv)
+		if i, ok := seen[k]; ok {
+			env[i] = kv
+			continue
+		}
+		seen[k] = len(env)
+		env = append(env, kv)
+	}
+	return env
+}
+
+func cutEnv(kv string) (k, v string, ok bool) { return strings.Cut(kv, "=") }
+
+func containsNUL(s string) bool { return strings.IndexByte(s, 0) >= 0 }
+
+// statusCommand is the command as Status and List show it: cut at 1 KiB, so that a List of many jobs
+// with long command lines stays small.
+func statusCommand(argv []string) []string {
+	var out []string
+	n := 0
+	for i, a := range argv {
+		if n += len(a); n > 1024 {
+			return append(out, fmt.Sprintf("... (%d more args)", len(argv)-i))
+		}
+		out = append(out, a)
+	}
+	return out
+}
