@@ -83,7 +83,7 @@ func TestBadInput(t *testing.T) {
 		{"malformed grace", lim(func(r *rpcpb.JobStartRequest) { r.StopGracePeriod = &durationpb.Duration{Seconds: 1, Nanos: -1} }), codes.InvalidArgument, "stop_grace_period"},
 		{"command not found", start(cmd("rund-no-such-command")), codes.NotFound, "not found"},
 		{"empty id", status(""), codes.InvalidArgument, "want 26 characters"},
-		{"lower-case id", status(strings.ToLower(done)), codes.InvalidArgument, "invalid character"},
+		{"lower-case id names the job (ULID spec: case-insensitive)", status(strings.ToLower(done)), codes.OK, ""},
 		{"too-long id", status(done + "0"), codes.InvalidArgument, "want 26 characters"},
 		{"overflowing id", status("8" + done[1:]), codes.InvalidArgument, "overflows"},
 		{"id with U", status("U" + done[1:]), codes.InvalidArgument, "invalid character"},

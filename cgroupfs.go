@@ -61,7 +61,48 @@ type cgroupFS struct {
 	parent    string          // directory holding the job cgroups
 	available map[string]bool // controllers enabled in parent's subtree_control
 	ioDevices []string        // "MAJ:MIN" of the devices io.max limits apply to
+	lock      *os.File        // parent, flock'ed: one server per parent (lockParent)
 }
+
+// lockParent takes an exclusive flock(2) on the parent directory, so that a second server on the same
+// parent refuses to start before it touches anything: it would take the first one's job and spare
+// cgroups for a crashed server's leftovers (removeStale). The lock goes with the process, however it
+// ends. The holder is named from /proc/locks (proc(5)).
+func lockParent(parent string) (*os.File, error) {
+	f, err := os.Open(parent)
+	if err != nil {
+		return nil, err
+	}
+	err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+	if err == nil {
+		return f, nil
+	}
+	holder := flockHolder(f)
+	f.Close()
+	if errors.Is(err, unix.EWOULDBLOCK) {
+		return nil, fmt.Errorf("another rund (pid %s) serves jobs in %s; give this one its own -cgroup", holder, parent)
+	}
+	return nil, fmt.Errorf("flock %s: %w", parent, err)
+}
+
+// flockHolder returns the pid that holds a flock on f, from /proc/locks, or "unknown".
+func flockHolder(f *os.File) string {
+	var st unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &st) != nil {
+		return "unknown"
+	}
+	id := fmt.Sprintf("%02x:%02x:%d", unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino)
+	for _, line := range strings.Split(readString("/proc/locks"), "\n") {
+		// "1: FLOCK  ADVISORY  WRITE 1234 00:1b:5678 0 EOF"
+		if f := strings.Fields(line); len(f) >= 6 && f[1] == "FLOCK" && f[5] == id {
+			return f[4]
+		}
+	}
+	return "unknown"
+}
+
+// unlock releases the parent for another server; it is the last thing a server does.
+func (cg *cgroupFS) unlock() { cg.lock.Close() }
 
 // findCgroup2Mount returns the first cgroup2 mount point in mountinfo (proc(5) /proc/pid/mountinfo).
 func findCgroup2Mount(mountinfo string) (string, error) {
@@ -112,7 +153,11 @@ func setupCgroups(parent string, ioDevices []string) (*cgroupFS, error) {
 	if err := os.MkdirAll(parent, 0o755); err != nil {
 		return nil, err
 	}
-	cg := &cgroupFS{mount: mount, parent: parent, available: map[string]bool{}, ioDevices: ioDevices}
+	lock, err := lockParent(parent)
+	if err != nil {
+		return nil, err
+	}
+	cg := &cgroupFS{mount: mount, parent: parent, lock: lock, available: map[string]bool{}, ioDevices: ioDevices}
 	if err := cg.enableControllers(); err != nil {
 		// Not fatal: jobs without limits still run; limits will fail with FailedPrecondition.
 		log.Printf("cgroup controllers: %v", err)
@@ -406,7 +451,7 @@ func rmdirRetry(dir string) error {
 func (cg *cgroupFS) removeStale() {
 	entries, _ := os.ReadDir(cg.parent)
 	for _, e := range entries {
-		if _, err := parseULID(e.Name()); err != nil || !e.IsDir() {
+		if u, err := parseULID(e.Name()); err != nil || u.String() != e.Name() || !e.IsDir() {
 			continue
 		}
 		j := &jobCgroup{dir: filepath.Join(cg.parent, e.Name())}

@@ -213,6 +213,7 @@ func serveInProcess(tb testing.TB, prefix string, opts ...serverOpt) (ts *testSe
 		srv.Stop()
 		ts.m.shutdown()
 		<-served
+		ts.cg.unlock()
 	}
 }
 

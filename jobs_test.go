@@ -723,3 +723,37 @@ func TestSlotFreeWhenJobEnds(t *testing.T) {
 		readAll(t, a, id)
 	}
 }
+
+// TestSecondServerOnParentIsRefused: a second server on the same cgroup parent exits non-zero at once,
+// naming the first one's pid, and touches nothing of the first server's: its job runs on, and its
+// spares still serve Starts.
+func TestSecondServerOnParentIsRefused(t *testing.T) {
+	parent := subprocessParent(t, "second")
+	pki := newTestPKI(t)
+	srv, addr, _ := serverProcess(t, pki, parent)
+	defer func() { srv.Process.Signal(syscall.SIGTERM); srv.Wait() }()
+	a := (&testServer{addr: addr, pki: pki}).dialAs(t, "a")
+	id := startJob(t, a, cmd("sh", "-c", "echo ready; exec sleep 1000"))
+	waitOutput(t, a, id, "ready")
+	before, _ := os.ReadDir(parent)
+
+	second := exec.Command(os.Args[0], "serve", "-addr", "127.0.0.1:0", "-cgroup", parent,
+		"-ca", pki.file("ca.crt"), "-cert", pki.file("server.crt"), "-key", pki.file("server.key"))
+	out, err := second.CombinedOutput()
+	want := fmt.Sprintf("another rund (pid %d) serves jobs in %s", srv.Process.Pid, parent)
+	if code := second.ProcessState.ExitCode(); err == nil || code == 0 || !strings.Contains(string(out), want) {
+		t.Errorf("second server: exit %d, output %q; want non-zero and %q", code, out, want)
+	}
+	for _, e := range before { // the first server's job and spares (it may have made more since)
+		if _, err := os.Stat(filepath.Join(parent, e.Name())); e.IsDir() && err != nil {
+			t.Errorf("cgroup %s of the first server is gone after the second one started: %v", e.Name(), err)
+		}
+	}
+	if st, err := a.Status(ctx(t), &rpcpb.JobIdentifier{Ulid: id}); err != nil || st.State != rpcpb.JobStatus_STATE_RUNNING {
+		t.Errorf("the first server's job after the second server: %v, %v; want it running", st, err)
+	}
+	if st := waitDone(t, a, startJob(t, a, cmd("true"))); st.GetExitCode().GetValue() != 0 {
+		t.Errorf("a new job on the first server: %v", st)
+	}
+	a.Stop(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
+}

@@ -112,6 +112,7 @@ func serve(c serveConfig) error {
 	if err != nil {
 		return err
 	}
+	defer cg.unlock()
 	lis, err := net.Listen("tcp", c.addr)
 	if err != nil {
 		return err

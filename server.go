@@ -187,10 +187,11 @@ func (s *server) lookup(ctx context.Context, id string) (*job, []string, error) 
 	if err != nil {
 		return nil, nil, err
 	}
-	if _, err := parseULID(id); err != nil {
+	u, err := parseULID(id)
+	if err != nil {
 		return nil, nil, clientErr(errInvalid, "%v", err)
 	}
-	j, err := s.m.get(id, caller)
+	j, err := s.m.get(u.String(), caller)
 	return j, caller, err
 }
 

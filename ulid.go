@@ -53,22 +53,23 @@ func (u ulid) Time() time.Time {
 	return time.UnixMilli(int64(binary.BigEndian.Uint64(u[:8]) >> 16)).UTC()
 }
 
-// parseULID is strict so each id has exactly one spelling: upper case only,
-// no Crockford aliases (I, L, O), and nothing above 2^128-1.
+// parseULID decodes an id the way the ULID spec says Crockford base32 is read: case-insensitively,
+// with I and L read as 1 and O as 0 (U stays invalid). Nothing above 2^128-1 is accepted. An id is
+// always written in upper case (String), so callers key on u.String(), never on the input.
 func parseULID(s string) (ulid, error) {
 	if len(s) != 26 {
 		return ulid{}, parseErr(s, fmt.Sprintf("want 26 characters, got %d", len(s)))
 	}
 	var hi, lo uint64
 	for i := 0; i < len(s); i++ {
-		v := strings.IndexByte(crockford, s[i])
+		v := crockfordValue(s[i])
 		if v < 0 {
 			r, size := utf8.DecodeRuneInString(s[i:])
 			c := fmt.Sprintf("%q", r)
 			if r == utf8.RuneError && size == 1 { // not UTF-8: show the byte, not '\ufffd'
 				c = fmt.Sprintf(`'\x%02x'`, s[i])
 			}
-			return ulid{}, parseErr(s, fmt.Sprintf("invalid character %s at position %d (ids use upper-case Crockford base32)", c, i))
+			return ulid{}, parseErr(s, fmt.Sprintf("invalid character %s at position %d (ids use Crockford base32)", c, i))
 		}
 		if i == 0 && v > 7 {
 			return ulid{}, parseErr(s, "overflows 128 bits (first character must be 0-7)")
@@ -80,6 +81,20 @@ func parseULID(s string) (ulid, error) {
 	binary.BigEndian.PutUint64(u[:8], hi)
 	binary.BigEndian.PutUint64(u[8:], lo)
 	return u, nil
+}
+
+// crockfordValue is c's 5-bit value in Crockford base32, or -1.
+func crockfordValue(c byte) int {
+	if 'a' <= c && c <= 'z' {
+		c -= 'a' - 'A'
+	}
+	switch c {
+	case 'I', 'L':
+		c = '1'
+	case 'O':
+		c = '0'
+	}
+	return strings.IndexByte(crockford, c)
 }
 
 // parseErr quotes at most 40 bytes of the input so huge inputs stay out of logs.

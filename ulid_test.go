@@ -112,12 +112,9 @@ func TestParseULIDBad(t *testing.T) {
 		{"empty", "", "want 26 characters, got 0"},
 		{"25 chars", valid[:25], "want 26 characters, got 25"},
 		{"27 chars", valid + "0", "want 26 characters, got 27"},
-		{"lower case", strings.ToLower(valid), "invalid character 'a' at position 2"},
-		{"lower case first", "a" + valid[1:], "invalid character 'a' at position 0"},
-		{"I", valid[:5] + "I" + valid[6:], "invalid character 'I' at position 5"},
-		{"L", valid[:5] + "L" + valid[6:], "invalid character 'L' at position 5"},
-		{"O", valid[:5] + "O" + valid[6:], "invalid character 'O' at position 5"},
 		{"U", valid[:25] + "U", "invalid character 'U' at position 25"},
+		{"u", valid[:25] + "u", "invalid character 'u' at position 25"},
+		{"lower-case overflow", "z" + valid[1:], "overflows 128 bits"},
 		{"hyphen", valid[:25] + "-", "invalid character '-' at position 25"},
 		{"8 first", "8" + valid[1:], "overflows 128 bits (first character must be 0-7)"},
 		{"Z first", "Z" + valid[1:], "overflows 128 bits"},
@@ -215,10 +212,30 @@ func FuzzParseULID(f *testing.F) {
 			}
 			return
 		}
-		if got := u.String(); got != s {
-			t.Fatalf("parseULID(%q).String() = %q", s, got)
+		if got := u.String(); got != canonicalCrockford(s) {
+			t.Fatalf("parseULID(%q).String() = %q, want %q", s, got, canonicalCrockford(s))
 		}
 	})
+}
+
+// canonicalCrockford spells s the way the ULID spec's decoder reads it, independently of parseULID:
+// upper case, I and L as 1, O as 0.
+func canonicalCrockford(s string) string {
+	return strings.NewReplacer("I", "1", "L", "1", "O", "0").Replace(strings.ToUpper(s))
+}
+
+// TestParseULIDSpellings: every spelling the ULID spec decodes to one id names that id.
+func TestParseULIDSpellings(t *testing.T) {
+	want, err := parseULID("01ARYZ6S41TSV4RRFFQ69G5FAV")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"01aryz6s41tsv4rrffq69g5fav", "01ARYZ6S41TSV4RRFFQ69G5FAV", "0lARYZ6S4iTSV4RRFFQ69G5FAV",
+		"OLARYZ6S4ITSV4RRFFQ69G5FAV", "o1aRyZ6s41TsV4rRfFq69g5fAv"} {
+		if got, err := parseULID(s); err != nil || got != want {
+			t.Errorf("parseULID(%q) = %v, %v; want %v", s, got, err, want)
+		}
+	}
 }
 
 func FuzzULIDRoundTrip(f *testing.F) {
