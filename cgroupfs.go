@@ -470,17 +470,18 @@ type usage struct {
 	pids, oomKills       uint64
 }
 
-// readUsage reads the accounting files of one cgroup. Missing files (controller off) count as 0; ok
-// is false when the cgroup itself is gone (cpu.stat exists in every cgroup2 directory).
-func readUsage(dir string) (_ usage, ok bool) {
+// readUsage reads the accounting files of one cgroup. Missing files (controller off) count as 0. The
+// error is cpu.stat's, which exists in every cgroup2 directory: fs.ErrNotExist means the cgroup is gone.
+func readUsage(dir string) (usage, error) {
 	read := func(name string) []byte {
 		b, _ := os.ReadFile(filepath.Join(dir, name))
 		return b
 	}
-	cpu, events := read("cpu.stat"), read("memory.events")
-	if cpu == nil {
-		return usage{}, false
+	cpu, err := os.ReadFile(filepath.Join(dir, "cpu.stat"))
+	if err != nil {
+		return usage{}, err
 	}
+	events := read("memory.events")
 	u := usage{
 		userUsec:   keyValue(cpu, "user_usec"),
 		systemUsec: keyValue(cpu, "system_usec"),
@@ -490,7 +491,7 @@ func readUsage(dir string) (_ usage, ok bool) {
 		oomKills:   keyValue(events, "oom_kill"),
 	}
 	u.ioRead, u.ioWrite = ioBytes(read("io.stat"))
-	return u, true
+	return u, nil
 }
 
 // keyValue returns the value of key in a flat-keyed cgroup file ("key value" lines), or 0.

@@ -19,7 +19,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log"
 	"os"
 	"sync"
@@ -49,6 +51,7 @@ type job struct {
 	ended         time.Time
 	exit          exitInfo
 	final         usage
+	lastUse       usage // the last usage a snapshot of the running job read
 }
 
 // begin starts the job's command in sb, with the spec's limits on its cgroup and a ring of ringSize.
@@ -226,11 +229,22 @@ func (j *job) snapshot() snapshot {
 	if finished {
 		return s
 	}
-	use, ok := readUsage(j.cg.jobDir())
-	if !ok {
+	use, err := readUsage(j.cg.jobDir())
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
 		// job/ is removed only after done is closed: the job ended since the check above.
 		<-j.done
 		return j.snapshot()
+	case err != nil:
+		// Anything else (EMFILE, ENOMEM) is passing: answer at once with the last figures known.
+		log.Printf("job %s: read usage: %v", j.id, err)
+		j.mu.Lock()
+		use = j.lastUse
+		j.mu.Unlock()
+	default:
+		j.mu.Lock()
+		j.lastUse = use
+		j.mu.Unlock()
 	}
 	s.running, s.use = true, use
 	return s

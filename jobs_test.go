@@ -757,3 +757,34 @@ func TestSecondServerOnParentIsRefused(t *testing.T) {
 	}
 	a.Stop(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
 }
+
+// TestStatusDuringPassingReadError: a Status whose usage read fails for a passing reason (EMFILE here,
+// every fd taken) answers at once with the job running, instead of waiting for the job to end.
+func TestStatusDuringPassingReadError(t *testing.T) {
+	ts := startServer(t)
+	a := ts.dialAs(t, "a")
+	id := startJob(t, a, cmd("sleep", "1000"))
+	defer a.Stop(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
+	if _, err := a.Status(ctx(t), &rpcpb.JobIdentifier{Ulid: id}); err != nil { // connection up, usage known
+		t.Fatal(err)
+	}
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	short := lim
+	short.Cur = 0 // no new fd for anyone in this process, the server included
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &short); err != nil {
+		t.Fatal(err)
+	}
+	// Before the fix this Status waited for the job's end, here 1000 s: the bound only tells the two apart.
+	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	st, err := a.Status(c, &rpcpb.JobIdentifier{Ulid: id})
+	cancel()
+	if rerr := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); rerr != nil {
+		t.Fatal(rerr)
+	}
+	if err != nil || st.State != rpcpb.JobStatus_STATE_RUNNING {
+		t.Errorf("Status with no fd to spare: %v, %v; want RUNNING at once", st, err)
+	}
+}
