@@ -3,6 +3,8 @@ package main
 // client.go is "rund client": one subcommand per RPC plus "run" (start, follow the log, exit with the
 // job's code). Output rules: start prints the id alone; status, stop and list print JSON; log writes the
 // job's stdout to stdout and its stderr to stderr; every error is one line on stderr and a non-zero exit.
+// run and log read losslessly (the job waits for them); if bytes were lost all the same, they say how
+// many on stderr and exit with exitLost unless the job's own code is non-zero.
 
 import (
 	"context"
@@ -28,13 +30,18 @@ const clientUsage = `usage: rund client <command> [flags] [args]
 
 commands:
   start [limits] -- NAME [ARG...]   start a job; prints its id
-  run   [limits] -- NAME [ARG...]   start a job, stream its output, exit with its exit code
+  run   [limits] -- NAME [ARG...]   start a job, stream all its output, exit with its exit code
   status ID                         JSON status
   stop ID                           stop (SIGTERM, grace period, SIGKILL); JSON final status
-  log [-offset N] [-follow=false] ID   stream output: job stdout to stdout, stderr to stderr
+  log [-offset N] [-follow=false] [-lossy] ID
+                                    stream output: job stdout to stdout, stderr to stderr
   list                              JSON status of all your jobs
 
-every command takes -addr, -ca, -cert, -key; "rund client start -h" lists the limits`
+every command takes -addr, -ca, -cert, -key; "rund client start -h" lists the limits.
+run and log exit 3 when output was lost (run: unless the job's own exit code is non-zero).`
+
+// exitLost is the exit code of run and log when bytes of the job's output were lost.
+const exitLost = 3
 
 // clientIO is where the client writes; tests replace it.
 type clientIO struct {
@@ -68,6 +75,7 @@ func clientCommand(cmd string, args []string, out clientIO) (int, error) {
 	var build func() (*rpcpb.JobStartRequest, error)
 	offset := fs.Uint64("offset", 0, "log: start at this byte offset")
 	follow := fs.Bool("follow", true, "log: wait for more output until the job ends")
+	lossy := fs.Bool("lossy", false, "log: never hold the job back; bytes overwritten before they are read are lost")
 	switch cmd {
 	case "start", "run":
 		build = startFlags(fs)
@@ -106,7 +114,11 @@ func clientCommand(cmd string, args []string, out clientIO) (int, error) {
 	case "list":
 		return printJSON(c.List(ctx, &rpcpb.ListRequest{}))(out)
 	}
-	_, err = streamLog(ctx, c, &rpcpb.LogRequest{Ulid: id.Ulid, Offset: *offset, NoFollow: !*follow}, out)
+	req := &rpcpb.LogRequest{Ulid: id.Ulid, Offset: *offset, NoFollow: !*follow, Lossless: !*lossy}
+	var lost uint64
+	if _, err = streamLog(ctx, c, req, &lost, out); err == nil && lost > 0 {
+		return exitLost, nil
+	}
 	return exitOnErr(err)
 }
 
@@ -194,8 +206,8 @@ func printJSON[M proto.Message](m M, err error) func(clientIO) (int, error) {
 }
 
 // streamLog writes a job's output until the stream ends and returns the offset after the last byte.
-// A gap (bytes overwritten before they could be sent) is reported on stderr.
-func streamLog(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.LogRequest, out clientIO) (uint64, error) {
+// A gap (bytes overwritten before they could be sent) is reported on stderr and added to lost.
+func streamLog(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.LogRequest, lost *uint64, out clientIO) (uint64, error) {
 	stream, err := c.ReadLog(ctx, req)
 	if err != nil {
 		return req.Offset, err
@@ -210,6 +222,7 @@ func streamLog(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.LogR
 			return next, err
 		}
 		if msg.Lost > 0 {
+			*lost += msg.Lost
 			fmt.Fprintf(out.stderr, "rund: %d bytes of output were lost before offset %d (the server's log buffer overflowed)\n",
 				msg.Lost, msg.Offset)
 		}
@@ -222,13 +235,15 @@ func streamLog(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.LogR
 // runJob starts a job, follows its log (resuming from the last offset if the stream breaks) and
 // returns the job's exit code, or 128+signal as a shell would.
 func runJob(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.JobStartRequest, out clientIO) (int, error) {
+	req.HoldOutput = true // nothing is overwritten before the log below attaches
 	id, err := c.Start(ctx, req)
 	if err != nil {
 		return 1, err
 	}
-	lr := &rpcpb.LogRequest{Ulid: id.Ulid}
+	lr := &rpcpb.LogRequest{Ulid: id.Ulid, Lossless: true}
+	var lost uint64
 	for tries := 0; ; tries++ {
-		lr.Offset, err = streamLog(ctx, c, lr, out)
+		lr.Offset, err = streamLog(ctx, c, lr, &lost, out)
 		if err == nil {
 			break
 		}
@@ -241,8 +256,15 @@ func runJob(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.JobStar
 	if err != nil {
 		return 1, err
 	}
+	code := 128 + int(st.GetSignal().GetValue())
 	if st.ExitCode != nil {
-		return int(st.ExitCode.Value), nil
+		code = int(st.ExitCode.Value)
 	}
-	return 128 + int(st.GetSignal().GetValue()), nil
+	if lost > 0 {
+		fmt.Fprintf(out.stderr, "rund: job %s: %d bytes of its output were lost in all\n", id.Ulid, lost)
+		if code == 0 {
+			code = exitLost
+		}
+	}
+	return code, nil
 }

@@ -72,7 +72,7 @@ func TestPerClientStreamBound(t *testing.T) {
 // waitOutputStream opens a Log stream and returns once it has delivered its first chunk, leaving it open.
 func waitOutputStream(t *testing.T, c rpcpb.JobControllerClient, id string) {
 	t.Helper()
-	stream, err := c.Log(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
+	stream, err := c.ReadLog(ctx(t), &rpcpb.LogRequest{Ulid: id}) // lossy: it stays open, unread
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -187,7 +187,7 @@ func serveInProcess(tb testing.TB, prefix string, opts ...serverOpt) (ts *testSe
 	requireRoot(tb)
 	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
 	c := serveConfig{ringSize: 1 << 20, retainJobs: 1000, retainFor: time.Hour, maxJobs: 1000,
-		maxJobsPerClient: 1000, maxStreamsPerClient: 1000, spareInits: 2,
+		maxJobsPerClient: 1000, maxStreamsPerClient: 1000, spareInits: 2, losslessTimeout: 30 * time.Second,
 		cgroupParent: filepath.Join(mount, fmt.Sprintf("%s-%d-%s", prefix, os.Getpid(), sanitize(tb.Name())))}
 	for _, o := range opts {
 		o(&c)
@@ -304,10 +304,11 @@ func cmd(name string, args ...string) *rpcpb.JobStartRequest {
 	return &rpcpb.JobStartRequest{Name: name, Args: args}
 }
 
-// readAll reads a job's whole log (following until the job ends) and returns stdout and stderr.
+// readAll reads a job's whole log (following until the job ends) and returns stdout and stderr. It
+// reads lossy, so that waiting for a job that floods its output does not hold the job back.
 func readAll(t testing.TB, c rpcpb.JobControllerClient, id string) (stdout, stderr string) {
 	t.Helper()
-	stream, err := c.Log(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
+	stream, err := c.ReadLog(ctx(t), &rpcpb.LogRequest{Ulid: id})
 	if err != nil {
 		t.Fatal(err)
 	}

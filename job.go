@@ -39,6 +39,7 @@ type job struct {
 	cg         *jobCgroup
 	proc       *proc
 	log        *ring
+	patience   time.Duration  // how long the job waits for a lossless reader that reads nothing
 	outputs    [2]*os.File    // read ends of the stdout and stderr pipes
 	pumps      sync.WaitGroup // the two goroutines copying outputs into log
 	escalation sync.WaitGroup // the escalate goroutine, if a Stop started one
@@ -52,19 +53,23 @@ type job struct {
 	exit          exitInfo
 	final         usage
 	lastUse       usage // the last usage a snapshot of the running job read
+	startHold     *hold // the Start's hold_output, until the first lossless reader takes over
 }
 
-// begin starts the job's command in sb, with the spec's limits on its cgroup and a ring of ringSize.
-// On error sb is discarded.
-func begin(sb *sandbox, owner []string, spec *jobSpec, cg *cgroupFS, ringSize int, user *jobUser) (*job, error) {
+// begin starts the job's command in sb, with the spec's limits on its cgroup and a ring of
+// cfg.ringSize. On error sb is discarded.
+func begin(sb *sandbox, owner []string, spec *jobSpec, cg *cgroupFS, cfg jobsConfig) (*job, error) {
 	if err := cg.writeLimits(sb.cg.jobDir(), spec.lim); err != nil {
 		sb.discard()
 		return nil, fmt.Errorf("prepare job cgroup: %w", err)
 	}
 	j := &job{id: sb.id, owner: owner, command: statusCommand(spec.argv), grace: spec.grace,
-		started: time.Now(), cg: sb.cg, proc: sb.proc, outputs: sb.outputs, log: newRing(ringSize),
-		done: make(chan struct{}), gone: make(chan struct{})}
-	if err := j.proc.begin(initConfig{Argv: spec.argv, Env: spec.env, Dir: spec.dir, User: user}); err != nil {
+		started: time.Now(), cg: sb.cg, proc: sb.proc, outputs: sb.outputs, log: newRing(cfg.ringSize),
+		patience: cfg.losslessTimeout, done: make(chan struct{}), gone: make(chan struct{})}
+	if spec.holdOutput {
+		j.startHold = j.log.Hold(0) // before the command can write its first byte
+	}
+	if err := j.proc.begin(initConfig{Argv: spec.argv, Env: spec.env, Dir: spec.dir, User: cfg.jobUser}); err != nil {
 		sb.discard()
 		return nil, err
 	}
@@ -88,12 +93,16 @@ func (j *job) pump(s stream, f *os.File) {
 	if err != nil {
 		return
 	}
+	size := min(64<<10, j.log.limit) // what one read may add to the ring
 	for {
+		// A lossless reader that has not read what this read could overwrite keeps the job waiting in
+		// write(2), its pipe full, until it reads, goes, or is demoted.
+		j.log.WaitRoom(size, j.patience)
 		n, rerr := 0, error(nil)
 		err := rc.Read(func(fd uintptr) bool {
 			buf := pumpBufs.Get().(*[64 << 10]byte)
 			defer pumpBufs.Put(buf)
-			if n, rerr = syscall.Read(int(fd), buf[:]); rerr == syscall.EAGAIN {
+			if n, rerr = syscall.Read(int(fd), buf[:size]); rerr == syscall.EAGAIN {
 				return false // wait until the pipe is readable
 			}
 			j.log.Write(s, buf[:max(n, 0)])
@@ -248,6 +257,20 @@ func (j *job) snapshot() snapshot {
 	}
 	s.running, s.use = true, use
 	return s
+}
+
+// attachLossless puts a lossless reader's hold on the job's output at off and, once it is on, lets go of
+// the Start's hold_output: the output is held without a gap from the first byte to that reader.
+func (j *job) attachLossless(off int64) *hold {
+	h := j.log.Hold(off)
+	j.mu.Lock()
+	start := j.startHold
+	j.startHold = nil
+	j.mu.Unlock()
+	if start != nil {
+		start.Release()
+	}
+	return h
 }
 
 // endedAt is when the job ended, and whether it has.

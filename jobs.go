@@ -30,6 +30,7 @@ type jobsConfig struct {
 	maxJobsPerClient int           // live jobs per client identity
 	spareInits       int           // sandboxes kept ready ahead of Starts
 	jobUser          *jobUser      // run commands as this uid:gid; nil: as root
+	losslessTimeout  time.Duration // a lossless reader that reads nothing this long is demoted
 }
 
 // manager is the job table.
@@ -119,7 +120,7 @@ func (m *manager) startInSandbox(owner []string, spec *jobSpec) (*job, error) {
 		id := "?"
 		if err == nil {
 			id = sb.id
-			j, err = begin(sb, owner, spec, m.cg, m.cfg.ringSize, m.cfg.jobUser)
+			j, err = begin(sb, owner, spec, m.cg, m.cfg)
 		}
 		var ce *clientError // the command's own failure: another sandbox would fail it the same way
 		if err == nil || !spare || attempt > 0 || errors.As(err, &ce) {

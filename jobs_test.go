@@ -226,7 +226,7 @@ func TestUnavailableControllerIsFailedPrecondition(t *testing.T) {
 // waitOutput reads a job's log until want has appeared: the job has reached that point.
 func waitOutput(t testing.TB, c rpcpb.JobControllerClient, id, want string) {
 	t.Helper()
-	stream, err := c.Log(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
+	stream, err := c.ReadLog(ctx(t), &rpcpb.LogRequest{Ulid: id}) // lossy: the stream stays open after
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -58,6 +58,7 @@ type serveConfig struct {
 	maxStreamsPerClient int      // concurrent Log streams per client identity
 	spareInits          int      // job sandboxes kept ready ahead of Starts
 	jobUser             *jobUser // run commands as this uid:gid; nil: as root
+	losslessTimeout     time.Duration
 }
 
 func runServe(args []string) int {
@@ -76,6 +77,8 @@ func runServe(args []string) int {
 	fs.IntVar(&c.maxJobsPerClient, "max_jobs_per_client", 100, "live jobs one client identity runs at most")
 	fs.IntVar(&c.maxStreamsPerClient, "max_streams_per_client", 100, "concurrent log streams per client identity")
 	fs.IntVar(&c.spareInits, "spare_inits", 2, "job inits started ahead of the Starts that will use them; 0 for none")
+	fs.DurationVar(&c.losslessTimeout, "lossless_timeout", 30*time.Second,
+		"a lossless log reader (rund client run and log) that reads nothing this long no longer holds its job back")
 	fs.Func("job_user", "run job commands as UID:GID, with no_new_privs and no capabilities (default: root)",
 		func(v string) (err error) { c.jobUser, err = parseJobUser(v); return err })
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
@@ -86,6 +89,10 @@ func runServe(args []string) int {
 	}
 	if c.ringSize < maxChunk {
 		log.Printf("rund serve: -log_buffer must be at least %d bytes", maxChunk)
+		return 2
+	}
+	if c.losslessTimeout <= 0 {
+		log.Printf("rund serve: -lossless_timeout must be positive")
 		return 2
 	}
 	if c.spareInits < 0 || c.spareInits > 64 {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"sort"
 	"sync"
+	"time"
 )
 
 // maxChunk bounds the bytes returned by one Read.
@@ -36,9 +37,11 @@ type segment struct {
 // byte tagged with its stream through the segment deque. Offsets are
 // absolute: offset o is stored at data[o%len(data)] while head <= o < tail.
 //
-// The writer never waits for readers: readers hold mu only for a binary
-// search and a copy of at most maxChunk bytes, and slow readers simply find
-// their offset evicted (Read reports how much they lost).
+// Write never waits for readers: readers hold mu only for a binary search
+// and a copy of at most maxChunk bytes, and slow readers simply find their
+// offset evicted (Read reports how much they lost). A lossless reader puts a
+// hold on the ring instead; the job's pump calls WaitRoom before it reads
+// the job's pipe, so that the job, not the ring, waits for that reader.
 //
 // Memory grows with the output, doubling, up to a bound fixed at
 // construction: capacity bytes plus capacity/64 segments of 16 bytes =
@@ -49,16 +52,106 @@ type segment struct {
 // the oldest segment is evicted whole, so fewer than capacity bytes are then
 // held (at least capacity/64 of them, the newest).
 type ring struct {
-	mu      sync.Mutex    // guards every field below; data's contents too
-	data    []byte        // mu: grows up to limit bytes
-	limit   int           // capacity
-	head    int64         // mu: oldest offset held
-	tail    int64         // mu: next offset to be written (= total bytes written)
-	segs    []segment     // mu: circular deque storage, grows up to limit/64
-	segHead int           // mu: index in segs of the oldest segment
-	segLen  int           // mu: number of segments in use; its first starts <= head
-	closed  bool          // mu: Close was called
-	wake    chan struct{} // mu: nil unless a reader waits; closed (and reset to nil) by Write and Close
+	mu      sync.Mutex     // guards every field below; data's contents too
+	data    []byte         // mu: grows up to limit bytes
+	limit   int            // capacity
+	head    int64          // mu: oldest offset held
+	tail    int64          // mu: next offset to be written (= total bytes written)
+	segs    []segment      // mu: circular deque storage, grows up to limit/64
+	segHead int            // mu: index in segs of the oldest segment
+	segLen  int            // mu: number of segments in use; its first starts <= head
+	closed  bool           // mu: Close was called
+	wake    chan struct{}  // mu: nil unless a reader waits; closed (and reset to nil) by Write and Close
+	holds   map[*hold]bool // mu: the lossless readers attached
+	room    chan struct{}  // mu: nil unless WaitRoom waits; closed (and reset to nil) when a hold moves or goes
+}
+
+// hold is a lossless reader's claim on the ring: while it is attached, WaitRoom does not let the writer
+// overwrite the bytes from off on. A hold that does not move for WaitRoom's patience is let go (demoted):
+// its reader reads on as a lossy one and learns what it lost from Read's lost.
+type hold struct {
+	r        *ring
+	off      int64     // r.mu: the next byte its reader needs
+	progress time.Time // r.mu: when off last moved, or the hold was made
+}
+
+// Hold attaches a lossless reader whose next byte is off (the oldest byte held if off was evicted).
+func (r *ring) Hold(off int64) *hold {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h := &hold{r: r, off: max(off, r.head), progress: time.Now()}
+	if r.holds == nil {
+		r.holds = map[*hold]bool{}
+	}
+	r.holds[h] = true
+	return h
+}
+
+// Release detaches h, at once: the writer no longer waits for it.
+func (h *hold) Release() {
+	h.r.mu.Lock()
+	defer h.r.mu.Unlock()
+	delete(h.r.holds, h)
+	h.r.roomChanged()
+}
+
+// Read is the ring's Read for h's reader: asking for off means every byte before it has been taken,
+// so the hold moves there first.
+func (h *hold) Read(ctx context.Context, off int64, buf []byte, follow bool) (n int, s stream, at int64, lost int64, err error) {
+	h.r.mu.Lock()
+	if off > h.off {
+		h.off, h.progress = off, time.Now()
+		h.r.roomChanged()
+	}
+	h.r.mu.Unlock()
+	return h.r.Read(ctx, off, buf, follow)
+}
+
+// roomChanged wakes a WaitRoom. Caller holds mu.
+func (r *ring) roomChanged() {
+	if r.room != nil {
+		close(r.room)
+		r.room = nil
+	}
+}
+
+// WaitRoom returns once a Write of need bytes (need <= capacity) would overwrite no byte that a hold
+// still needs, counting the oldest segment too, which a full segment deque gives up whole. It demotes
+// each hold that stands in the way and has not moved for patience, and returns at Close.
+func (r *ring) WaitRoom(need int, patience time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for !r.closed && len(r.holds) > 0 {
+		keep := r.tail + int64(need) - int64(r.limit) // the first byte still held after the write
+		if r.segLen > 1 && r.segLen == r.limit/64 {
+			keep = max(keep, r.seg(1).start)
+		}
+		var oldest time.Time
+		for h := range r.holds {
+			switch {
+			case h.off >= keep:
+			case time.Since(h.progress) >= patience:
+				delete(r.holds, h)
+			case oldest.IsZero() || h.progress.Before(oldest):
+				oldest = h.progress
+			}
+		}
+		if oldest.IsZero() {
+			return
+		}
+		if r.room == nil {
+			r.room = make(chan struct{})
+		}
+		room := r.room
+		r.mu.Unlock()
+		timer := time.NewTimer(patience - time.Since(oldest))
+		select {
+		case <-room:
+		case <-timer.C:
+		}
+		timer.Stop()
+		r.mu.Lock()
+	}
 }
 
 // newRing returns a ring holding up to capacity bytes of output.
@@ -154,6 +247,7 @@ func (r *ring) Close() {
 	}
 	r.closed = true
 	r.broadcast()
+	r.roomChanged()
 }
 
 // shrink reallocates data and segs to what is held, keeping every offset's

@@ -31,7 +31,8 @@ import (
 // coreConfig is the part of the serve flags the job table reads.
 func coreConfig(c serveConfig) jobsConfig {
 	return jobsConfig{ringSize: c.ringSize, retainJobs: c.retainJobs, retainFor: c.retainFor, maxJobs: c.maxJobs,
-		maxJobsPerClient: c.maxJobsPerClient, spareInits: c.spareInits, jobUser: c.jobUser}
+		maxJobsPerClient: c.maxJobsPerClient, spareInits: c.spareInits, jobUser: c.jobUser,
+		losslessTimeout: c.losslessTimeout}
 }
 
 // newGRPCServer serves the job API over mutual TLS. Requests are small (see validate's bounds), so
@@ -153,6 +154,7 @@ func (s *server) Start(ctx context.Context, req *rpcpb.JobStartRequest) (*rpcpb.
 	if err != nil {
 		return nil, err
 	}
+	spec.holdOutput = req.GetHoldOutput()
 	j, err := s.m.start(caller, spec)
 	if err != nil {
 		return nil, err
@@ -227,7 +229,8 @@ func (s *server) List(ctx context.Context, _ *rpcpb.ListRequest) (*rpcpb.JobList
 }
 
 func (s *server) Log(req *rpcpb.JobIdentifier, stream grpc.ServerStreamingServer[rpcpb.JobLog]) error {
-	return s.ReadLog(&rpcpb.LogRequest{Ulid: req.GetUlid()}, stream)
+	// The original clients cannot be told of a loss, so they lose nothing.
+	return s.ReadLog(&rpcpb.LogRequest{Ulid: req.GetUlid(), Lossless: true}, stream)
 }
 
 func (s *server) ReadLog(req *rpcpb.LogRequest, stream grpc.ServerStreamingServer[rpcpb.JobLog]) error {
@@ -246,8 +249,14 @@ func (s *server) ReadLog(req *rpcpb.LogRequest, stream grpc.ServerStreamingServe
 	if off < 0 {
 		return clientErr(errOutOfRange, "offset is beyond any job's output")
 	}
+	read := j.log.Read
+	if req.GetLossless() {
+		h := j.attachLossless(off)
+		defer h.Release() // a cancelled or broken stream lets the job go on at once
+		read = h.Read
+	}
 	for {
-		n, s, at, lost, err := j.log.Read(ctx, off, buf, !req.GetNoFollow())
+		n, s, at, lost, err := read(ctx, off, buf, !req.GetNoFollow())
 		switch {
 		case errors.Is(err, io.EOF):
 			return nil

@@ -33,6 +33,8 @@ type jobSpec struct {
 	dir   string
 	grace time.Duration
 	lim   limits
+
+	holdOutput bool // keep the output from byte 0 for the first lossless reader
 }
 
 // validate checks a request. A grace of 0 means the default; a negative one is refused.

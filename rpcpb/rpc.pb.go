@@ -147,8 +147,11 @@ type JobStartRequest struct {
 	Env             []string                `protobuf:"bytes,10,rep,name=env,proto3" json:"env,omitempty"`                                                  // KEY=VALUE added to the minimal environment
 	Dir             string                  `protobuf:"bytes,11,opt,name=dir,proto3" json:"dir,omitempty"`                                                  // absolute working directory, default "/"
 	StopGracePeriod *durationpb.Duration    `protobuf:"bytes,12,opt,name=stop_grace_period,json=stopGracePeriod,proto3" json:"stop_grace_period,omitempty"` // SIGTERM to SIGKILL on Stop, default 10s
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Keep the output from its first byte for the first lossless reader (see LogRequest.lossless): no byte
+	// is overwritten before it attaches, or before the server's lossless timeout passes without one.
+	HoldOutput    bool `protobuf:"varint,13,opt,name=hold_output,json=holdOutput,proto3" json:"hold_output,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JobStartRequest) Reset() {
@@ -263,6 +266,13 @@ func (x *JobStartRequest) GetStopGracePeriod() *durationpb.Duration {
 		return x.StopGracePeriod
 	}
 	return nil
+}
+
+func (x *JobStartRequest) GetHoldOutput() bool {
+	if x != nil {
+		return x.HoldOutput
+	}
+	return false
 }
 
 type JobStatus struct {
@@ -510,10 +520,14 @@ func (x *JobLog) GetLost() uint64 {
 }
 
 type LogRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ulid          string                 `protobuf:"bytes,1,opt,name=ulid,proto3" json:"ulid,omitempty"`                          // same field number as JobIdentifier.ulid
-	Offset        uint64                 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`                     // start here; bytes before the oldest held one are reported as lost
-	NoFollow      bool                   `protobuf:"varint,3,opt,name=no_follow,json=noFollow,proto3" json:"no_follow,omitempty"` // end at the bytes written so far instead of waiting for the job to end
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Ulid     string                 `protobuf:"bytes,1,opt,name=ulid,proto3" json:"ulid,omitempty"`                          // same field number as JobIdentifier.ulid
+	Offset   uint64                 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`                     // start here; bytes before the oldest held one are reported as lost
+	NoFollow bool                   `protobuf:"varint,3,opt,name=no_follow,json=noFollow,proto3" json:"no_follow,omitempty"` // end at the bytes written so far instead of waiting for the job to end
+	// Miss nothing from offset on: while this reader has not read what the buffer would have to overwrite,
+	// the job waits in write(2), as under a slow pipe reader. A reader that reads nothing for the server's
+	// lossless timeout becomes a lossy one (it is told with lost). The original Log RPC is always lossless.
+	Lossless      bool `protobuf:"varint,4,opt,name=lossless,proto3" json:"lossless,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -565,6 +579,13 @@ func (x *LogRequest) GetOffset() uint64 {
 func (x *LogRequest) GetNoFollow() bool {
 	if x != nil {
 		return x.NoFollow
+	}
+	return false
+}
+
+func (x *LogRequest) GetLossless() bool {
+	if x != nil {
+		return x.Lossless
 	}
 	return false
 }
@@ -655,7 +676,7 @@ const file_rpc_proto_rawDesc = "" +
 	"\n" +
 	"\trpc.proto\x12\x04rund\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\"#\n" +
 	"\rJobIdentifier\x12\x12\n" +
-	"\x04ulid\x18\x01 \x01(\tR\x04ulid\"\xd7\x04\n" +
+	"\x04ulid\x18\x01 \x01(\tR\x04ulid\"\xf8\x04\n" +
 	"\x0fJobStartRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04args\x18\x02 \x03(\tR\x04args\x12H\n" +
@@ -669,7 +690,9 @@ const file_rpc_proto_rawDesc = "" +
 	"\x03env\x18\n" +
 	" \x03(\tR\x03env\x12\x10\n" +
 	"\x03dir\x18\v \x01(\tR\x03dir\x12E\n" +
-	"\x11stop_grace_period\x18\f \x01(\v2\x19.google.protobuf.DurationR\x0fstopGracePeriod\"\xc4\x06\n" +
+	"\x11stop_grace_period\x18\f \x01(\v2\x19.google.protobuf.DurationR\x0fstopGracePeriod\x12\x1f\n" +
+	"\vhold_output\x18\r \x01(\bR\n" +
+	"holdOutput\"\xc4\x06\n" +
 	"\tJobStatus\x12\x18\n" +
 	"\astopped\x18\x01 \x01(\bR\astopped\x12\x16\n" +
 	"\x06killed\x18\x02 \x01(\bR\x06killed\x129\n" +
@@ -703,12 +726,13 @@ const file_rpc_proto_rawDesc = "" +
 	"\x06stdout\x18\x01 \x01(\fR\x06stdout\x12\x16\n" +
 	"\x06stderr\x18\x02 \x01(\fR\x06stderr\x12\x16\n" +
 	"\x06offset\x18\x03 \x01(\x04R\x06offset\x12\x12\n" +
-	"\x04lost\x18\x04 \x01(\x04R\x04lost\"U\n" +
+	"\x04lost\x18\x04 \x01(\x04R\x04lost\"q\n" +
 	"\n" +
 	"LogRequest\x12\x12\n" +
 	"\x04ulid\x18\x01 \x01(\tR\x04ulid\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x1b\n" +
-	"\tno_follow\x18\x03 \x01(\bR\bnoFollow\"\r\n" +
+	"\tno_follow\x18\x03 \x01(\bR\bnoFollow\x12\x1a\n" +
+	"\blossless\x18\x04 \x01(\bR\blossless\"\r\n" +
 	"\vListRequest\".\n" +
 	"\aJobList\x12#\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x0f.rund.JobStatusR\x04jobs2\xa5\x02\n" +

@@ -40,7 +40,8 @@ type JobControllerClient interface {
 	// Stop sends SIGTERM, waits the job's grace period, kills what is left and returns the final status.
 	Stop(ctx context.Context, in *JobIdentifier, opts ...grpc.CallOption) (*JobStatus, error)
 	Status(ctx context.Context, in *JobIdentifier, opts ...grpc.CallOption) (*JobStatus, error)
-	// Log streams the job's output from the oldest byte still held, then live until the job ends.
+	// Log streams the job's output from the oldest byte still held, then live until the job ends, losing
+	// nothing from there on (LogRequest.lossless).
 	Log(ctx context.Context, in *JobIdentifier, opts ...grpc.CallOption) (grpc.ServerStreamingClient[JobLog], error)
 	// Extensions.
 	// List returns the caller's jobs, oldest first.
@@ -144,7 +145,8 @@ type JobControllerServer interface {
 	// Stop sends SIGTERM, waits the job's grace period, kills what is left and returns the final status.
 	Stop(context.Context, *JobIdentifier) (*JobStatus, error)
 	Status(context.Context, *JobIdentifier) (*JobStatus, error)
-	// Log streams the job's output from the oldest byte still held, then live until the job ends.
+	// Log streams the job's output from the oldest byte still held, then live until the job ends, losing
+	// nothing from there on (LogRequest.lossless).
 	Log(*JobIdentifier, grpc.ServerStreamingServer[JobLog]) error
 	// Extensions.
 	// List returns the caller's jobs, oldest first.

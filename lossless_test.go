@@ -1,0 +1,180 @@
+package main
+
+// Lossless following (issue 11): a reader that asks for every byte gets every byte, the job waiting
+// for it; readers that did not ask are never waited for; a lossless reader that stalls is demoted and
+// one that goes releases the job at once.
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"rund/rpcpb"
+)
+
+// smallRing is the smallest ring a server takes: any job here writes many times more than it holds.
+const smallRing = maxChunk
+
+// seqOutput is what seq 1 n prints.
+func seqOutput(n int) []byte {
+	var b []byte
+	for i := 1; i <= n; i++ {
+		b = strconv.AppendInt(b, int64(i), 10)
+		b = append(b, '\n')
+	}
+	return b
+}
+
+// followAll reads a stream to its end: stdout, and the bytes it was told were lost.
+func followAll(stream grpc.ServerStreamingClient[rpcpb.JobLog]) (out []byte, lost uint64, err error) {
+	for {
+		msg, err := stream.Recv()
+		if err == io.EOF {
+			return out, lost, nil
+		}
+		if err != nil {
+			return out, lost, err
+		}
+		out = append(out, msg.Stdout...)
+		lost += msg.Lost
+	}
+}
+
+// TestRunIsByteExact: rund client run of a job that writes 1,000 rings' worth as fast as it can gets
+// every byte, while 10 lossy followers of the same job stall beside it (they are never waited for).
+func TestRunIsByteExact(t *testing.T) {
+	ts := startServer(t, func(c *serveConfig) { c.ringSize = smallRing })
+	const n = 4_000_000 // 30.9 MB
+	want := sha256.Sum256(seqOutput(n))
+
+	// Through the CLI: run starts with hold_output and reads losslessly from byte 0.
+	h := sha256.New()
+	var errb bytes.Buffer
+	conn := []string{"-addr", ts.addr, "-ca", ts.pki.file("ca.crt"), "-cert", ts.pki.file("a.crt"), "-key", ts.pki.file("a.key")}
+	code := runClient(append(append([]string{"run"}, conn...), "--", "seq", strconv.Itoa(n)), clientIO{h, &errb})
+	if got := h.Sum(nil); code != 0 || !bytes.Equal(got, want[:]) || errb.Len() != 0 {
+		t.Errorf("run: exit %d, stderr %.300q, sha256 %x; want 0, nothing, %x", code, errb.String(), got, want)
+	}
+
+	// Through the API, with the stalled lossy followers attached before the job writes.
+	a := ts.dialAs(t, "a")
+	gate := filepath.Join(t.TempDir(), "gate")
+	req := cmd("sh", "-c", fmt.Sprintf("while [ ! -e %s ]; do sleep 0.01; done; seq %d", gate, n))
+	req.HoldOutput = true
+	id := startJob(t, a, req)
+	stalledCtx, cancelStalled := context.WithCancel(context.Background())
+	defer cancelStalled()
+	for range 10 {
+		c, _ := faultDial(t, ts, "a", grpc.WithStaticStreamWindowSize(64<<10))
+		if _, err := c.ReadLog(stalledCtx, &rpcpb.LogRequest{Ulid: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	faultWaitLogHandlers(t, 10)
+	stream, err := a.ReadLog(ctx(t), &rpcpb.LogRequest{Ulid: id, Lossless: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(gate, nil, 0o644)
+	out, lost, err := followAll(stream)
+	if got := sha256.Sum256(out); err != nil || lost != 0 || got != want {
+		t.Errorf("lossless follower beside 10 stalled ones: %d bytes, %d lost, %v; want all %d bytes", len(out), lost, err, len(seqOutput(n)))
+	}
+}
+
+// TestOriginalLogIsLossless: the original Log RPC, whose clients cannot be told of a loss, gets every
+// byte of a 50 MB job it followed from the start.
+func TestOriginalLogIsLossless(t *testing.T) {
+	ts := startServer(t, func(c *serveConfig) { c.ringSize = smallRing })
+	a := ts.dialAs(t, "a")
+	const n = 6_500_000 // 50.9 MB
+	gate := filepath.Join(t.TempDir(), "gate")
+	id := startJob(t, a, cmd("sh", "-c", fmt.Sprintf("echo ready; while [ ! -e %s ]; do sleep 0.01; done; seq %d", gate, n)))
+	stream, err := a.Log(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := stream.Recv(); err != nil || string(msg.Stdout) != "ready\n" { // attached
+		t.Fatalf("first message %q, %v", msg.GetStdout(), err)
+	}
+	os.WriteFile(gate, nil, 0o644)
+	out, lost, err := followAll(stream)
+	if want := seqOutput(n); err != nil || lost != 0 || !bytes.Equal(out, want) {
+		t.Errorf("Log: %d bytes, %d lost, %v; want all %d bytes", len(out), lost, err, len(want))
+	}
+}
+
+// TestStalledLosslessReaderIsDemoted: a lossless reader that reads nothing holds the job back for the
+// lossless timeout, then no more: the job finishes, and the reader learns on its next message what
+// it lost.
+func TestStalledLosslessReaderIsDemoted(t *testing.T) {
+	ts := startServer(t, func(c *serveConfig) { c.ringSize, c.losslessTimeout = smallRing, 300*time.Millisecond })
+	a := ts.dialAs(t, "a")
+	stalled, _ := faultDial(t, ts, "a", grpc.WithStaticStreamWindowSize(64<<10))
+	req := cmd("head", "-c", "10000000", "/dev/zero")
+	req.HoldOutput = true
+	id := startJob(t, a, req)
+	stream, err := stalled.ReadLog(ctx(t), &rpcpb.LogRequest{Ulid: id, Lossless: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := waitDone(t, a, id); st.GetExitCode() == nil || st.GetExitCode().GetValue() != 0 {
+		t.Errorf("job behind a stalled lossless reader: %v, want it to finish with exit 0", st)
+	}
+	msg, err := stream.Recv()
+	if err != nil || msg.Offset != 0 {
+		t.Fatalf("stalled reader's first message: offset %d, lost %d, %v; want offset 0", msg.GetOffset(), msg.GetLost(), err)
+	}
+	out, lost, err := followAll(stream)
+	if got := uint64(len(msg.Stdout)+len(out)) + lost; err != nil || lost == 0 || got != 10000000 {
+		t.Errorf("demoted reader: %d bytes and %d lost (%v); want some lost, 10000000 in all", len(msg.Stdout)+len(out), lost, err)
+	}
+}
+
+// TestCancelledLosslessReaderReleasesJob: with a lossless timeout of an hour, a lossless reader that
+// cancels its stream lets the job go on at once.
+func TestCancelledLosslessReaderReleasesJob(t *testing.T) {
+	ts := startServer(t, func(c *serveConfig) { c.ringSize, c.losslessTimeout = smallRing, time.Hour })
+	a := ts.dialAs(t, "a")
+	req := cmd("head", "-c", "10000000", "/dev/zero")
+	req.HoldOutput = true
+	id := startJob(t, a, req)
+	c, cancel := context.WithCancel(ctx(t))
+	stream, err := a.ReadLog(c, &rpcpb.LogRequest{Ulid: id, Lossless: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if st := waitDone(t, a, id); st.GetExitCode() == nil || st.GetExitCode().GetValue() != 0 {
+		t.Errorf("job after its lossless reader cancelled: %v, want it finished with exit 0", st)
+	}
+}
+
+// TestClientReportsLoss: rund client log says on stderr how many bytes were lost and exits 3, whether
+// it asked for -lossy or the bytes were gone before it came.
+func TestClientReportsLoss(t *testing.T) {
+	ts := startServer(t, func(c *serveConfig) { c.ringSize = smallRing })
+	a := ts.dialAs(t, "a")
+	id := startJob(t, a, cmd("head", "-c", "1000000", "/dev/zero"))
+	waitDone(t, a, id)
+	for _, args := range [][]string{{"log", "-lossy", id}, {"log", id}} {
+		code, out, errs := ts.runCLI(t, args...)
+		lost := fmt.Sprintf("%d bytes of output were lost", 1000000-len(out))
+		if code != exitLost || len(out) == 0 || len(out) >= 1000000 || !strings.Contains(errs, lost) {
+			t.Errorf("%v: exit %d, %d bytes, stderr %q; want exit %d and %q", args, code, len(out), errs, exitLost, lost)
+		}
+	}
+}
