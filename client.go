@@ -12,7 +12,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -23,6 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"golang.org/x/sys/unix"
 	"rund/rpcpb"
 )
 
@@ -35,10 +40,13 @@ commands:
   stop ID                           stop (SIGTERM, grace period, SIGKILL); JSON final status
   log [-offset N] [-follow=false] [-lossy] ID
                                     stream output: job stdout to stdout, stderr to stderr
+  signal ID SIGNAL                  send a signal (INT, TERM, HUP, ... or a number) to the job's command
   list                              JSON status of all your jobs
 
 every command takes -addr, -ca, -cert, -key; "rund client start -h" lists the limits.
-run and log exit 3 when output was lost (run: unless the job's own exit code is non-zero).`
+run and log exit 3 when output was lost (run: unless the job's own exit code is non-zero).
+run passes SIGINT, SIGTERM, SIGHUP and SIGQUIT on to the job; a second Ctrl-C within 2 s stops it.
+run -v prints the job id on stderr; run always prints it when interrupted or cut off.`
 
 // exitLost is the exit code of run and log when bytes of the job's output were lost.
 const exitLost = 3
@@ -73,20 +81,21 @@ func clientCommand(cmd string, args []string, out clientIO) (int, error) {
 	cert := fs.String("cert", "tls/client.crt", "client certificate")
 	key := fs.String("key", "tls/client.key", "client private key")
 	var build func() (*rpcpb.JobStartRequest, error)
+	verbose := fs.Bool("v", false, "run: print the job id on stderr")
 	offset := fs.Uint64("offset", 0, "log: start at this byte offset")
 	follow := fs.Bool("follow", true, "log: wait for more output until the job ends")
 	lossy := fs.Bool("lossy", false, "log: never hold the job back; bytes overwritten before they are read are lost")
 	switch cmd {
 	case "start", "run":
 		build = startFlags(fs)
-	case "status", "stop", "log", "list":
+	case "status", "stop", "log", "list", "signal":
 	default:
 		return 2, fmt.Errorf("unknown command %q\n%s", cmd, clientUsage)
 	}
 	if err := fs.Parse(args); err != nil {
 		return 2, err
 	}
-	wantArgs := map[string]int{"status": 1, "stop": 1, "log": 1, "list": 0}
+	wantArgs := map[string]int{"status": 1, "stop": 1, "log": 1, "list": 0, "signal": 2}
 	if n, ok := wantArgs[cmd]; ok && fs.NArg() != n {
 		return 2, fmt.Errorf("want %d argument(s), got %d\n%s", n, fs.NArg(), clientUsage)
 	}
@@ -106,13 +115,16 @@ func clientCommand(cmd string, args []string, out clientIO) (int, error) {
 		if req.Name, req.Args = fs.Arg(0), fs.Args()[min(1, fs.NArg()):]; cmd == "start" {
 			return printID(c.Start(ctx, req))(out)
 		}
-		return runJob(ctx, c, req, out)
+		return runJob(ctx, c, req, *verbose, out)
 	case "status":
 		return printJSON(c.Status(ctx, id))(out)
 	case "stop":
 		return printJSON(c.Stop(ctx, id))(out)
 	case "list":
 		return printJSON(c.List(ctx, &rpcpb.ListRequest{}))(out)
+	case "signal":
+		_, err := c.Signal(ctx, &rpcpb.SignalRequest{Ulid: id.Ulid, Signal: fs.Arg(1)})
+		return exitOnErr(err)
 	}
 	req := &rpcpb.LogRequest{Ulid: id.Ulid, Offset: *offset, NoFollow: !*follow, Lossless: !*lossy}
 	var lost uint64
@@ -232,14 +244,20 @@ func streamLog(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.LogR
 	}
 }
 
-// runJob starts a job, follows its log (resuming from the last offset if the stream breaks) and
-// returns the job's exit code, or 128+signal as a shell would.
-func runJob(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.JobStartRequest, out clientIO) (int, error) {
+// runJob starts a job, follows its whole log (resuming from the last offset if the stream breaks),
+// passes on the signals the client gets, and returns the job's exit code, or 128+signal as a shell
+// would.
+func runJob(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.JobStartRequest, verbose bool, out clientIO) (int, error) {
 	req.HoldOutput = true // nothing is overwritten before the log below attaches
 	id, err := c.Start(ctx, req)
 	if err != nil {
 		return 1, err
 	}
+	out.stderr = &lockedWriter{w: out.stderr} // the signal forwarder writes too
+	if verbose {
+		fmt.Fprintf(out.stderr, "rund: job %s\n", id.Ulid)
+	}
+	defer forwardSignals(c, id.Ulid, out)()
 	lr := &rpcpb.LogRequest{Ulid: id.Ulid, Lossless: true}
 	var lost uint64
 	for tries := 0; ; tries++ {
@@ -254,7 +272,7 @@ func runJob(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.JobStar
 	}
 	st, err := c.Status(ctx, id)
 	if err != nil {
-		return 1, err
+		return 1, fmt.Errorf("job %s: %w", id.Ulid, err)
 	}
 	code := 128 + int(st.GetSignal().GetValue())
 	if st.ExitCode != nil {
@@ -267,4 +285,58 @@ func runJob(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.JobStar
 		}
 	}
 	return code, nil
+}
+
+// forwardSignals passes SIGINT, SIGTERM, SIGHUP and SIGQUIT that this process gets on to job id, as a
+// terminal passes Ctrl-C to its foreground job; a second SIGINT within 2 s stops the job instead. The
+// returned func ends the forwarding and waits for its goroutine.
+func forwardSignals(c rpcpb.JobControllerClient, id string, out clientIO) (stop func()) {
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+	ctx, cancel := context.WithCancel(context.Background())
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		var lastInt time.Time
+		for {
+			var s os.Signal
+			select {
+			case <-ctx.Done():
+				return
+			case s = <-sigs:
+			}
+			name := unix.SignalName(s.(syscall.Signal))
+			var err error
+			if s == syscall.SIGINT && time.Since(lastInt) < 2*time.Second {
+				fmt.Fprintf(out.stderr, "rund: job %s: stopping it\n", id)
+				_, err = c.Stop(ctx, &rpcpb.JobIdentifier{Ulid: id})
+			} else {
+				fmt.Fprintf(out.stderr, "rund: job %s: sending it %s (Ctrl-C twice within 2 s stops it)\n", id, name)
+				_, err = c.Signal(ctx, &rpcpb.SignalRequest{Ulid: id, Signal: name})
+			}
+			if s == syscall.SIGINT {
+				lastInt = time.Now()
+			}
+			if err != nil && ctx.Err() == nil {
+				fmt.Fprintf(out.stderr, "rund: job %s: %s: %v\n", id, name, err)
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(sigs)
+		cancel()
+		<-ended
+	}
+}
+
+// lockedWriter serialises writes from several goroutines.
+type lockedWriter struct {
+	mu sync.Mutex // guards w
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

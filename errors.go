@@ -17,6 +17,7 @@ var (
 	errExhausted   = errors.New("bound reached")                    // a server or per-client bound
 	errClosing     = errors.New("server is shutting down")          // no new work is taken
 	errOutOfRange  = errors.New("offset outside the output")        // a log offset past the end
+	errEnded       = errors.New("job has ended")                    // e.g. a signal to a finished job
 	errNotStarted  = errors.New("command could not be started")     // exec failed for another reason
 	errNoIdentity  = errors.New("caller has no usable certificate") // authentication
 )

@@ -34,6 +34,8 @@ func TestMain(m *testing.M) {
 			os.Exit(runInit())
 		case "serve":
 			os.Exit(runServe(os.Args[2:]))
+		case "client":
+			os.Exit(runClient(os.Args[2:], clientIO{os.Stdout, os.Stderr}))
 		case "probe":
 			os.Exit(probe(os.Args[2:]))
 		case "e2e-tool":

@@ -93,9 +93,10 @@ type exitReport struct {
 	Signal int  `json:"signal"` // the signal that ended it, when not Exited
 }
 
-// forwardedSignals are passed on from the init to the command.
+// forwardedSignals are passed on from the init to the command (and so are what the Signal RPC may send,
+// besides SIGKILL). Not SIGURG: the Go runtime preempts its own threads with it.
 var forwardedSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT,
-	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGCONT}
+	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGCONT, syscall.SIGWINCH, syscall.SIGALRM, syscall.SIGTSTP}
 
 // runInit is the body of "rund init", the PID 1 of a job. It returns the process exit code.
 func runInit() int {

@@ -212,6 +212,27 @@ func (j *job) escalate() {
 	}
 }
 
+// signal sends sig to the command: SIGKILL by cgroup.kill of job/ (every process of the command; the
+// init still reports its end exactly), anything else through the init, which forwards it. A job whose
+// end is known is refused.
+func (j *job) signal(sig syscall.Signal) error {
+	j.mu.Lock()
+	ended := j.exitKnown
+	j.mu.Unlock()
+	if !ended {
+		var err error
+		if sig == syscall.SIGKILL {
+			err = kill(j.cg.jobDir())
+		} else {
+			err = j.proc.signal(sig)
+		}
+		if !errors.Is(err, os.ErrProcessDone) && !errors.Is(err, fs.ErrNotExist) {
+			return err // nil, or the server's own failure
+		}
+	}
+	return clientErr(errEnded, "job %s has ended", j.id)
+}
+
 // snapshot is a job's status at one moment.
 type snapshot struct {
 	id            string

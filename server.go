@@ -91,6 +91,7 @@ var codeOf = []struct {
 	{errExhausted, codes.ResourceExhausted},
 	{errClosing, codes.Unavailable},
 	{errOutOfRange, codes.OutOfRange},
+	{errEnded, codes.FailedPrecondition},
 	{errNotStarted, codes.Internal},
 	{errNoIdentity, codes.Unauthenticated},
 }
@@ -214,6 +215,21 @@ func (s *server) Status(ctx context.Context, req *rpcpb.JobIdentifier) (*rpcpb.J
 		return nil, err
 	}
 	return statusProto(j.snapshot()), nil
+}
+
+func (s *server) Signal(ctx context.Context, req *rpcpb.SignalRequest) (*rpcpb.SignalResponse, error) {
+	j, _, err := s.lookup(ctx, req.GetUlid())
+	if err != nil {
+		return nil, err
+	}
+	sig, err := parseSignal(req.GetSignal())
+	if err != nil {
+		return nil, err
+	}
+	if err := j.signal(sig); err != nil {
+		return nil, err
+	}
+	return &rpcpb.SignalResponse{}, nil
 }
 
 func (s *server) List(ctx context.Context, _ *rpcpb.ListRequest) (*rpcpb.JobList, error) {

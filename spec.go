@@ -7,9 +7,13 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Request bounds. The kernel's own are MAX_ARG_STRLEN (128 KiB per string) and a total near 2 MiB
@@ -131,6 +135,27 @@ func jobEnv(extra []string) []string {
 func cutEnv(kv string) (k, v string, ok bool) { return strings.Cut(kv, "=") }
 
 func containsNUL(s string) bool { return strings.IndexByte(s, 0) >= 0 }
+
+// parseSignal reads a signal a client may send: a name (SIGINT or INT, any case) or a number, of the
+// signals the init forwards, or SIGKILL.
+func parseSignal(s string) (syscall.Signal, error) {
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	sig := unix.SignalNum(name)
+	if n, err := strconv.Atoi(s); err == nil {
+		sig = syscall.Signal(n)
+	}
+	if sig == syscall.SIGKILL || slices.Contains(forwardedSignals, os.Signal(sig)) {
+		return sig, nil
+	}
+	var names []string
+	for _, f := range append(forwardedSignals, syscall.SIGKILL) {
+		names = append(names, unix.SignalName(f.(syscall.Signal)))
+	}
+	return 0, clientErr(errInvalid, "signal %.20q is not one a job may be sent (%s, or their numbers)", s, strings.Join(names, " "))
+}
 
 // statusCommand is the command as Status and List show it: cut at 1 KiB, so that a List of many jobs
 // with long command lines stays small.

@@ -590,6 +590,94 @@ func (x *LogRequest) GetLossless() bool {
 	return false
 }
 
+type SignalRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ulid          string                 `protobuf:"bytes,1,opt,name=ulid,proto3" json:"ulid,omitempty"`
+	Signal        string                 `protobuf:"bytes,2,opt,name=signal,proto3" json:"signal,omitempty"` // a name (SIGINT or INT, any case) or a number: HUP INT QUIT USR1 USR2 TERM CONT
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignalRequest) Reset() {
+	*x = SignalRequest{}
+	mi := &file_rpc_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignalRequest) ProtoMessage() {}
+
+func (x *SignalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignalRequest.ProtoReflect.Descriptor instead.
+func (*SignalRequest) Descriptor() ([]byte, []int) {
+	return file_rpc_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SignalRequest) GetUlid() string {
+	if x != nil {
+		return x.Ulid
+	}
+	return ""
+}
+
+func (x *SignalRequest) GetSignal() string {
+	if x != nil {
+		return x.Signal
+	}
+	return ""
+}
+
+type SignalResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignalResponse) Reset() {
+	*x = SignalResponse{}
+	mi := &file_rpc_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignalResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignalResponse) ProtoMessage() {}
+
+func (x *SignalResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_rpc_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignalResponse.ProtoReflect.Descriptor instead.
+func (*SignalResponse) Descriptor() ([]byte, []int) {
+	return file_rpc_proto_rawDescGZIP(), []int{6}
+}
+
 type ListRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -598,7 +686,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_rpc_proto_msgTypes[5]
+	mi := &file_rpc_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -610,7 +698,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_proto_msgTypes[5]
+	mi := &file_rpc_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -623,7 +711,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_rpc_proto_rawDescGZIP(), []int{5}
+	return file_rpc_proto_rawDescGZIP(), []int{7}
 }
 
 type JobList struct {
@@ -635,7 +723,7 @@ type JobList struct {
 
 func (x *JobList) Reset() {
 	*x = JobList{}
-	mi := &file_rpc_proto_msgTypes[6]
+	mi := &file_rpc_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -647,7 +735,7 @@ func (x *JobList) String() string {
 func (*JobList) ProtoMessage() {}
 
 func (x *JobList) ProtoReflect() protoreflect.Message {
-	mi := &file_rpc_proto_msgTypes[6]
+	mi := &file_rpc_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -660,7 +748,7 @@ func (x *JobList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobList.ProtoReflect.Descriptor instead.
 func (*JobList) Descriptor() ([]byte, []int) {
-	return file_rpc_proto_rawDescGZIP(), []int{6}
+	return file_rpc_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *JobList) GetJobs() []*JobStatus {
@@ -732,17 +820,22 @@ const file_rpc_proto_rawDesc = "" +
 	"\x04ulid\x18\x01 \x01(\tR\x04ulid\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x1b\n" +
 	"\tno_follow\x18\x03 \x01(\bR\bnoFollow\x12\x1a\n" +
-	"\blossless\x18\x04 \x01(\bR\blossless\"\r\n" +
+	"\blossless\x18\x04 \x01(\bR\blossless\";\n" +
+	"\rSignalRequest\x12\x12\n" +
+	"\x04ulid\x18\x01 \x01(\tR\x04ulid\x12\x16\n" +
+	"\x06signal\x18\x02 \x01(\tR\x06signal\"\x10\n" +
+	"\x0eSignalResponse\"\r\n" +
 	"\vListRequest\".\n" +
 	"\aJobList\x12#\n" +
-	"\x04jobs\x18\x01 \x03(\v2\x0f.rund.JobStatusR\x04jobs2\xa5\x02\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x0f.rund.JobStatusR\x04jobs2\xda\x02\n" +
 	"\rJobController\x123\n" +
 	"\x05Start\x12\x15.rund.JobStartRequest\x1a\x13.rund.JobIdentifier\x12,\n" +
 	"\x04Stop\x12\x13.rund.JobIdentifier\x1a\x0f.rund.JobStatus\x12.\n" +
 	"\x06Status\x12\x13.rund.JobIdentifier\x1a\x0f.rund.JobStatus\x12*\n" +
 	"\x03Log\x12\x13.rund.JobIdentifier\x1a\f.rund.JobLog0\x01\x12(\n" +
 	"\x04List\x12\x11.rund.ListRequest\x1a\r.rund.JobList\x12+\n" +
-	"\aReadLog\x12\x10.rund.LogRequest\x1a\f.rund.JobLog0\x01B\x12Z\x10rund/rpcpb;rpcpbb\x06proto3"
+	"\aReadLog\x12\x10.rund.LogRequest\x1a\f.rund.JobLog0\x01\x123\n" +
+	"\x06Signal\x12\x13.rund.SignalRequest\x1a\x14.rund.SignalResponseB\x12Z\x10rund/rpcpb;rpcpbb\x06proto3"
 
 var (
 	file_rpc_proto_rawDescOnce sync.Once
@@ -757,7 +850,7 @@ func file_rpc_proto_rawDescGZIP() []byte {
 }
 
 var file_rpc_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_rpc_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_rpc_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_rpc_proto_goTypes = []any{
 	(JobStatus_State)(0),           // 0: rund.JobStatus.State
 	(*JobIdentifier)(nil),          // 1: rund.JobIdentifier
@@ -765,44 +858,48 @@ var file_rpc_proto_goTypes = []any{
 	(*JobStatus)(nil),              // 3: rund.JobStatus
 	(*JobLog)(nil),                 // 4: rund.JobLog
 	(*LogRequest)(nil),             // 5: rund.LogRequest
-	(*ListRequest)(nil),            // 6: rund.ListRequest
-	(*JobList)(nil),                // 7: rund.JobList
-	(*wrapperspb.UInt32Value)(nil), // 8: google.protobuf.UInt32Value
-	(*wrapperspb.UInt64Value)(nil), // 9: google.protobuf.UInt64Value
-	(*durationpb.Duration)(nil),    // 10: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 11: google.protobuf.Timestamp
+	(*SignalRequest)(nil),          // 6: rund.SignalRequest
+	(*SignalResponse)(nil),         // 7: rund.SignalResponse
+	(*ListRequest)(nil),            // 8: rund.ListRequest
+	(*JobList)(nil),                // 9: rund.JobList
+	(*wrapperspb.UInt32Value)(nil), // 10: google.protobuf.UInt32Value
+	(*wrapperspb.UInt64Value)(nil), // 11: google.protobuf.UInt64Value
+	(*durationpb.Duration)(nil),    // 12: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 13: google.protobuf.Timestamp
 }
 var file_rpc_proto_depIdxs = []int32{
-	8,  // 0: rund.JobStartRequest.max_cpu_bandwidth:type_name -> google.protobuf.UInt32Value
-	9,  // 1: rund.JobStartRequest.max_memory_usage:type_name -> google.protobuf.UInt64Value
-	9,  // 2: rund.JobStartRequest.max_rbps:type_name -> google.protobuf.UInt64Value
-	9,  // 3: rund.JobStartRequest.max_wbps:type_name -> google.protobuf.UInt64Value
-	9,  // 4: rund.JobStartRequest.max_riops:type_name -> google.protobuf.UInt64Value
-	9,  // 5: rund.JobStartRequest.max_wiops:type_name -> google.protobuf.UInt64Value
-	9,  // 6: rund.JobStartRequest.max_pids:type_name -> google.protobuf.UInt64Value
-	10, // 7: rund.JobStartRequest.stop_grace_period:type_name -> google.protobuf.Duration
-	8,  // 8: rund.JobStatus.exit_code:type_name -> google.protobuf.UInt32Value
-	10, // 9: rund.JobStatus.user_time:type_name -> google.protobuf.Duration
-	10, // 10: rund.JobStatus.system_time:type_name -> google.protobuf.Duration
+	10, // 0: rund.JobStartRequest.max_cpu_bandwidth:type_name -> google.protobuf.UInt32Value
+	11, // 1: rund.JobStartRequest.max_memory_usage:type_name -> google.protobuf.UInt64Value
+	11, // 2: rund.JobStartRequest.max_rbps:type_name -> google.protobuf.UInt64Value
+	11, // 3: rund.JobStartRequest.max_wbps:type_name -> google.protobuf.UInt64Value
+	11, // 4: rund.JobStartRequest.max_riops:type_name -> google.protobuf.UInt64Value
+	11, // 5: rund.JobStartRequest.max_wiops:type_name -> google.protobuf.UInt64Value
+	11, // 6: rund.JobStartRequest.max_pids:type_name -> google.protobuf.UInt64Value
+	12, // 7: rund.JobStartRequest.stop_grace_period:type_name -> google.protobuf.Duration
+	10, // 8: rund.JobStatus.exit_code:type_name -> google.protobuf.UInt32Value
+	12, // 9: rund.JobStatus.user_time:type_name -> google.protobuf.Duration
+	12, // 10: rund.JobStatus.system_time:type_name -> google.protobuf.Duration
 	0,  // 11: rund.JobStatus.state:type_name -> rund.JobStatus.State
-	8,  // 12: rund.JobStatus.signal:type_name -> google.protobuf.UInt32Value
-	11, // 13: rund.JobStatus.start_time:type_name -> google.protobuf.Timestamp
-	11, // 14: rund.JobStatus.end_time:type_name -> google.protobuf.Timestamp
+	10, // 12: rund.JobStatus.signal:type_name -> google.protobuf.UInt32Value
+	13, // 13: rund.JobStatus.start_time:type_name -> google.protobuf.Timestamp
+	13, // 14: rund.JobStatus.end_time:type_name -> google.protobuf.Timestamp
 	3,  // 15: rund.JobList.jobs:type_name -> rund.JobStatus
 	2,  // 16: rund.JobController.Start:input_type -> rund.JobStartRequest
 	1,  // 17: rund.JobController.Stop:input_type -> rund.JobIdentifier
 	1,  // 18: rund.JobController.Status:input_type -> rund.JobIdentifier
 	1,  // 19: rund.JobController.Log:input_type -> rund.JobIdentifier
-	6,  // 20: rund.JobController.List:input_type -> rund.ListRequest
+	8,  // 20: rund.JobController.List:input_type -> rund.ListRequest
 	5,  // 21: rund.JobController.ReadLog:input_type -> rund.LogRequest
-	1,  // 22: rund.JobController.Start:output_type -> rund.JobIdentifier
-	3,  // 23: rund.JobController.Stop:output_type -> rund.JobStatus
-	3,  // 24: rund.JobController.Status:output_type -> rund.JobStatus
-	4,  // 25: rund.JobController.Log:output_type -> rund.JobLog
-	7,  // 26: rund.JobController.List:output_type -> rund.JobList
-	4,  // 27: rund.JobController.ReadLog:output_type -> rund.JobLog
-	22, // [22:28] is the sub-list for method output_type
-	16, // [16:22] is the sub-list for method input_type
+	6,  // 22: rund.JobController.Signal:input_type -> rund.SignalRequest
+	1,  // 23: rund.JobController.Start:output_type -> rund.JobIdentifier
+	3,  // 24: rund.JobController.Stop:output_type -> rund.JobStatus
+	3,  // 25: rund.JobController.Status:output_type -> rund.JobStatus
+	4,  // 26: rund.JobController.Log:output_type -> rund.JobLog
+	9,  // 27: rund.JobController.List:output_type -> rund.JobList
+	4,  // 28: rund.JobController.ReadLog:output_type -> rund.JobLog
+	7,  // 29: rund.JobController.Signal:output_type -> rund.SignalResponse
+	23, // [23:30] is the sub-list for method output_type
+	16, // [16:23] is the sub-list for method input_type
 	16, // [16:16] is the sub-list for extension type_name
 	16, // [16:16] is the sub-list for extension extendee
 	0,  // [0:16] is the sub-list for field type_name
@@ -819,7 +916,7 @@ func file_rpc_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rpc_proto_rawDesc), len(file_rpc_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,7 @@ const (
 	JobController_Log_FullMethodName     = "/rund.JobController/Log"
 	JobController_List_FullMethodName    = "/rund.JobController/List"
 	JobController_ReadLog_FullMethodName = "/rund.JobController/ReadLog"
+	JobController_Signal_FullMethodName  = "/rund.JobController/Signal"
 )
 
 // JobControllerClient is the client API for JobController service.
@@ -46,8 +47,11 @@ type JobControllerClient interface {
 	// Extensions.
 	// List returns the caller's jobs, oldest first.
 	List(ctx context.Context, in *ListRequest, opts ...grpc.CallOption) (*JobList, error)
-	// ReadLog is Log with a start offset and an option not to follow.
+	// ReadLog is Log with a start offset and options not to follow, and to lose nothing.
 	ReadLog(ctx context.Context, in *LogRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[JobLog], error)
+	// Signal sends a signal to the job's command, through its init. Only the job's owner may; a job that
+	// has ended is FailedPrecondition.
+	Signal(ctx context.Context, in *SignalRequest, opts ...grpc.CallOption) (*SignalResponse, error)
 }
 
 type jobControllerClient struct {
@@ -136,6 +140,16 @@ func (c *jobControllerClient) ReadLog(ctx context.Context, in *LogRequest, opts 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type JobController_ReadLogClient = grpc.ServerStreamingClient[JobLog]
 
+func (c *jobControllerClient) Signal(ctx context.Context, in *SignalRequest, opts ...grpc.CallOption) (*SignalResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SignalResponse)
+	err := c.cc.Invoke(ctx, JobController_Signal_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // JobControllerServer is the server API for JobController service.
 // All implementations must embed UnimplementedJobControllerServer
 // for forward compatibility.
@@ -151,8 +165,11 @@ type JobControllerServer interface {
 	// Extensions.
 	// List returns the caller's jobs, oldest first.
 	List(context.Context, *ListRequest) (*JobList, error)
-	// ReadLog is Log with a start offset and an option not to follow.
+	// ReadLog is Log with a start offset and options not to follow, and to lose nothing.
 	ReadLog(*LogRequest, grpc.ServerStreamingServer[JobLog]) error
+	// Signal sends a signal to the job's command, through its init. Only the job's owner may; a job that
+	// has ended is FailedPrecondition.
+	Signal(context.Context, *SignalRequest) (*SignalResponse, error)
 	mustEmbedUnimplementedJobControllerServer()
 }
 
@@ -180,6 +197,9 @@ func (UnimplementedJobControllerServer) List(context.Context, *ListRequest) (*Jo
 }
 func (UnimplementedJobControllerServer) ReadLog(*LogRequest, grpc.ServerStreamingServer[JobLog]) error {
 	return status.Error(codes.Unimplemented, "method ReadLog not implemented")
+}
+func (UnimplementedJobControllerServer) Signal(context.Context, *SignalRequest) (*SignalResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Signal not implemented")
 }
 func (UnimplementedJobControllerServer) mustEmbedUnimplementedJobControllerServer() {}
 func (UnimplementedJobControllerServer) testEmbeddedByValue()                       {}
@@ -296,6 +316,24 @@ func _JobController_ReadLog_Handler(srv interface{}, stream grpc.ServerStream) e
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type JobController_ReadLogServer = grpc.ServerStreamingServer[JobLog]
 
+func _JobController_Signal_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SignalRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobControllerServer).Signal(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobController_Signal_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobControllerServer).Signal(ctx, req.(*SignalRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // JobController_ServiceDesc is the grpc.ServiceDesc for JobController service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -318,6 +356,10 @@ var JobController_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "List",
 			Handler:    _JobController_List_Handler,
+		},
+		{
+			MethodName: "Signal",
+			Handler:    _JobController_Signal_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
