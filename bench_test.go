@@ -156,8 +156,8 @@ func (s *benchRawServer) Status(_ context.Context, req *rpcpb.JobIdentifier) (*r
 // Log streams messages from memory until the client goes away, each with as many payload bytes as the
 // id says (benchSpecChunk if it says none); for the id "relay", see relayLog.
 func (s *benchRawServer) Log(req *rpcpb.JobIdentifier, stream grpc.ServerStreamingServer[rpcpb.JobLog]) error {
-	if req.GetUlid() == "relay" {
-		return relayLog(stream)
+	if argv, ok := benchRelays[req.GetUlid()]; ok {
+		return relayLog(stream, argv)
 	}
 	chunk := s.chunk[:benchSpecChunk]
 	if n, err := strconv.Atoi(req.GetUlid()); err == nil && n > 0 && n <= len(s.chunk) {
@@ -170,15 +170,22 @@ func (s *benchRawServer) Log(req *rpcpb.JobIdentifier, stream grpc.ServerStreami
 	}
 }
 
-// relayLog is a reference for following a live job with nothing in between: it runs yes (found as a
+// benchRelays are the commands relayLog runs, by the id a client asks for.
+var benchRelays = map[string][]string{
+	"relay":      {"yes"},
+	"relay-zero": {"head", "-c", "1000000000", "/dev/zero"},
+	"relay-seq":  {"seq", "1", "20000000"},
+}
+
+// relayLog is a reference for following a live job with nothing in between: it runs argv (found as a
 // job's command is) with its stdout on a pipe and sends each read of that pipe (at most benchFitChunk
-// bytes) as it comes, keeping nothing, until the client goes away.
-func relayLog(stream grpc.ServerStreamingServer[rpcpb.JobLog]) error {
-	path, err := lookPath("yes", "/", nil)
+// bytes) as it comes, keeping nothing, until the command's output ends or the client goes away.
+func relayLog(stream grpc.ServerStreamingServer[rpcpb.JobLog], argv []string) error {
+	path, err := lookPath(argv[0], "/", nil)
 	if err != nil {
-		return status.Errorf(codes.Internal, "relay: find yes: %v", err)
+		return status.Errorf(codes.Internal, "relay: find %s: %v", argv[0], err)
 	}
-	cmd := exec.Command(path)
+	cmd := exec.Command(path, argv[1:]...)
 	out, err := cmd.StdoutPipe()
 	if err == nil {
 		err = cmd.Start()
@@ -190,8 +197,11 @@ func relayLog(stream grpc.ServerStreamingServer[rpcpb.JobLog]) error {
 	buf := make([]byte, benchFitChunk)
 	for off := uint64(0); ; {
 		n, err := out.Read(buf)
+		if err == io.EOF {
+			return nil
+		}
 		if err != nil {
-			return status.Errorf(codes.Internal, "relay: read yes's stdout: %v", err)
+			return status.Errorf(codes.Internal, "relay: read %s's stdout: %v", argv[0], err)
 		}
 		if err := stream.Send(&rpcpb.JobLog{Offset: off, Stdout: buf[:n]}); err != nil {
 			return err
@@ -515,7 +525,7 @@ func benchRates(count func() int64, warm, w time.Duration, k int, tick func()) [
 // benchFollow opens a following log stream and counts the payload bytes (n) and messages (msgs) it
 // receives.
 func benchFollow(ctx context.Context, c rpcpb.JobControllerClient, id string, n, msgs *atomic.Int64) (<-chan error, error) {
-	stream, err := c.Log(ctx, &rpcpb.JobIdentifier{Ulid: id})
+	stream, err := c.ReadLog(ctx, &rpcpb.LogRequest{Ulid: id}) // lossy: the raw servers keep nothing either
 	if err != nil {
 		return nil, err
 	}
@@ -577,6 +587,7 @@ func TestBenchReport(t *testing.T) {
 			b.outputRate([]string{"yes"}, "yes")
 			b.outputRate([]string{"seq", "1", "1000000000000000"}, "seq")
 		}},
+		{"lossless", b.lossless},
 		{"idle", b.idleJobs},
 		{"heap", func() { t.Run("heap", b.heapPerJob) }},
 		{"size", func() { b.binarySize(sizeServer) }},
@@ -1099,7 +1110,7 @@ func (b *bench) outputRate(argv []string, label string) {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		if stalled { // attach, take one message, then never read again
-			stream, err := rc.Log(ctx, &rpcpb.JobIdentifier{Ulid: id.Ulid})
+			stream, err := rc.ReadLog(ctx, &rpcpb.LogRequest{Ulid: id.Ulid}) // lossy: never waited for
 			if err == nil {
 				_, err = stream.Recv()
 			}
@@ -1391,8 +1402,8 @@ const benchMethod = `
 - **Sustained starts**: two clients (two identities, two connections) call Start back to back for 3 s; the round
   ends when every job started has been cleaned up (its cgroup removed), and the rate is jobs over that time.
   Raw: two goroutines spawning, each spawn reaped and its cgroup removed by a goroutine of its own.
-- **Log streaming**: followers of a ` + "`yes`" + ` job from offset 0, each on its own connection, counting the payload
-  bytes received per window (a follower that falls behind skips what it lost, as rund promises). Raw: as many
+- **Log streaming**: lossy followers (ReadLog) of a ` + "`yes`" + ` job from offset 0, each on its own connection, counting
+  the payload bytes received per window (a follower that falls behind skips what it lost, as rund promises). Raw: as many
   streams of JobLog messages sent from memory, with an offset like rund's. The judged baseline uses 32,742-byte
   payloads, so that each message fits in 32 KiB; with the issue's 32,764-byte payloads (listed too) every
   message is a few bytes over 32 KiB, and grpc-go then marshals and receives it in a 1 MiB pooled buffer that it
@@ -1401,7 +1412,14 @@ const benchMethod = `
   after every window; CPU is each process's utime+stime over the windows, and the machine's idle time
   from /proc/stat.
 - **Output rate**: bytes per second the job's command itself writes (wchar in /proc/PID/io), with nobody reading
-  its log, and with one follower that took one message and then stopped reading. Baselines: the same command
+  its log, and with one lossy follower that took one message and then stopped reading.
+- **Lossless following**: the static ` + "`rund client run -v`" + `, run as a user runs it, of a command that writes as fast
+  as it can; its stdout is hashed here and checked against the same command's output on the host, and its rate is
+  the bytes over its wall time (start to exit). The job's own rate is the bytes over its run time from Status
+  (start to end). Raw: the relay server runs the same command on a pipe and sends each read as it comes to one
+  stream, read to its end and checked the same way. Rounds alternate. Stalled readers: a 200 MB ` + "`head -c`" + ` job
+  behind a gate, timed from the gate to its end (Status) with nobody reading, with 10 lossy readers that took one
+  message and stopped, and with those and one lossless one (the server's -lossless_timeout is 2 s). Baselines: the same command
   with stdout on /dev/null, and with stdout on a pipe that a Go loop drains with 64 KiB reads.
 - **Heap per idle job**: an in-process server (the test harness's), runtime.ReadMemStats after GC before and
   after starting 1,000 ` + "`sleep 3600`" + ` jobs, less what the jobs' rings have allocated (their data and segment

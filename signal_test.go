@@ -69,9 +69,7 @@ func TestSignal(t *testing.T) {
 // streaming until the job ends and exits with its code, having said on stderr which job it was.
 func TestRunForwardsCtrlC(t *testing.T) {
 	ts := startServer(t)
-	run := exec.Command(os.Args[0], "client", "run", "-addr", ts.addr, "-ca", ts.pki.file("ca.crt"),
-		"-cert", ts.pki.file("a.crt"), "-key", ts.pki.file("a.key"), "--",
-		"sh", "-c", `trap 'echo trapped; exit 7' INT; echo ready; while :; do sleep 0.05; done`)
+	run := clientRunCmd(ts, `trap 'echo trapped; exit 7' INT; echo ready; while :; do sleep 0.05; done`)
 	stdout, _ := run.StdoutPipe()
 	var stderr strings.Builder
 	run.Stderr = &stderr
@@ -97,9 +95,7 @@ func TestRunForwardsCtrlC(t *testing.T) {
 // command ignores SIGINT; run exits as the job did (SIGTERM: 143).
 func TestRunStopsOnSecondCtrlC(t *testing.T) {
 	ts := startServer(t)
-	run := exec.Command(os.Args[0], "client", "run", "-addr", ts.addr, "-ca", ts.pki.file("ca.crt"),
-		"-cert", ts.pki.file("a.crt"), "-key", ts.pki.file("a.key"), "--",
-		"sh", "-c", `trap '' INT; echo ready; while :; do sleep 0.05; done`)
+	run := clientRunCmd(ts, `trap '' INT; echo ready; while :; do sleep 0.05; done`)
 	stdout, _ := run.StdoutPipe()
 	stderr, _ := run.StderrPipe()
 	if err := run.Start(); err != nil {
@@ -134,4 +130,11 @@ func TestRunStopsOnSecondCtrlC(t *testing.T) {
 	if code := run.ProcessState.ExitCode(); code != 128+15 || !strings.Contains(strings.Join(said, "\n"), "stopping it") {
 		t.Errorf("run after two Ctrl-C: exit %d, stderr %q; want 143 and the job stopped", code, said)
 	}
+}
+
+// clientRunCmd is `rund client run -- sh -c script` as client a of ts, in a process of its own (this
+// test binary), so that signals can be sent to it.
+func clientRunCmd(ts *testServer, script string) *exec.Cmd {
+	return exec.Command(os.Args[0], "client", "run", "-addr", ts.addr, "-ca", ts.pki.file("ca.crt"),
+		"-cert", ts.pki.file("a.crt"), "-key", ts.pki.file("a.key"), "--", "sh", "-c", script)
 }
