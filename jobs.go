@@ -140,6 +140,7 @@ func (m *manager) register(j *job, owner []string) error {
 	if m.closing {
 		m.mu.Unlock()
 		j.proc.kill()
+		j.log.Close()       // no client will read it: the pumps must not wait for a hold_output
 		j.finish(func() {}) // start releases the reservation
 		return clientErr(errClosing, "server is shutting down")
 	}

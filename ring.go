@@ -117,10 +117,12 @@ func (r *ring) roomChanged() {
 
 // WaitRoom returns once a Write of need bytes (need <= capacity) would overwrite no byte that a hold
 // still needs, counting the oldest segment too, which a full segment deque gives up whole. It demotes
-// each hold that stands in the way and has not moved for patience, and returns at Close.
+// each hold that stands in the way and has not moved for patience while this writer waited (a reader
+// that had nothing to read while the job was quiet has not stalled), and returns at Close.
 func (r *ring) WaitRoom(need int, patience time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	began := time.Now()
 	for !r.closed && len(r.holds) > 0 {
 		keep := r.tail + int64(need) - int64(r.limit) // the first byte still held after the write
 		if r.segLen > 1 && r.segLen == r.limit/64 {
@@ -128,12 +130,16 @@ func (r *ring) WaitRoom(need int, patience time.Duration) {
 		}
 		var oldest time.Time
 		for h := range r.holds {
+			since := h.progress
+			if since.Before(began) {
+				since = began
+			}
 			switch {
 			case h.off >= keep:
-			case time.Since(h.progress) >= patience:
+			case time.Since(since) >= patience:
 				delete(r.holds, h)
-			case oldest.IsZero() || h.progress.Before(oldest):
-				oldest = h.progress
+			case oldest.IsZero() || since.Before(oldest):
+				oldest = since
 			}
 		}
 		if oldest.IsZero() {

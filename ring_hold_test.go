@@ -131,6 +131,24 @@ func TestHoldIsDemoted(t *testing.T) {
 	r.mu.Unlock()
 }
 
+// TestQuietReaderIsNotDemoted: a lossless reader that had nothing to read for long (the job was quiet)
+// gets the full patience once the job writes faster than it reads.
+func TestQuietReaderIsNotDemoted(t *testing.T) {
+	r := newRing(maxChunk)
+	h := r.Hold(0)
+	defer h.Release()
+	r.mu.Lock()
+	h.progress = time.Now().Add(-time.Hour) // caught up, and idle for an hour
+	r.mu.Unlock()
+	r.Write(stdoutStream, make([]byte, maxChunk))
+	done := waitRoomAsync(r, 1000, time.Hour)
+	if !blocked(done) {
+		t.Fatal("WaitRoom demoted a reader that had been idle only while there was nothing to read")
+	}
+	h.Read(context.Background(), 1000, make([]byte, 10), false)
+	mustReturn(t, done, "the quiet reader read")
+}
+
 // TestHoldWithFullSegmentDeque: with alternating one-byte writes the segment deque fills before the
 // bytes do, and a full deque gives up its oldest segment whole; WaitRoom counts that too.
 func TestHoldWithFullSegmentDeque(t *testing.T) {
