@@ -13,7 +13,10 @@ package main
 import (
 	"context"
 	"crypto/x509"
+	"net"
+	"net/url"
 	"slices"
+	"strings"
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
@@ -33,22 +36,60 @@ func callerIdentity(ctx context.Context) ([]string, error) {
 	return certIdentity(info.State.VerifiedChains[0][0]), nil
 }
 
-// certIdentity lists a certificate's SANs as "dns:", "ip:", "email:" and "uri:" names.
+// certIdentity lists a certificate's SANs as "dns:", "ip:", "email:" and "uri:" names, each in the
+// canonical form of canonicalSAN, so that two spellings of one name are one identity.
 func certIdentity(c *x509.Certificate) []string {
 	var ids []string
 	for _, n := range c.DNSNames {
-		ids = append(ids, "dns:"+n)
+		ids = append(ids, "dns:"+canonicalSAN("dns", n))
 	}
 	for _, ip := range c.IPAddresses {
-		ids = append(ids, "ip:"+ip.String())
+		ids = append(ids, "ip:"+canonicalSAN("ip", ip.String()))
 	}
 	for _, e := range c.EmailAddresses {
-		ids = append(ids, "email:"+e)
+		ids = append(ids, "email:"+canonicalSAN("email", e))
 	}
 	for _, u := range c.URIs {
-		ids = append(ids, "uri:"+u.String())
+		ids = append(ids, "uri:"+canonicalSAN("uri", u.String()))
 	}
 	return ids
+}
+
+// canonicalSAN is the one spelling of a name of kind "dns", "ip", "email" or "uri". DNS names compare
+// case-insensitively (RFC 4343), with the root's trailing dot dropped; so do an email address's domain,
+// but not its local part, which is the mailbox's own (RFC 5321 2.4). An IP is written as net.IP writes
+// it (RFC 5952 for IPv6; an IPv4-mapped address as IPv4); a URI as net/url parses and writes it. A
+// value that does not parse is kept as it is: it can then match only itself.
+func canonicalSAN(kind, v string) string {
+	switch kind {
+	case "dns":
+		return strings.TrimSuffix(asciiLower(v), ".")
+	case "email":
+		if at := strings.LastIndexByte(v, '@'); at >= 0 {
+			return v[:at+1] + canonicalSAN("dns", v[at+1:])
+		}
+	case "ip":
+		if ip := net.ParseIP(v); ip != nil {
+			return ip.String()
+		}
+	case "uri":
+		if u, err := url.Parse(v); err == nil {
+			return u.String()
+		}
+	}
+	return v
+}
+
+// asciiLower lowers the bytes A-Z and leaves every other byte as it is: DNS case-insensitivity is
+// ASCII's (RFC 4343), and no two different names may come out the same.
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }
 
 // sharesIdentity reports whether the caller shares at least one name with the owner.

@@ -318,3 +318,66 @@ func TestSharesIdentity(t *testing.T) {
 		})
 	}
 }
+
+// TestCanonicalSAN: pairs of spellings that name one identity, and pairs that must stay two.
+func TestCanonicalSAN(t *testing.T) {
+	for _, tc := range []struct {
+		kind, a, b string
+		same       bool
+	}{
+		{"dns", "ALICE", "alice", true},
+		{"dns", "Host.Example.ORG.", "host.example.org", true},
+		{"dns", "host.example.org..", "host.example.org", false}, // only the root's one dot
+		{"dns", "alice", "alicf", false},
+		{"dns", "a\xc3\x84", "a\xc3\xa4", false}, // non-ASCII case is not folded
+		{"dns", "a\xff", "a\xfe", false},         // nor are invalid bytes merged
+		{"email", "Bob@Example.ORG", "Bob@example.org.", true},
+		{"email", "Bob@example.org", "bob@example.org", false}, // the mailbox is the server's to fold
+		{"email", "a@b@C", "a@b@c", true},                      // the domain is after the last @
+		{"ip", "::ffff:10.0.0.1", "10.0.0.1", true},
+		{"ip", "2001:DB8:0:0:0:0:0:1", "2001:db8::1", true},
+		{"ip", "10.0.0.1", "10.0.0.2", false},
+		{"ip", "not an ip", "not an ip", true},
+		{"uri", "SPIFFE://example.org/a", "spiffe://example.org/a", true},
+		{"uri", "spiffe://example.org/a", "spiffe://example.org/A", false},
+	} {
+		ca, cb := canonicalSAN(tc.kind, tc.a), canonicalSAN(tc.kind, tc.b)
+		if (ca == cb) != tc.same {
+			t.Errorf("%s %q -> %q and %q -> %q: same = %v, want %v", tc.kind, tc.a, ca, tc.b, cb, ca == cb, tc.same)
+		}
+	}
+	// Through certificates: ALICE and alice. are one identity.
+	if !sharesIdentity(certIdentity(&x509.Certificate{DNSNames: []string{"ALICE"}}),
+		certIdentity(&x509.Certificate{DNSNames: []string{"alice."}})) {
+		t.Error("ALICE and alice. are two identities")
+	}
+}
+
+// FuzzCanonicalSAN: canonical forms are fixed points, never collapse names that differ other than by
+// what the rules fold, and never panic.
+func FuzzCanonicalSAN(f *testing.F) {
+	for _, s := range []string{"ALICE.", "a@B.C", "::ffff:1.2.3.4", "HTTP://x/%41", "\xff", ""} {
+		f.Add(s, s)
+	}
+	f.Fuzz(func(t *testing.T, a, b string) {
+		for _, kind := range []string{"dns", "email", "ip", "uri"} {
+			ca := canonicalSAN(kind, a)
+			if again := canonicalSAN(kind, ca); again != ca {
+				t.Fatalf("%s %q -> %q -> %q: not a fixed point", kind, a, ca, again)
+			}
+			if kind == "dns" && ca == canonicalSAN(kind, b) &&
+				strings.TrimSuffix(strings.ToLower(a), ".") != strings.TrimSuffix(strings.ToLower(b), ".") && asciiOnly(a+b) {
+				t.Fatalf("dns %q and %q are one identity", a, b)
+			}
+		}
+	})
+}
+
+func asciiOnly(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
