@@ -197,7 +197,7 @@ func serveInProcess(tb testing.TB, prefix string, opts ...serverOpt) (ts *testSe
 	requireRoot(tb)
 	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
 	c := serveConfig{ringSize: 1 << 20, retainJobs: 1000, retainFor: time.Hour, maxJobs: 1000,
-		maxJobsPerClient: 1000, maxStreamsPerClient: 1000, spareInits: 2, losslessTimeout: 30 * time.Second,
+		maxJobsPerClient: 1000, maxStreamsPerClient: 1000, spareInits: 2, losslessTimeout: 30 * time.Second, outputBudget: 1 << 30,
 		cgroupParent: filepath.Join(mount, fmt.Sprintf("%s-%d-%s", prefix, os.Getpid(), sanitize(tb.Name())))}
 	for _, o := range opts {
 		o(&c)

@@ -57,8 +57,8 @@ type job struct {
 }
 
 // begin starts the job's command in sb, with the spec's limits on its cgroup and a ring of
-// cfg.ringSize. On error sb is discarded.
-func begin(sb *sandbox, owner []string, spec *jobSpec, cg *cgroupFS, cfg jobsConfig) (*job, error) {
+// cfg.ringSize within the server's output budget. On error sb is discarded.
+func begin(sb *sandbox, owner []string, spec *jobSpec, cg *cgroupFS, cfg jobsConfig, b *budget) (*job, error) {
 	if err := cg.writeLimits(sb.cg.jobDir(), spec.lim); err != nil {
 		sb.discard()
 		return nil, fmt.Errorf("prepare job cgroup: %w", err)
@@ -66,6 +66,7 @@ func begin(sb *sandbox, owner []string, spec *jobSpec, cg *cgroupFS, cfg jobsCon
 	j := &job{id: sb.id, owner: owner, command: statusCommand(spec.argv), grace: spec.grace,
 		started: time.Now(), cg: sb.cg, proc: sb.proc, outputs: sb.outputs, log: newRing(cfg.ringSize),
 		patience: cfg.losslessTimeout, done: make(chan struct{}), gone: make(chan struct{})}
+	j.log.budget = b
 	if spec.holdOutput {
 		j.startHold = j.log.Hold(0) // before the command can write its first byte
 	}
@@ -79,9 +80,12 @@ func begin(sb *sandbox, owner []string, spec *jobSpec, cg *cgroupFS, cfg jobsCon
 	return j, nil
 }
 
-// pumpBufs lends the pumps their read buffers. The 64 KiB reads match the default pipe capacity
-// (pipe(7)), so a job writing flat out needs few wakeups.
-var pumpBufs = sync.Pool{New: func() any { return new([64 << 10]byte) }}
+// maxPumpRead is the most a pump reads, and so adds to the ring, at once. It matches the default pipe
+// capacity (pipe(7)), so a job writing flat out needs few wakeups.
+const maxPumpRead = 64 << 10
+
+// pumpBufs lends the pumps their read buffers.
+var pumpBufs = sync.Pool{New: func() any { return new([maxPumpRead]byte) }}
 
 // pump copies one output pipe into the ring until every writer is gone. It waits for the pipe through
 // the runtime poller and holds a buffer only while it reads: an idle job's pumps hold no buffer and
@@ -93,14 +97,14 @@ func (j *job) pump(s stream, f *os.File) {
 	if err != nil {
 		return
 	}
-	size := min(64<<10, j.log.limit) // what one read may add to the ring
+	size := min(maxPumpRead, j.log.capacity) // what one read may add to the ring: never more than it holds
 	for {
 		// A lossless reader that has not read what this read could overwrite keeps the job waiting in
 		// write(2), its pipe full, until it reads, goes, or is demoted.
 		j.log.WaitRoom(size, j.patience)
 		n, rerr := 0, error(nil)
 		err := rc.Read(func(fd uintptr) bool {
-			buf := pumpBufs.Get().(*[64 << 10]byte)
+			buf := pumpBufs.Get().(*[maxPumpRead]byte)
 			defer pumpBufs.Put(buf)
 			if n, rerr = syscall.Read(int(fd), buf[:size]); rerr == syscall.EAGAIN {
 				return false // wait until the pipe is readable

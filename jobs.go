@@ -7,7 +7,8 @@ package main
 // Goroutines: one watcher per registered job (start), which runs the job's finish and then evicts old
 // records; it ends once the job is gone, and shutdown waits for every one (m.watchers).
 //
-// Lock order: manager.mu before job.mu. manager.mu is never held while a job is started or stopped.
+// Lock order: manager.mu before job.mu, a ring's mu and budget.mu. manager.mu is never held while a job
+// is started or stopped.
 
 import (
 	"context"
@@ -31,13 +32,15 @@ type jobsConfig struct {
 	spareInits       int           // sandboxes kept ready ahead of Starts
 	jobUser          *jobUser      // run commands as this uid:gid; nil: as root
 	losslessTimeout  time.Duration // a lossless reader that reads nothing this long is demoted
+	outputBudget     int64         // bytes all rings may hold together (budget.go)
 }
 
 // manager is the job table.
 type manager struct {
-	cg   *cgroupFS
-	cfg  jobsConfig
-	pool *pool
+	cg     *cgroupFS
+	cfg    jobsConfig
+	pool   *pool
+	budget *budget
 
 	mu       sync.Mutex // guards jobs, running, live and closing
 	jobs     map[string]*job
@@ -48,8 +51,8 @@ type manager struct {
 }
 
 func newManager(cg *cgroupFS, cfg jobsConfig) *manager {
-	return &manager{cg: cg, cfg: cfg, pool: newPool(cg, cfg.spareInits), jobs: map[string]*job{},
-		running: map[string]int{}}
+	return &manager{cg: cg, cfg: cfg, pool: newPool(cg, cfg.spareInits), budget: &budget{max: cfg.outputBudget},
+		jobs: map[string]*job{}, running: map[string]int{}}
 }
 
 // identityKey names one client certificate's set of SANs, for per-client bounds: sorted, and quoted so
@@ -120,7 +123,7 @@ func (m *manager) startInSandbox(owner []string, spec *jobSpec) (*job, error) {
 		id := "?"
 		if err == nil {
 			id = sb.id
-			j, err = begin(sb, owner, spec, m.cg, m.cfg)
+			j, err = begin(sb, owner, spec, m.cg, m.cfg, m.budget)
 		}
 		var ce *clientError // the command's own failure: another sandbox would fail it the same way
 		if err == nil || !spare || attempt > 0 || errors.As(err, &ce) {
@@ -205,6 +208,7 @@ func (m *manager) evict() {
 		k := identityKey(r.j.owner)
 		if kept[k]++; kept[k] > m.cfg.retainJobs || r.ended.Before(cutoff) {
 			delete(m.jobs, r.j.id)
+			r.j.log.Forget()
 		}
 	}
 }

@@ -59,6 +59,7 @@ type serveConfig struct {
 	spareInits          int      // job sandboxes kept ready ahead of Starts
 	jobUser             *jobUser // run commands as this uid:gid; nil: as root
 	losslessTimeout     time.Duration
+	outputBudget        int64 // bytes all jobs' output may take together
 }
 
 func runServe(args []string) int {
@@ -77,6 +78,8 @@ func runServe(args []string) int {
 	fs.IntVar(&c.maxJobsPerClient, "max_jobs_per_client", 100, "live jobs one client identity runs at most")
 	fs.IntVar(&c.maxStreamsPerClient, "max_streams_per_client", 100, "concurrent log streams per client identity")
 	fs.IntVar(&c.spareInits, "spare_inits", 2, "job inits started ahead of the Starts that will use them; 0 for none")
+	fs.Int64Var(&c.outputBudget, "output_budget", min(256<<20, int64(physicalMemory()/8)),
+		"bytes of output all jobs' rings may hold together; finished jobs' output goes first (default min(256 MiB, RAM/8))")
 	fs.DurationVar(&c.losslessTimeout, "lossless_timeout", 30*time.Second,
 		"a lossless log reader (rund client run and log) that reads nothing this long no longer holds its job back")
 	fs.Func("job_user", "run job commands as UID:GID, with no_new_privs and no capabilities (default: root)",
@@ -89,6 +92,10 @@ func runServe(args []string) int {
 	}
 	if c.ringSize < maxChunk {
 		log.Printf("rund serve: -log_buffer must be at least %d bytes", maxChunk)
+		return 2
+	}
+	if c.outputBudget < int64(c.ringSize) {
+		log.Printf("rund serve: -output_budget must be at least -log_buffer")
 		return 2
 	}
 	if c.losslessTimeout <= 0 {
@@ -131,8 +138,8 @@ func serve(c serveConfig) error {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
-	log.Printf("rund serving on %s; jobs in %s; controllers %v; io devices %v",
-		lis.Addr(), cg.parent, slices.Sorted(maps.Keys(cg.available)), cg.ioDevices)
+	log.Printf("rund serving on %s; jobs in %s; controllers %v; io devices %v; output budget %d MiB",
+		lis.Addr(), cg.parent, slices.Sorted(maps.Keys(cg.available)), cg.ioDevices, c.outputBudget>>20)
 	for stop := false; !stop; {
 		select {
 		case err = <-served:

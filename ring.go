@@ -52,18 +52,22 @@ type segment struct {
 // the oldest segment is evicted whole, so fewer than capacity bytes are then
 // held (at least capacity/64 of them, the newest).
 type ring struct {
-	mu      sync.Mutex     // guards every field below; data's contents too
-	data    []byte         // mu: grows up to limit bytes
-	limit   int            // capacity
-	head    int64          // mu: oldest offset held
-	tail    int64          // mu: next offset to be written (= total bytes written)
-	segs    []segment      // mu: circular deque storage, grows up to limit/64
-	segHead int            // mu: index in segs of the oldest segment
-	segLen  int            // mu: number of segments in use; its first starts <= head
-	closed  bool           // mu: Close was called
-	wake    chan struct{}  // mu: nil unless a reader waits; closed (and reset to nil) by Write and Close
-	holds   map[*hold]bool // mu: the lossless readers attached
-	room    chan struct{}  // mu: nil unless WaitRoom waits; closed (and reset to nil) when a hold moves or goes
+	mu       sync.Mutex     // guards every field below; data's contents too
+	data     []byte         // mu: grows up to limit bytes
+	capacity int            // as made; read-only
+	limit    int            // mu: capacity, lowered to len(data) when the budget gives no more
+	budget   *budget        // the server's output budget; nil: none. Set before first use
+	segMax   int            // mu: most segments: limit/64, or what the deque had when the budget refused
+	gone     bool           // mu: the budget took the bytes of this finished ring (giveUp)
+	head     int64          // mu: oldest offset held
+	tail     int64          // mu: next offset to be written (= total bytes written)
+	segs     []segment      // mu: circular deque storage, grows up to segMax
+	segHead  int            // mu: index in segs of the oldest segment
+	segLen   int            // mu: number of segments in use; its first starts <= head
+	closed   bool           // mu: Close was called
+	wake     chan struct{}  // mu: nil unless a reader waits; closed (and reset to nil) by Write and Close
+	holds    map[*hold]bool // mu: the lossless readers attached
+	room     chan struct{}  // mu: nil unless WaitRoom waits; closed (and reset to nil) when a hold moves or goes
 }
 
 // hold is a lossless reader's claim on the ring: while it is attached, WaitRoom does not let the writer
@@ -125,7 +129,7 @@ func (r *ring) WaitRoom(need int, patience time.Duration) {
 	began := time.Now()
 	for !r.closed && len(r.holds) > 0 {
 		keep := r.tail + int64(need) - int64(r.limit) // the first byte still held after the write
-		if r.segLen > 1 && r.segLen == r.limit/64 {
+		if r.segLen > 1 && r.segLen == r.segMax {
 			keep = max(keep, r.seg(1).start)
 		}
 		var oldest time.Time
@@ -165,20 +169,38 @@ func newRing(capacity int) *ring {
 	if capacity < maxChunk {
 		panic(fmt.Sprintf("ring: capacity %d < maxChunk %d", capacity, maxChunk))
 	}
-	return &ring{limit: capacity}
+	return &ring{capacity: capacity, limit: capacity, segMax: capacity / 64}
 }
 
-// grow enlarges data to hold need bytes, doubling, at most limit. Caller holds mu and
+// grow enlarges data to hold need bytes, doubling, at most limit, as far as the budget allows; if it
+// allows nothing, the ring keeps at least its floor and wraps at what it has. Caller holds mu and
 // len(data) < limit, so nothing has wrapped yet.
 func (r *ring) grow(need int64) {
-	data := make([]byte, min(max(int64(2*len(r.data)), need, 4<<10), int64(r.limit)))
+	size := min(max(int64(2*len(r.data)), need, 4<<10), int64(r.limit))
+	if !r.budget.take(size-int64(len(r.data)), false) {
+		floor := int64(min(maxPumpRead, r.capacity))
+		if int64(len(r.data)) >= floor {
+			r.limit = len(r.data)
+			return
+		}
+		size = floor
+		r.budget.take(size-int64(len(r.data)), true)
+		r.limit = int(size)
+	}
+	data := make([]byte, size)
 	copy(data, r.data)
 	r.data = data
 }
 
-// growSegs doubles the segment deque, at most limit/64 entries. Caller holds mu.
+// growSegs doubles the segment deque, at most segMax entries, as far as the budget allows (the first 16
+// always). Caller holds mu.
 func (r *ring) growSegs() {
-	segs := make([]segment, min(max(2*len(r.segs), 16), r.limit/64))
+	n := min(max(2*len(r.segs), 16), r.segMax)
+	if !r.budget.take(int64(n-len(r.segs))*segmentSize, len(r.segs) == 0) {
+		r.segMax = len(r.segs)
+		return
+	}
+	segs := make([]segment, n)
 	for i := range r.segLen {
 		segs[i] = *r.seg(i)
 	}
@@ -214,9 +236,10 @@ func (r *ring) Write(s stream, p []byte) {
 		return
 	}
 	if r.segLen == 0 || r.seg(r.segLen-1).s != s {
-		if r.segLen == len(r.segs) && len(r.segs) < r.limit/64 {
+		if r.segLen == len(r.segs) && len(r.segs) < r.segMax {
 			r.growSegs()
-		} else if r.segLen == len(r.segs) { // deque full: evict the oldest segment whole
+		}
+		if r.segLen == len(r.segs) { // deque full: evict the oldest segment whole
 			r.popSeg()
 			r.head = max(r.head, r.seg(0).start)
 		}
@@ -244,16 +267,48 @@ func (r *ring) Write(s stream, p []byte) {
 // Close marks the end of output: readers drain what is held, then get io.EOF.
 // It is idempotent. It also shrinks the ring to the bytes it holds, since a
 // finished job keeps its log until it is evicted and must not keep a mostly
-// empty buffer meanwhile.
+// empty buffer meanwhile, and offers the ring to the budget to give up.
 func (r *ring) Close() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !r.closed {
+		before := r.allocated()
 		r.shrink()
+		r.budget.release(before - r.allocated())
+		r.budget.closed(r)
 	}
 	r.closed = true
 	r.broadcast()
 	r.roomChanged()
+}
+
+// segmentSize is the bytes one segment takes in the deque.
+const segmentSize = 16
+
+// allocated is the bytes the ring holds for the budget. Caller holds mu.
+func (r *ring) allocated() int64 { return int64(len(r.data)) + int64(len(r.segs))*segmentSize }
+
+// giveUp lets the budget have a finished ring's bytes: readers are told they are lost, and the status
+// of its job stays. Unless force, a ring that a lossless reader still holds is kept (false).
+func (r *ring) giveUp(force bool) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !force && len(r.holds) > 0 {
+		return false
+	}
+	if !r.gone {
+		r.gone = true
+		r.budget.release(r.allocated()) // the 1-byte data left below is not counted
+		r.head = r.tail
+		r.data, r.segs, r.segHead, r.segLen = make([]byte, 1), nil, 0, 0
+	}
+	return true
+}
+
+// Forget gives up a finished ring whose job is no longer kept.
+func (r *ring) Forget() {
+	r.budget.forget(r)
+	r.giveUp(true)
 }
 
 // shrink reallocates data and segs to what is held, keeping every offset's

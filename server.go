@@ -32,7 +32,7 @@ import (
 func coreConfig(c serveConfig) jobsConfig {
 	return jobsConfig{ringSize: c.ringSize, retainJobs: c.retainJobs, retainFor: c.retainFor, maxJobs: c.maxJobs,
 		maxJobsPerClient: c.maxJobsPerClient, spareInits: c.spareInits, jobUser: c.jobUser,
-		losslessTimeout: c.losslessTimeout}
+		losslessTimeout: c.losslessTimeout, outputBudget: c.outputBudget}
 }
 
 // newGRPCServer serves the job API over mutual TLS. Requests are small (see validate's bounds), so

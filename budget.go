@@ -1,0 +1,99 @@
+package main
+
+// budget.go owns the server-wide memory budget for job output: what every ring holds, live and
+// finished (its data and its segment deque), adds up to at most max. When a ring would grow past it,
+// finished jobs' rings are given up first, oldest first: their status stays, and a reader is told the
+// bytes are lost. Once none is left, a live ring stops growing and wraps at what it has. Each live ring
+// may always take a floor (one pump read, or its whole capacity if smaller), so the budget can be
+// overdrawn by at most that floor per live job.
+//
+// Lock order: a ring's mu before budget.mu. budget.mu is held with no ring's mu taken after it; a live
+// ring (growing, under its own mu) takes a finished ring's mu to give it up, never the reverse.
+
+import (
+	"log"
+	"sync"
+)
+
+type budget struct {
+	max int64 // bytes; read-only
+
+	mu       sync.Mutex // guards the fields below
+	used     int64      // bytes the rings hold
+	finished []*ring    // closed rings that may be given up, oldest first
+	filled   bool       // the budget has been full once (logged)
+}
+
+// take accounts n more bytes for a live ring, giving up finished rings as needed. With force it always
+// succeeds (a ring's floor). A nil budget has no bound.
+func (b *budget) take(n int64, force bool) bool {
+	if b == nil || n <= 0 {
+		return true
+	}
+	for kept := 0; ; {
+		b.mu.Lock()
+		if force || b.used+n <= b.max {
+			b.used += n
+			b.mu.Unlock()
+			return true
+		}
+		b.fillOnce()
+		if len(b.finished) == kept {
+			b.mu.Unlock()
+			return false
+		}
+		victim := b.finished[0]
+		b.finished = b.finished[1:]
+		b.mu.Unlock()
+		if !victim.giveUp(false) { // a lossless reader still reads it: keep it, try the next
+			b.mu.Lock()
+			b.finished = append(b.finished, victim)
+			b.mu.Unlock()
+			kept++
+		}
+	}
+}
+
+// fillOnce logs the first time the budget is full. Caller holds b.mu.
+func (b *budget) fillOnce() {
+	if !b.filled {
+		b.filled = true
+		log.Printf("output budget of %d MiB is full: finished jobs' output is given up, oldest first, "+
+			"then live jobs' rings stop growing (-output_budget)", b.max>>20)
+	}
+}
+
+// release returns n bytes to the budget.
+func (b *budget) release(n int64) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	b.used -= n
+	b.mu.Unlock()
+}
+
+// closed records that r's job ended: r may be given up from now on.
+func (b *budget) closed(r *ring) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	b.finished = append(b.finished, r)
+	b.mu.Unlock()
+}
+
+// forget drops r from the finished rings (its job's record is gone).
+func (b *budget) forget(r *ring) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i, f := range b.finished {
+		if f == r {
+			b.finished = append(b.finished[:i], b.finished[i+1:]...)
+			return
+		}
+	}
+}
