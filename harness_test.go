@@ -198,6 +198,7 @@ func serveInProcess(tb testing.TB, prefix string, opts ...serverOpt) (ts *testSe
 	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
 	c := serveConfig{ringSize: 1 << 20, retainJobs: 1000, retainFor: time.Hour, maxJobs: 1000,
 		maxJobsPerClient: 1000, maxStreamsPerClient: 1000, spareInits: 2, losslessTimeout: 30 * time.Second, outputBudget: 1 << 30,
+		conns:        connBounds{maxConns: 100000, maxPending: 100000, maxPendingPerIP: 100000, maxInflight: 100000, maxInflightPerClient: 100000},
 		cgroupParent: filepath.Join(mount, fmt.Sprintf("%s-%d-%s", prefix, os.Getpid(), sanitize(tb.Name())))}
 	for _, o := range opts {
 		o(&c)
@@ -216,7 +217,8 @@ func serveInProcess(tb testing.TB, prefix string, opts ...serverOpt) (ts *testSe
 		tb.Fatal(err)
 	}
 	ts.addr = lis.Addr().String()
-	srv := newGRPCServer(tlsCfg, ts.m, c.maxStreamsPerClient)
+	srv := newGRPCServer(tlsCfg, ts.m, c)
+	lis = newConnLimiter(lis, c.conns)
 	served := make(chan struct{})
 	go func() { srv.Serve(lis); close(served) }()
 	return ts, func() {

@@ -60,6 +60,7 @@ type serveConfig struct {
 	jobUser             *jobUser // run commands as this uid:gid; nil: as root
 	losslessTimeout     time.Duration
 	outputBudget        int64 // bytes all jobs' output may take together
+	conns               connBounds
 }
 
 func runServe(args []string) int {
@@ -80,6 +81,11 @@ func runServe(args []string) int {
 	fs.IntVar(&c.spareInits, "spare_inits", 2, "job inits started ahead of the Starts that will use them; 0 for none")
 	fs.Int64Var(&c.outputBudget, "output_budget", min(256<<20, int64(physicalMemory()/8)),
 		"bytes of output all jobs' rings may hold together; finished jobs' output goes first (default min(256 MiB, RAM/8))")
+	fs.IntVar(&c.conns.maxConns, "max_conns", 1000, "open connections at most (lowered to keep fds for jobs)")
+	fs.IntVar(&c.conns.maxPending, "max_pending_conns", 64, "connections in their TLS handshake at most, in all")
+	fs.IntVar(&c.conns.maxPendingPerIP, "max_pending_conns_per_ip", 8, "connections in their TLS handshake at most, per source address")
+	fs.IntVar(&c.conns.maxInflight, "max_requests", 1024, "requests in flight at most, in all (a log stream counts while it is open)")
+	fs.IntVar(&c.conns.maxInflightPerClient, "max_requests_per_client", 128, "requests in flight at most, per client identity")
 	fs.DurationVar(&c.losslessTimeout, "lossless_timeout", 30*time.Second,
 		"a lossless log reader (rund client run and log) that reads nothing this long no longer holds its job back")
 	fs.Func("job_user", "run job commands as UID:GID, with no_new_privs and no capabilities (default: root)",
@@ -131,8 +137,10 @@ func serve(c serveConfig) error {
 	if err != nil {
 		return err
 	}
+	c.conns.maxConns = fdBoundConns(c)
+	lis = newConnLimiter(lis, c.conns)
 	m := newManager(cg, coreConfig(c))
-	srv := newGRPCServer(certs.config(), m, c.maxStreamsPerClient)
+	srv := newGRPCServer(certs.config(), m, c)
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
@@ -164,6 +172,23 @@ func serve(c serveConfig) error {
 		srv.Stop()
 	}
 	return err
+}
+
+// fdBoundConns is -max_conns, lowered if need be so that connections cannot take the fds that jobs
+// need: each live job or spare holds four (its output pipes, its init's two), a starting one a few
+// more for a moment, and the server a few hundred of its own. Go raises the soft RLIMIT_NOFILE to the
+// hard one at start (os package, Go 1.19).
+func fdBoundConns(c serveConfig) int {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		return c.conns.maxConns
+	}
+	room := int(min(l.Cur, 1<<30)) - 256 - 4*(c.maxJobs+c.spareInits)
+	if room < c.conns.maxConns {
+		log.Printf("-max_conns %d lowered to %d: RLIMIT_NOFILE is %d and jobs need theirs", c.conns.maxConns, max(room, 16), l.Cur)
+		return max(room, 16)
+	}
+	return c.conns.maxConns
 }
 
 func runCerts(args []string) int {

@@ -35,12 +35,14 @@ func coreConfig(c serveConfig) jobsConfig {
 		losslessTimeout: c.losslessTimeout, outputBudget: c.outputBudget}
 }
 
-// newGRPCServer serves the job API over mutual TLS. Requests are small (see validate's bounds), so
-// anything over 1 MiB is refused by grpc-go with ResourceExhausted before it reaches a handler. Every
-// handler's error goes through publicError.
-func newGRPCServer(tlsCfg *tls.Config, m *manager, maxStreams int) *grpc.Server {
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), grpc.MaxRecvMsgSize(1<<20),
-		grpc.MaxConcurrentStreams(256), grpc.ConnectionTimeout(10*time.Second),
+// newGRPCServer serves the job API over mutual TLS, within the bounds of conns.go: a connection has 5 s
+// for its handshake, and its requests are counted from their headers. Requests are small (see
+// validate's bounds), so anything over 1 MiB is refused by grpc-go with ResourceExhausted before it
+// reaches a handler. Every handler's error goes through publicError.
+func newGRPCServer(tlsCfg *tls.Config, m *manager, c serveConfig) *grpc.Server {
+	f := &inflight{b: c.conns, byClient: map[string]int{}}
+	srv := grpc.NewServer(grpc.Creds(boundedCreds{credentials.NewTLS(tlsCfg)}), grpc.MaxRecvMsgSize(1<<20),
+		grpc.MaxConcurrentStreams(256), grpc.ConnectionTimeout(5*time.Second), grpc.InTapHandle(f.tap),
 		grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			resp, err := h(ctx, req)
 			return resp, publicError(info.FullMethod, err)
@@ -48,7 +50,7 @@ func newGRPCServer(tlsCfg *tls.Config, m *manager, maxStreams int) *grpc.Server 
 		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 			return publicError(info.FullMethod, h(srv, ss))
 		}))
-	rpcpb.RegisterJobControllerServer(srv, &server{m: m, maxStreams: maxStreams, streams: map[string]int{}})
+	rpcpb.RegisterJobControllerServer(srv, &server{m: m, maxStreams: c.maxStreamsPerClient, streams: map[string]int{}})
 	return srv
 }
 

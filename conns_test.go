@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"rund/rpcpb"
+)
+
+// TestHandshakeBounds: peers that open TCP connections and never send a ClientHello get at most
+// max_pending_conns_per_ip of them held (the rest are closed at once), and lose those after the
+// handshake deadline; a client from another address is served meanwhile.
+func TestHandshakeBounds(t *testing.T) {
+	ts := startServer(t, func(c *serveConfig) { c.conns.maxPendingPerIP, c.conns.maxPending = 4, 6 })
+	a := ts.dialAs(t, "a") // 127.0.0.1
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	var idle []net.Conn
+	for range 10 {
+		c, err := d.Dial("tcp", ts.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		idle = append(idle, c)
+	}
+	closedAtOnce, held := 0, 0
+	for _, c := range idle {
+		c.SetReadDeadline(time.Now().Add(2 * time.Second)) // well inside the 5 s handshake deadline
+		_, err := c.Read(make([]byte, 1))
+		switch {
+		case errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || isReset(err):
+			closedAtOnce++
+		case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+			held++
+		}
+	}
+	if held != 4 || closedAtOnce != 6 {
+		t.Errorf("of 10 silent connections from one address, %d were held and %d closed at once; want 4 and 6", held, closedAtOnce)
+	}
+	if _, err := a.List(ctx(t), &rpcpb.ListRequest{}); err != nil {
+		t.Errorf("a client from another address: %v", err)
+	}
+	// The held ones are closed by the server once the 5 s handshake deadline passes.
+	for _, c := range idle {
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); isTimeout(err) {
+			t.Errorf("a silent connection outlived the handshake deadline")
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func isReset(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && !oe.Timeout()
+}
+
+// TestRequestsInFlightBound: past max_requests_per_client a client's new request is refused with
+// ResourceExhausted before it runs, another client is not held back, and the place comes back when
+// a request ends.
+func TestRequestsInFlightBound(t *testing.T) {
+	ts := startServer(t, func(c *serveConfig) { c.conns.maxInflightPerClient = 2 })
+	a, b := ts.dialAs(t, "a"), ts.dialAs(t, "b")
+	id := startJob(t, a, cmd("sh", "-c", "echo ready; exec sleep 1000"))
+	defer a.Stop(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
+	c1, cancel1 := context.WithCancel(ctx(t))
+	for range 2 { // two open log streams: two requests in flight
+		s, err := a.ReadLog(c1, &rpcpb.LogRequest{Ulid: id})
+		if err == nil {
+			_, err = s.Recv()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.Status(ctx(t), &rpcpb.JobIdentifier{Ulid: id}); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("a's third request: %v, want ResourceExhausted", err)
+	}
+	if _, err := b.List(ctx(t), &rpcpb.ListRequest{}); err != nil {
+		t.Errorf("b while a is at its bound: %v", err)
+	}
+	cancel1()
+	var err error
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if _, err = a.Status(ctx(t), &rpcpb.JobIdentifier{Ulid: id}); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Errorf("a after its streams ended: %v", err)
+	}
+}
