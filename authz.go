@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 
 	"google.golang.org/grpc/credentials"
@@ -100,4 +101,14 @@ func sharesIdentity(owner, caller []string) bool {
 		}
 	}
 	return false
+}
+
+// identityKey names one client certificate's set of SANs, for per-client bounds: sorted, and quoted so
+// that no name can run into the next.
+func identityKey(owner []string) string {
+	var b strings.Builder
+	for _, n := range slices.Sorted(slices.Values(owner)) {
+		b.WriteString(strconv.Quote(n))
+	}
+	return b.String()
 }

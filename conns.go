@@ -6,8 +6,9 @@ package main
 // bound a new connection is closed at once and a new request is refused with ResourceExhausted, while
 // established clients keep being served.
 //
-// No goroutine: connLimiter runs in grpc-go's accept loop, boundedCreds in its per-connection handshake
-// goroutine, and inflight's tap in each connection's reader, whose stream contexts end every request.
+// Goroutines: none of its own. connLimiter runs in grpc-go's accept loop, boundedCreds in its
+// per-connection handshake goroutine, inflight.admit in each connection's reader; the release of a
+// request's place runs in the goroutine context.AfterFunc starts when that request's stream ends.
 
 import (
 	"context"
@@ -15,7 +16,6 @@ import (
 	"sync"
 
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/tap"
 )
 
 // connBounds are the serve flags of this file.
@@ -109,8 +109,8 @@ func (b boundedCreds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInf
 	return b.TransportCredentials.ServerHandshake(c)
 }
 
-// inflight counts requests from when their headers arrive, before their bodies are read
-// (tap.ServerInHandle), to the end of their stream's context.
+// inflight counts requests from when their headers arrive, before their bodies are read, to the end of
+// their stream's context.
 type inflight struct {
 	b connBounds
 
@@ -119,19 +119,19 @@ type inflight struct {
 	byClient map[string]int // by identityKey
 }
 
-// tap admits a request within the bounds, or refuses it with ResourceExhausted.
-func (f *inflight) tap(ctx context.Context, _ *tap.Info) (context.Context, error) {
+// admit counts a request within the bounds, or refuses it (errExhausted). It runs in a
+// tap.ServerInHandle (server.go), whose context carries the authenticated peer.
+func (f *inflight) admit(ctx context.Context) error {
 	caller, err := callerIdentity(ctx)
 	if err != nil {
-		return nil, publicError("tap", err)
+		return err
 	}
 	key := identityKey(caller)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.all >= f.b.maxInflight || f.byClient[key] >= f.b.maxInflightPerClient {
-		return nil, publicError("tap", clientErr(errExhausted,
-			"too many requests in flight (%d of yours at most, %d in all); retry when some are done",
-			f.b.maxInflightPerClient, f.b.maxInflight))
+		return clientErr(errExhausted, "too many requests in flight (%d of yours at most, %d in all); retry when some are done",
+			f.b.maxInflightPerClient, f.b.maxInflight)
 	}
 	f.all++
 	f.byClient[key]++
@@ -143,5 +143,5 @@ func (f *inflight) tap(ctx context.Context, _ *tap.Info) (context.Context, error
 			delete(f.byClient, key)
 		}
 	})
-	return ctx, nil
+	return nil
 }

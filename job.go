@@ -15,7 +15,8 @@ package main
 //   - escalate: started by the first Stop of a running job; ends at done or after the grace period;
 //     finish waits (j.escalation) before gone.
 //
-// Lock order: manager.mu before job.mu; ring.mu is taken with neither held.
+// Lock order: manager.mu before job.mu, and either before a ring's mu, which comes before budget.mu
+// (budget.go). job.mu is never held while a ring's mu is taken.
 
 import (
 	"context"

@@ -14,10 +14,7 @@ import (
 	"context"
 	"errors"
 	"log"
-	"slices"
 	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 )
@@ -53,16 +50,6 @@ type manager struct {
 func newManager(cg *cgroupFS, cfg jobsConfig) *manager {
 	return &manager{cg: cg, cfg: cfg, pool: newPool(cg, cfg.spareInits), budget: &budget{max: cfg.outputBudget},
 		jobs: map[string]*job{}, running: map[string]int{}}
-}
-
-// identityKey names one client certificate's set of SANs, for per-client bounds: sorted, and quoted so
-// that no name can run into the next.
-func identityKey(owner []string) string {
-	var b strings.Builder
-	for _, n := range slices.Sorted(slices.Values(owner)) {
-		b.WriteString(strconv.Quote(n))
-	}
-	return b.String()
 }
 
 // start runs a validated job for owner.

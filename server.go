@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -42,7 +43,10 @@ func coreConfig(c serveConfig) jobsConfig {
 func newGRPCServer(tlsCfg *tls.Config, m *manager, c serveConfig) *grpc.Server {
 	f := &inflight{b: c.conns, byClient: map[string]int{}}
 	srv := grpc.NewServer(grpc.Creds(boundedCreds{credentials.NewTLS(tlsCfg)}), grpc.MaxRecvMsgSize(1<<20),
-		grpc.MaxConcurrentStreams(256), grpc.ConnectionTimeout(5*time.Second), grpc.InTapHandle(f.tap),
+		grpc.MaxConcurrentStreams(256), grpc.ConnectionTimeout(5*time.Second),
+		grpc.InTapHandle(func(ctx context.Context, info *tap.Info) (context.Context, error) {
+			return ctx, publicError(info.FullMethodName, f.admit(ctx))
+		}),
 		grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			resp, err := h(ctx, req)
 			return resp, publicError(info.FullMethod, err)
