@@ -589,6 +589,7 @@ func TestBenchReport(t *testing.T) {
 			b.outputRate([]string{"seq", "1", "1000000000000000"}, "seq")
 		}},
 		{"lossless", b.lossless},
+		{"bounds", b.bounds},
 		{"idle", b.idleJobs},
 		{"heap", func() { t.Run("heap", b.heapPerJob) }},
 		{"size", func() { b.binarySize(sizeServer) }},
@@ -1422,6 +1423,14 @@ const benchMethod = `
   behind a gate, timed from the gate to its end (Status) with nobody reading, with 10 lossy readers that took one
   message and stopped, and with those and one lossless one (the server's -lossless_timeout is 2 s). Baselines: the same command
   with stdout on /dev/null, and with stdout on a pipe that a Go loop drains with 64 KiB reads.
+- **Server-wide bounds**: the static server with its default bounds. Output budget: ` + "`-output_budget 64 MiB`" + `, two
+  clients each running 400 jobs of ` + "`head -c 1048576 /dev/urandom`" + ` one after another (each polled with Status
+  until it has ended), then the server's VmRSS. Big Starts: 256 concurrent Starts from one client, each with one
+  argument just under the largest request the server reads (which validation then refuses), the server's VmRSS
+  sampled every 5 ms; the in-flight share is -max_requests_per_client requests of that size. Connection flood:
+  3,000 TCP connections from 127.0.0.2 that never send a ClientHello, then 100 more every 100 ms for 10 s from
+  127.0.0.3-12, while an established client calls Status every 100 ms and, once a second, a new client dials
+  and calls List.
 - **Heap per idle job**: an in-process server (the test harness's), runtime.ReadMemStats after GC before and
   after starting 1,000 ` + "`sleep 3600`" + ` jobs, less what the jobs' rings have allocated (their data and segment
   deque, read from the rings, which grow with the output: nothing for a silent job). Goroutine

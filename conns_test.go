@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"rund/rpcpb"
 )
@@ -74,36 +75,41 @@ func isReset(err error) bool {
 
 // TestRequestsInFlightBound: past max_requests_per_client a client's new request is refused with
 // ResourceExhausted before it runs, another client is not held back, and the place comes back when
-// a request ends.
+// a request ends. Two Stops of jobs that ignore SIGTERM stay in flight for their grace period.
 func TestRequestsInFlightBound(t *testing.T) {
 	ts := startServer(t, func(c *serveConfig) { c.conns.maxInflightPerClient = 2 })
 	a, b := ts.dialAs(t, "a"), ts.dialAs(t, "b")
-	id := startJob(t, a, cmd("sh", "-c", "echo ready; exec sleep 1000"))
-	defer a.Stop(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
 	c1, cancel1 := context.WithCancel(ctx(t))
-	for range 2 { // two open log streams: two requests in flight
-		s, err := a.ReadLog(c1, &rpcpb.LogRequest{Ulid: id})
-		if err == nil {
-			_, err = s.Recv()
-		}
-		if err != nil {
-			t.Fatal(err)
+	defer cancel1()
+	var jobs []*job
+	for range 2 {
+		req := cmd("sh", "-c", "trap '' TERM; echo ready; exec sleep 1000")
+		req.StopGracePeriod = durationpb.New(3 * time.Second)
+		id := startJob(t, a, req)
+		waitOutput(t, a, id, "ready") // the trap is set
+		j, _ := ts.m.get(id, []string{"dns:a"})
+		jobs = append(jobs, j)
+		go a.Stop(c1, &rpcpb.JobIdentifier{Ulid: id})
+	}
+	for _, j := range jobs { // both Stop handlers run: two requests in flight (bounded wait)
+		for deadline := time.Now().Add(3 * time.Second); !j.snapshot().stopRequested && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
 		}
 	}
-	if _, err := a.Status(ctx(t), &rpcpb.JobIdentifier{Ulid: id}); status.Code(err) != codes.ResourceExhausted {
-		t.Errorf("a's third request: %v, want ResourceExhausted", err)
+	_, err := a.List(ctx(t), &rpcpb.ListRequest{})
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a's third request while two Stops wait: %v, want ResourceExhausted", err)
 	}
 	if _, err := b.List(ctx(t), &rpcpb.ListRequest{}); err != nil {
 		t.Errorf("b while a is at its bound: %v", err)
 	}
-	cancel1()
-	var err error
+	cancel1() // the Stops' callers go; their requests end
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if _, err = a.Status(ctx(t), &rpcpb.JobIdentifier{Ulid: id}); err == nil {
+		if _, err = a.List(ctx(t), &rpcpb.ListRequest{}); err == nil {
 			break
 		}
 	}
 	if err != nil {
-		t.Errorf("a after its streams ended: %v", err)
+		t.Errorf("a after its requests ended: %v", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"syscall"
@@ -82,10 +83,10 @@ func runServe(args []string) int {
 	fs.Int64Var(&c.outputBudget, "output_budget", min(256<<20, int64(physicalMemory()/8)),
 		"bytes of output all jobs' rings may hold together; finished jobs' output goes first (default min(256 MiB, RAM/8))")
 	fs.IntVar(&c.conns.maxConns, "max_conns", 1000, "open connections at most (lowered to keep fds for jobs)")
-	fs.IntVar(&c.conns.maxPending, "max_pending_conns", 64, "connections in their TLS handshake at most, in all")
+	fs.IntVar(&c.conns.maxPending, "max_pending_conns", 256, "connections in their TLS handshake at most, in all")
 	fs.IntVar(&c.conns.maxPendingPerIP, "max_pending_conns_per_ip", 8, "connections in their TLS handshake at most, per source address")
-	fs.IntVar(&c.conns.maxInflight, "max_requests", 1024, "requests in flight at most, in all (a log stream counts while it is open)")
-	fs.IntVar(&c.conns.maxInflightPerClient, "max_requests_per_client", 128, "requests in flight at most, per client identity")
+	fs.IntVar(&c.conns.maxInflight, "max_requests", 1024, "requests other than log streams in flight at most, in all")
+	fs.IntVar(&c.conns.maxInflightPerClient, "max_requests_per_client", 64, "requests other than log streams in flight at most, per client identity")
 	fs.DurationVar(&c.losslessTimeout, "lossless_timeout", 30*time.Second,
 		"a lossless log reader (rund client run and log) that reads nothing this long no longer holds its job back")
 	fs.Func("job_user", "run job commands as UID:GID, with no_new_privs and no capabilities (default: root)",
@@ -139,6 +140,12 @@ func serve(c serveConfig) error {
 	}
 	c.conns.maxConns = fdBoundConns(c)
 	lis = newConnLimiter(lis, c.conns)
+	// The output budget bounds what the rings hold, not the garbage their growth leaves behind: a soft
+	// memory limit (runtime/debug) has the GC collect before the runtime's memory passes the budget by
+	// more than the server's own working set (48 MiB; RSS adds the binary's pages). GOMEMLIMIT wins.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(c.outputBudget + 48<<20)
+	}
 	m := newManager(cg, coreConfig(c))
 	srv := newGRPCServer(certs.config(), m, c)
 

@@ -23,7 +23,8 @@ const (
 	maxEnv          = 256
 	maxStringBytes  = 128 << 10
 	maxCommandBytes = 512 << 10
-	minCPUQuota     = 1000 // the kernel's minimum cpu.max quota, in us
+	maxRequestBytes = maxCommandBytes + 64<<10 // a whole request: strings, their framing, the limits
+	minCPUQuota     = 1000                     // the kernel's minimum cpu.max quota, in us
 	cpuPeriod       = 100000
 	defaultGrace    = 10 * time.Second
 	maxGrace        = 10 * time.Minute
