@@ -266,17 +266,18 @@ func rootDiskDevices(mountinfo string) ([]string, error) {
 	return []string{dev}, nil
 }
 
-// missing returns the first controller that lim needs and the hierarchy cannot give, or "".
-func (cg *cgroupFS) missing(lim limits) string {
+// missing names every controller that lim needs and the hierarchy cannot give, or is empty.
+func (cg *cgroupFS) missing(lim limits) []string {
+	var out []string
 	for _, c := range lim.controllers() {
 		if !cg.available[c] {
-			return c
+			out = append(out, c)
 		}
 	}
-	if lim.rbps|lim.wbps|lim.riops|lim.wiops != 0 && len(cg.ioDevices) == 0 {
-		return "io (no block device to limit)"
+	if cg.available["io"] && lim.rbps|lim.wbps|lim.riops|lim.wiops != 0 && len(cg.ioDevices) == 0 {
+		out = append(out, "io (no block device to limit)")
 	}
-	return ""
+	return out
 }
 
 // jobCgroup is one job's cgroup directory; see the layout at the top of this file.

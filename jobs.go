@@ -15,6 +15,7 @@ import (
 	"errors"
 	"log"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 )
@@ -54,9 +55,9 @@ func newManager(cg *cgroupFS, cfg jobsConfig) *manager {
 
 // start runs a validated job for owner.
 func (m *manager) start(owner []string, spec *jobSpec) (*job, error) {
-	if c := m.cg.missing(spec.lim); c != "" {
-		return nil, clientErr(errUnsupported,
-			"this host cannot enforce the requested limit: cgroup controller %s is not available", c)
+	if cs := m.cg.missing(spec.lim); len(cs) > 0 {
+		return nil, clientErr(errUnsupported, "this host cannot enforce the requested limits: cgroup controller %s not available",
+			strings.Join(cs, " and controller "))
 	}
 	if err := m.reserve(owner); err != nil {
 		return nil, err

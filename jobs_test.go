@@ -216,6 +216,14 @@ func TestUnavailableControllerIsFailedPrecondition(t *testing.T) {
 			t.Errorf("%s limit: got %v, want FailedPrecondition naming %s", tc.ctrl, err, tc.ctrl)
 		}
 	}
+	// Every missing controller is named at once.
+	_, err := a.Start(ctx(t), &rpcpb.JobStartRequest{Name: "true", MaxCpuBandwidth: wrapperspb.UInt32(50000),
+		MaxMemoryUsage: wrapperspb.UInt64(10 << 20), MaxPids: wrapperspb.UInt64(10), MaxWiops: wrapperspb.UInt64(10)})
+	for _, c := range []string{"cpu", "io", "memory", "pids"} {
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), "controller "+c) {
+			t.Errorf("all four limits: %v, want FailedPrecondition naming controller %s", err, c)
+		}
+	}
 	assertNoJobCgroups(t, ts.cg.parent, ts.m)
 	// Without limits a job runs anyway.
 	if st := waitDone(t, a, startJob(t, a, cmd("true"))); st.GetExitCode().GetValue() != 0 {
