@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"syscall"
 	"testing"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -170,5 +172,35 @@ func TestCertificateRotationOnSIGHUP(t *testing.T) {
 	}
 	if string(rest) != "after\n" {
 		t.Errorf("stream after rotation got %q", rest)
+	}
+}
+
+// TestJobsDropServerKeysAndPrivileges: a job runs with no_new_privs and in a session keyring of its
+// own: a key the server holds in its session keyring is not found from the job, and no two jobs
+// share a keyring.
+func TestJobsDropServerKeysAndPrivileges(t *testing.T) {
+	ts := startServer(t)
+	a := ts.dialAs(t, "a")
+	key, err := unix.AddKey("user", "rund-test-secret", []byte("server's"), unix.KEY_SPEC_SESSION_KEYRING)
+	if err != nil {
+		t.Skipf("this kernel or sandbox gives no session keyring to add a key to: %v", err)
+	}
+	defer unix.KeyctlInt(unix.KEYCTL_REVOKE, key, 0, 0, 0)
+	if _, err := unix.KeyctlSearch(unix.KEY_SPEC_SESSION_KEYRING, "user", "rund-test-secret", 0); err != nil {
+		t.Fatalf("the test's own key is not found from its session keyring: %v", err)
+	}
+	own, _ := unix.KeyctlGetKeyringID(unix.KEY_SPEC_SESSION_KEYRING, false)
+	rings := map[string]bool{}
+	for range 2 {
+		out, errs := readAll(t, a, startJob(t, a, selfCmd(t, "keys")))
+		f := facts(out)
+		ring := strings.Fields(strings.Join(f["session-keyring"], ""))
+		if len(ring) == 0 || ring[0] == fmt.Sprint(own) || rings[ring[0]] || strings.Join(f["server-key-found"], "") != "false" ||
+			strings.Join(f["no-new-privs"], "") != "1" {
+			t.Errorf("job: %q %q; want its own session keyring (not the server's %d), no server key, no_new_privs 1", out, errs, own)
+		}
+		if len(ring) > 0 {
+			rings[ring[0]] = true
+		}
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
@@ -411,6 +412,16 @@ func probe(what []string) int {
 		case "cwd":
 			wd, _ := os.Getwd()
 			fmt.Printf("cwd=%s\n", wd)
+		case "keys": // the session keyring, and whether the server's test key is found from it
+			ring, err := unix.KeyctlGetKeyringID(unix.KEY_SPEC_SESSION_KEYRING, false)
+			_, serr := unix.KeyctlSearch(unix.KEY_SPEC_SESSION_KEYRING, "user", "rund-test-secret", 0)
+			fmt.Printf("session-keyring=%d %v\nserver-key-found=%v\n", ring, err, serr == nil)
+			status, _ := os.ReadFile("/proc/self/status")
+			for _, line := range strings.Split(string(status), "\n") {
+				if v, ok := strings.CutPrefix(line, "NoNewPrivs:"); ok {
+					fmt.Printf("no-new-privs=%s\n", strings.TrimSpace(v))
+				}
+			}
 		}
 	}
 	return 0

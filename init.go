@@ -203,13 +203,11 @@ func startCommand(cfg initConfig, setupErr error) (int, *startReport) {
 		return 0, failure(stageSetup, err, "open %s: %v", os.DevNull, err)
 	}
 	defer devnull.Close()
+	if fail := dropInherited(); fail != nil {
+		return 0, fail
+	}
 	sys := &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: 5}
 	if u := cfg.User; u != nil {
-		// no_new_privs (inherited by the command) keeps setuid binaries and file capabilities from
-		// giving back what setuid to a non-zero uid takes away: every capability (capabilities(7)).
-		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-			return 0, failure(stageSetup, err, "set no_new_privs: %v", err)
-		}
 		sys.Credential = &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: []uint32{}}
 	}
 	pid, err := syscall.ForkExec(path, cfg.Argv, &syscall.ProcAttr{
@@ -222,6 +220,22 @@ func startCommand(cfg initConfig, setupErr error) (int, *startReport) {
 		return 0, failure(stageExec, err, "exec %q: %v", cfg.Argv[0], errnoText(err))
 	}
 	return pid, nil
+}
+
+// dropInherited gives up, for the init and so for the command, what every job would otherwise share
+// with the server. no_new_privs (prctl(2)): no setuid binary or file capability raises what the
+// command may do; with -job_user, nothing gives back the capabilities that setuid to a non-zero uid
+// takes away (capabilities(7)). A new anonymous session keyring (keyrings(7), KEYCTL_JOIN_SESSION_KEYRING
+// with no name): the command can neither read nor add to the keys of the server's session. A kernel
+// built without keys has none to share (ENOSYS).
+func dropInherited() *startReport {
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return failure(stageSetup, err, "set no_new_privs: %v", err)
+	}
+	if _, _, e := unix.Syscall(unix.SYS_KEYCTL, unix.KEYCTL_JOIN_SESSION_KEYRING, 0, 0); e != 0 && e != unix.ENOSYS {
+		return failure(stageSetup, e, "join a new session keyring: %v", e)
+	}
+	return nil
 }
 
 func failure(st stage, err error, format string, args ...any) *startReport {
