@@ -13,7 +13,6 @@ import (
 	"io"
 	"log"
 	"path"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -47,8 +46,9 @@ func newGRPCServer(tlsCfg *tls.Config, m *manager, c serveConfig) *grpc.Server {
 	srv := grpc.NewServer(grpc.Creds(boundedCreds{credentials.NewTLS(tlsCfg)}), grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.MaxConcurrentStreams(256), grpc.ConnectionTimeout(5*time.Second),
 		grpc.InTapHandle(func(ctx context.Context, info *tap.Info) (context.Context, error) {
-			if strings.HasSuffix(info.FullMethodName, "Log") { // Log, ReadLog: their own bound (openStream)
-				return ctx, nil
+			switch info.FullMethodName {
+			case rpcpb.JobController_Log_FullMethodName, rpcpb.JobController_ReadLog_FullMethodName:
+				return ctx, nil // log streams have their own bound (openStream)
 			}
 			return ctx, publicError(info.FullMethodName, f.admit(ctx))
 		}),
