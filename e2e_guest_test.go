@@ -1134,7 +1134,7 @@ func idleSandbox(dir string) bool {
 		return false
 	}
 	cmdline, _ := os.ReadFile("/proc/" + pids[0] + "/cmdline")
-	return string(cmdline) == "rund\x00init\x00"+filepath.Base(dir)+"\x00"
+	return strings.HasPrefix(string(cmdline), "rund\x00init\x00{\"hostname\":\""+filepath.Base(dir)+"\",")
 }
 
 func (g *e2eGuest) checkCleanup() {

@@ -84,7 +84,7 @@ func TestFloodWithManyFollowers(t *testing.T) {
 
 	// The flood job prints "ready", then waits for the gate so that every follower is attached before
 	// the flood begins.
-	gate := filepath.Join(t.TempDir(), "gate")
+	gate := filepath.Join(jobTempDir(t), "gate")
 	id := startJob(t, a, cmd("sh", "-c", fmt.Sprintf("echo ready; while [ ! -e %s ]; do sleep 0.05; done; %s", gate, flood)))
 	total := int64(len("ready\n") + floodBytes)
 
@@ -244,7 +244,7 @@ func TestFollowerDisappears(t *testing.T) {
 	faultFDs(t)
 	ts := startServer(t)
 	a := ts.dialAs(t, "a")
-	gate := filepath.Join(t.TempDir(), "gate")
+	gate := filepath.Join(jobTempDir(t), "gate")
 	// ~590 KB of output, far more than an HTTP/2 window and write quota: a follower that never reads
 	// leaves its handler blocked in Send.
 	script := fmt.Sprintf("seq 1 50000; while [ ! -e %s ]; do sleep 0.05; done; seq 50001 100000", gate)
@@ -414,7 +414,7 @@ func TestJobClosesOutputEarly(t *testing.T) {
 	t.Run("grandchild pids", func(t *testing.T) {
 		// The same, with the command held at a gate until the grandchild's host pid is known. It says
 		// bye once the grandchild runs sleep (the job's /proc lists only its own processes).
-		gate := filepath.Join(t.TempDir(), "gate")
+		gate := filepath.Join(jobTempDir(t), "gate")
 		script := `(sleep 1000 &) ; until grep -qsx sleep /proc/[0-9]*/comm; do :; done; echo bye; ` +
 			fmt.Sprintf("while [ ! -e %s ]; do sleep 0.05; done", gate)
 		id := startJob(t, a, cmd("sh", "-c", script))

@@ -86,7 +86,7 @@ func waitOutputStream(t *testing.T, c rpcpb.JobControllerClient, id string) {
 // TestJobUserCannotWriteRootFiles: with -job_user the command runs unprivileged: no capabilities,
 // no_new_privs, and a root-owned file stays unwritable.
 func TestJobUserCannotWriteRootFiles(t *testing.T) {
-	ts := startServer(t, func(c *serveConfig) { c.jobUser = &jobUser{UID: 65534, GID: 65534} })
+	ts := startServer(t, uncontained, func(c *serveConfig) { c.jobUser = &jobUser{UID: 65534, GID: 65534} })
 	a := ts.dialAs(t, "a")
 	f, err := os.CreateTemp("", "rund-root-owned-")
 	if err != nil {
@@ -128,7 +128,7 @@ func TestCertificateRotationOnSIGHUP(t *testing.T) {
 
 	oldServer := &testServer{addr: addr, pki: old}
 	a := oldServer.dialAs(t, "a")
-	flag := filepath.Join(t.TempDir(), "go-on")
+	flag := filepath.Join(jobTempDir(t), "go-on")
 	id := startJob(t, a, cmd("sh", "-c", "echo ready; while [ ! -e "+flag+" ]; do sleep 0.05; done; echo after"))
 	stream, err := a.Log(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
 	if err != nil {

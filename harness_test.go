@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -56,12 +57,27 @@ func TestMain(m *testing.M) {
 
 // runTests points initExe at a plain build of rund, when one can be made: under -race every job's init
 // would otherwise be this test binary, and the race runtime sleeps a second at each exit.
+//
+// Contained jobs have a /tmp, /var/tmp and /dev/shm of their own, so the files tests hand to jobs (this
+// binary as the probe, scripts, working directories) live in .cache/test-<pid>, which is TMPDIR for
+// the tests; the directories a job must read are made readable by all.
 func runTests(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "rund-test-")
+	wd, err := os.Getwd()
 	if err != nil {
 		return 1
 	}
+	dir := filepath.Join(wd, ".cache", fmt.Sprintf("test-%d", os.Getpid()))
+	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	defer os.RemoveAll(dir)
+	os.Setenv("TMPDIR", filepath.Join(dir, "tmp"))
+	if err := copyFile(mustExecutable(), filepath.Join(dir, "rund.test")); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	testExe = filepath.Join(dir, "rund.test")
 	build := exec.Command("go", "build", "-tags", "grpcnotrace", "-o", filepath.Join(dir, "rund"), ".")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err == nil {
@@ -70,6 +86,35 @@ func runTests(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "tests use the race-enabled test binary as job init (slow): go build: %v\n%s", err, out)
 	}
 	return m.Run()
+}
+
+// testExe is a copy of this test binary that jobs can run (runTests).
+var testExe string
+
+func mustExecutable() string {
+	exe, err := os.Executable()
+	if err != nil {
+		panic(err)
+	}
+	return exe
+}
+
+func copyFile(from, to string) error {
+	data, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(to, data, 0o755)
+}
+
+// jobTempDir is t.TempDir, which jobs can read: contained jobs run as a uid of their own, and
+// t.TempDir's parent is mode 0700.
+func jobTempDir(t testing.TB) string {
+	dir := t.TempDir()
+	if err := os.Chmod(filepath.Dir(dir), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 // testPKI is a CA with a server certificate and clients: a (dns:a), b (dns:b) and c (dns:c and dns:a,
@@ -201,6 +246,9 @@ func serveInProcess(tb testing.TB, prefix string, opts ...serverOpt) (ts *testSe
 		maxJobsPerClient: 1000, maxStreamsPerClient: 1000, spareInits: 2, losslessTimeout: 30 * time.Second, outputBudget: 1 << 30,
 		conns:        connBounds{maxConns: 100000, maxPending: 100000, maxPendingPerIP: 100000, maxInflight: 100000, maxInflightPerClient: 100000},
 		cgroupParent: filepath.Join(mount, fmt.Sprintf("%s-%d-%s", prefix, os.Getpid(), sanitize(tb.Name())))}
+	// Contained, as by default, with a uid range of its own beyond the default one.
+	c.contain = &containment{uids: &uidRange{first: 1879048192 + 65536 + 1024*uint32(testServers.Add(1)), count: 1024,
+		used: map[uint32]bool{}}, tmpSize: 64 << 20}
 	for _, o := range opts {
 		o(&c)
 	}
@@ -229,6 +277,12 @@ func serveInProcess(tb testing.TB, prefix string, opts ...serverOpt) (ts *testSe
 		ts.cg.unlock()
 	}
 }
+
+// testServers numbers the in-process servers, for their uid ranges.
+var testServers atomic.Uint32
+
+// uncontained runs the server's jobs as -unsafe_uncontained_jobs does.
+func uncontained(c *serveConfig) { c.contain = nil }
 
 // assertNoJobCgroups fails if any directory is left below parent, other than the idle sandboxes of m
 // (a running server's spares, at most its -spare_inits; m is nil once it has shut down). A spare in
@@ -356,11 +410,7 @@ func waitDone(t testing.TB, c rpcpb.JobControllerClient, id string) *rpcpb.JobSt
 // selfCmd runs this test binary inside a job as "probe what...".
 func selfCmd(t testing.TB, what ...string) *rpcpb.JobStartRequest {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cmd(exe, append([]string{"probe"}, what...)...)
+	return cmd(testExe, append([]string{"probe"}, what...)...)
 }
 
 // probe runs inside a job and prints what it sees, one "key=value" line per fact.

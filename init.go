@@ -32,6 +32,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -43,12 +44,23 @@ import (
 // defaultPath is the PATH of a job whose request sets none.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// initConfig is what the server tells the init: the command to run.
+// initSetup is how the server starts an init (its one argument, as JSON): what it prepares before
+// the job's Start.
+type initSetup struct {
+	Hostname  string `json:"hostname"`   // the job id
+	Contain   bool   `json:"contain"`    // mounts of a contained job (setupMounts)
+	TmpSize   uint64 `json:"tmp_size"`   // bytes of each private tmpfs, when Contain
+	Cgroup2   string `json:"cgroup2"`    // the cgroup2 mount point, when Contain
+	JobCgroup string `json:"job_cgroup"` // <job>/job, bound read-only on Cgroup2 when Contain
+}
+
+// initConfig is what the server tells the init at the Start: the command to run, and as whom.
 type initConfig struct {
 	Argv []string `json:"argv"` // argv[0] is the command as requested
 	Env  []string `json:"env"`
 	Dir  string   `json:"dir"`
-	User *jobUser `json:"user,omitempty"`
+	User *jobUser `json:"user,omitempty"` // -job_user, for a job that is not contained
+	Own  *jobUser `json:"own,omitempty"`  // a contained job's own host uid:gid, root of its user namespace
 }
 
 // jobUser is the unprivileged identity that job commands run as (rund serve -job_user).
@@ -111,14 +123,18 @@ func runInit() int {
 	}
 	// Up to the config, the work is done before the job's Start: namespaces, and the signal handlers
 	// (the kernel drops signals to a PID 1 without a handler; rund sends none before the start report).
-	setupErr := setupNamespaces(os.Args[2])
+	var setup initSetup
+	setupErr := json.Unmarshal([]byte(os.Args[2]), &setup)
+	if setupErr == nil {
+		setupErr = setupNamespaces(setup)
+	}
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, forwardedSignals...)
 	cfgPipe, repPipe := initPipe(3, "config"), initPipe(4, "report")
 	dec, enc := json.NewDecoder(cfgPipe), json.NewEncoder(repPipe)
 	// The first use of a type builds encoding/json's reflection caches: done here, not in the Start
 	// (BENCHMARKS.md, "Where a Start's time goes").
-	json.Unmarshal([]byte(`{"argv":["x"],"env":["k=v"],"dir":"/","user":{"uid":1,"gid":1}}`), new(initConfig))
+	json.Unmarshal([]byte(`{"argv":["x"],"env":["k=v"],"dir":"/","own":{"uid":1,"gid":1}}`), new(initConfig))
 	json.Marshal(startReport{Pid: 1})
 	var cfg initConfig
 	if err := dec.Decode(&cfg); err != nil {
@@ -185,30 +201,27 @@ func startCommand(cfg initConfig, setupErr error) (int, *startReport) {
 	if setupErr != nil {
 		return 0, failure(stageSetup, setupErr, "set up job namespaces: %v", setupErr)
 	}
-	if fi, err := os.Stat(cfg.Dir); err != nil || !fi.IsDir() {
-		if err == nil {
-			err = syscall.ENOTDIR
-		}
-		return 0, failure(stageDir, err, "working directory %q: %v", cfg.Dir, errnoText(err))
-	}
-	path, err := lookPath(cfg.Argv[0], cfg.Dir, cfg.Env)
-	switch {
-	case errors.Is(err, syscall.ENOENT) && !strings.Contains(cfg.Argv[0], "/"):
-		return 0, failure(stagePath, err, "command %q not found in the job's PATH", cfg.Argv[0])
-	case err != nil:
-		return 0, failure(stagePath, err, "command %q: %v", cfg.Argv[0], errnoText(err))
+	path, fail := findCommand(cfg)
+	if fail != nil {
+		return 0, fail
 	}
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
 		return 0, failure(stageSetup, err, "open %s: %v", os.DevNull, err)
 	}
 	defer devnull.Close()
-	if fail := dropInherited(); fail != nil {
+	// no_new_privs, the groups, the session keyring and the syscall filter are attributes of a thread,
+	// which the command inherits from the one that forks it: all are set on this one, kept to the end.
+	runtime.LockOSThread()
+	if fail := dropInherited(cfg.Own != nil); fail != nil {
 		return 0, fail
 	}
 	sys := &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: 5}
 	if u := cfg.User; u != nil {
 		sys.Credential = &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: []uint32{}}
+	}
+	if u := cfg.Own; u != nil {
+		ownUserns(sys, u)
 	}
 	pid, err := syscall.ForkExec(path, cfg.Argv, &syscall.ProcAttr{
 		Dir:   cfg.Dir,
@@ -222,18 +235,97 @@ func startCommand(cfg initConfig, setupErr error) (int, *startReport) {
 	return pid, nil
 }
 
+// findCommand checks the working directory and finds the command as the job's user: what the checks
+// see is what the command could, so a refusal tells the client nothing more about the host (checked as
+// root, "-dir /root/x" told "not a directory" from "no such file"; issue 15).
+func findCommand(cfg initConfig) (path string, fail *startReport) {
+	err := asJobUser(cfg, func() {
+		if fi, err := os.Stat(cfg.Dir); err != nil || !fi.IsDir() {
+			if err == nil {
+				err = syscall.ENOTDIR
+			}
+			fail = failure(stageDir, err, "working directory %q: %v", cfg.Dir, errnoText(err))
+			return
+		}
+		var err error
+		path, err = lookPath(cfg.Argv[0], cfg.Dir, cfg.Env)
+		switch {
+		case errors.Is(err, syscall.ENOENT) && !strings.Contains(cfg.Argv[0], "/"):
+			fail = failure(stagePath, err, "command %q not found in the job's PATH", cfg.Argv[0])
+		case err != nil:
+			fail = failure(stagePath, err, "command %q: %v", cfg.Argv[0], errnoText(err))
+		}
+	})
+	if err != nil {
+		return "", failure(stageSetup, err, "take the job user's ids: %v", err)
+	}
+	return path, fail
+}
+
+// asJobUser runs check on a thread whose filesystem ids are the job user's and that has no
+// supplementary groups (setfsuid(2): taking a non-zero fsuid also drops root's file capabilities,
+// capabilities(7)). Those ids are the thread's only, and the thread ends with the goroutine.
+func asJobUser(cfg initConfig, check func()) error {
+	u := cfg.Own
+	if u == nil {
+		u = cfg.User
+	}
+	if u == nil {
+		check()
+		return nil
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with this goroutine
+		err := errors.Join(unix.Setgroups(nil), unix.Setfsgid(int(u.GID)), unix.Setfsuid(int(u.UID)))
+		// setfsuid(2) reports no error; its result is read back.
+		gid, _ := unix.SetfsgidRetGid(int(u.GID))
+		uid, _ := unix.SetfsuidRetUid(int(u.UID))
+		if err == nil && (uid != int(u.UID) || gid != int(u.GID)) {
+			err = fmt.Errorf("setfsuid %d, setfsgid %d: have %d, %d", u.UID, u.GID, uid, gid)
+		}
+		if err == nil {
+			check()
+		}
+		errc <- err
+	}()
+	return <-errc
+}
+
+// ownUserns puts the command in a new user namespace in which uid and gid 0 are the job's own host uid
+// and gid (user_namespaces(7)), and in a new cgroup namespace rooted at its cgroup: clone3 puts it
+// into <job>/job before the namespace takes its root (cgroup_namespaces(7)). Its other namespaces stay
+// owned by the host's user namespace, in which it holds no capability: it can neither mount, unmount
+// nor remount, set the hostname or configure the network, and no file of the host's is its own.
+func ownUserns(sys *syscall.SysProcAttr, u *jobUser) {
+	sys.Cloneflags = syscall.CLONE_NEWUSER | syscall.CLONE_NEWCGROUP
+	sys.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(u.UID), Size: 1}}
+	sys.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(u.GID), Size: 1}}
+	sys.GidMappingsEnableSetgroups = false // the command can never take a group back
+	// uid and gid 0 of the new namespace; the groups stay the empty list dropInherited left.
+	sys.Credential = &syscall.Credential{NoSetGroups: true}
+}
+
 // dropInherited gives up, for the init and so for the command, what every job would otherwise share
 // with the server. no_new_privs (prctl(2)): no setuid binary or file capability raises what the
 // command may do; with -job_user, nothing gives back the capabilities that setuid to a non-zero uid
 // takes away (capabilities(7)). A new anonymous session keyring (keyrings(7), KEYCTL_JOIN_SESSION_KEYRING
 // with no name): the command can neither read nor add to the keys of the server's session. A kernel
 // built without keys has none to share (ENOSYS).
-func dropInherited() *startReport {
+//
+// A contained job also loses the server's supplementary groups (root's: its user namespace refuses
+// setgroups, so the command could not drop them itself).
+func dropInherited(contained bool) *startReport {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return failure(stageSetup, err, "set no_new_privs: %v", err)
 	}
 	if _, _, e := unix.Syscall(unix.SYS_KEYCTL, unix.KEYCTL_JOIN_SESSION_KEYRING, 0, 0); e != 0 && e != unix.ENOSYS {
 		return failure(stageSetup, e, "join a new session keyring: %v", e)
+	}
+	if contained {
+		if err := unix.Setgroups(nil); err != nil {
+			return failure(stageSetup, err, "drop supplementary groups: %v", err)
+		}
 	}
 	return nil
 }
@@ -257,17 +349,55 @@ func errnoText(err error) string {
 // nothing mounted here shows on the host, while the host's mounts and unmounts still reach the job: a
 // spare's namespace can be a minute old, and must neither miss a new mount nor pin an unmounted one;
 // mount_namespaces(7)), a /proc of the new PID namespace, loopback up, hostname = the job id.
-func setupNamespaces(hostname string) error {
+func setupNamespaces(s initSetup) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
 		return fmt.Errorf("make mounts slaves: %w", err)
+	}
+	if s.Contain {
+		if err := setupMounts(s); err != nil {
+			return err
+		}
 	}
 	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fmt.Errorf("mount /proc: %w", err)
 	}
-	if err := unix.Sethostname([]byte(hostname)); err != nil {
+	if err := unix.Sethostname([]byte(s.Hostname)); err != nil {
 		return fmt.Errorf("sethostname: %w", err)
 	}
 	return loopbackUp()
+}
+
+// atRecursive is AT_RECURSIVE of linux/fcntl.h, for mount_setattr(2); x/sys has no name for it.
+const atRecursive = 0x8000
+
+// setupMounts makes a contained job's view of the host's files: every mount read-only (mount_setattr(2),
+// AT_RECURSIVE), fresh tmpfs on /tmp, /var/tmp and /dev/shm where the host has those directories
+// (charged to the memory cgroup of the job, which writes them), and on the cgroup2 mount the job's own
+// cgroup, read-only. Mounts the host makes later still propagate in (they are slaves), with their own
+// flags; the job's user owns none of their files.
+func setupMounts(s initSetup) error {
+	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
+	if err := unix.MountSetattr(unix.AT_FDCWD, "/", atRecursive, attr); err != nil {
+		return fmt.Errorf("make mounts read-only: %w", err)
+	}
+	for _, dir := range []string{"/tmp", "/var/tmp", "/dev/shm"} {
+		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+			continue // nothing of the host's to hide there
+		}
+		opts := fmt.Sprintf("mode=1777,size=%d", s.TmpSize)
+		if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
+			return fmt.Errorf("mount tmpfs on %s: %w", dir, err)
+		}
+	}
+	// A bind mount takes flags only on a remount (mount(2)).
+	if err := unix.Mount(s.JobCgroup, s.Cgroup2, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind %s on %s: %w", s.JobCgroup, s.Cgroup2, err)
+	}
+	flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC)
+	if err := unix.Mount("", s.Cgroup2, "", flags, ""); err != nil {
+		return fmt.Errorf("make %s read-only: %w", s.Cgroup2, err)
+	}
+	return nil
 }
 
 // loopbackUp sets IFF_UP on "lo", the only interface of a new network namespace (netdevice(7)).
@@ -332,5 +462,7 @@ func checkExecutable(p string) error {
 	case fi.IsDir():
 		return syscall.EACCES
 	}
-	return unix.Access(p, unix.X_OK)
+	// As the job's user (asJobUser): AT_EACCESS checks the thread's fsuid, where access(2) would check
+	// the real uid, root's.
+	return unix.Faccessat(unix.AT_FDCWD, p, unix.X_OK, unix.AT_EACCESS)
 }

@@ -42,6 +42,7 @@ type job struct {
 	log        *ring
 	patience   time.Duration  // how long the job waits for a lossless reader that reads nothing
 	outputs    [2]*os.File    // read ends of the stdout and stderr pipes
+	release    func()         // gives the sandbox's uid back; called once the cgroup is removed
 	pumps      sync.WaitGroup // the two goroutines copying outputs into log
 	escalation sync.WaitGroup // the escalate goroutine, if a Stop started one
 	done       chan struct{}  // closed once the fields below mu are final
@@ -65,13 +66,14 @@ func begin(sb *sandbox, owner []string, spec *jobSpec, cg *cgroupFS, cfg jobsCon
 		return nil, fmt.Errorf("prepare job cgroup: %w", err)
 	}
 	j := &job{id: sb.id, owner: owner, command: statusCommand(spec.argv), grace: spec.grace,
-		started: time.Now(), cg: sb.cg, proc: sb.proc, outputs: sb.outputs, log: newRing(cfg.ringSize),
+		started: time.Now(), cg: sb.cg, proc: sb.proc, outputs: sb.outputs, release: sb.release, log: newRing(cfg.ringSize),
 		patience: cfg.losslessTimeout, done: make(chan struct{}), gone: make(chan struct{})}
 	j.log.budget = b
 	if spec.holdOutput {
 		j.startHold = j.log.Hold(0) // before the command can write its first byte
 	}
-	if err := j.proc.begin(initConfig{Argv: spec.argv, Env: spec.env, Dir: spec.dir, User: cfg.jobUser}); err != nil {
+	cfgInit := initConfig{Argv: spec.argv, Env: spec.env, Dir: spec.dir, User: cfg.jobUser, Own: sb.own}
+	if err := j.proc.begin(cfgInit); err != nil {
 		sb.discard()
 		return nil, err
 	}
@@ -145,6 +147,8 @@ func (j *job) finish(ended func()) {
 	j.empty(j.cg.dir)
 	if err := j.cg.remove(); err != nil {
 		log.Printf("job %s: remove cgroup: %v", j.id, err)
+	} else {
+		j.release() // a uid whose processes might live on is never given to another job
 	}
 	j.escalation.Wait() // it returns at done
 	close(j.gone)
@@ -215,7 +219,25 @@ func (j *job) escalate() {
 			log.Printf("job %s: %v", j.id, err)
 		}
 	}
+	// A process that left the job's cgroup (only a job running as host root can, with
+	// -unsafe_uncontained_jobs) escapes cgroup.kill, but not the PID namespace: when its init dies the
+	// kernel kills every process in it (pid_namespaces(7)). So Stop ends even then.
+	timer.Reset(killWait)
+	select {
+	case <-j.done:
+	case <-timer.C:
+		j.mu.Lock()
+		stuck := !j.exitKnown
+		j.mu.Unlock()
+		if stuck {
+			log.Printf("job %s: still running %v after cgroup.kill: processes outside its cgroup; killing its init", j.id, killWait)
+			j.proc.kill()
+		}
+	}
 }
+
+// killWait is how long a job may take to end after cgroup.kill before its init is killed.
+const killWait = 2 * time.Second
 
 // signal sends sig to the command: SIGKILL by cgroup.kill of job/ (every process of the command; the
 // init still reports its end exactly), anything else through the init, which forwards it. A job whose

@@ -29,6 +29,7 @@ type jobsConfig struct {
 	maxJobsPerClient int           // live jobs per client identity
 	spareInits       int           // sandboxes kept ready ahead of Starts
 	jobUser          *jobUser      // run commands as this uid:gid; nil: as root
+	contain          *containment  // how jobs are contained; nil: -unsafe_uncontained_jobs
 	losslessTimeout  time.Duration // a lossless reader that reads nothing this long is demoted
 	outputBudget     int64         // bytes all rings may hold together (budget.go)
 }
@@ -49,7 +50,7 @@ type manager struct {
 }
 
 func newManager(cg *cgroupFS, cfg jobsConfig) *manager {
-	return &manager{cg: cg, cfg: cfg, pool: newPool(cg, cfg.spareInits), budget: &budget{max: cfg.outputBudget},
+	return &manager{cg: cg, cfg: cfg, pool: newPool(cg, cfg.spareInits, cfg.contain), budget: &budget{max: cfg.outputBudget},
 		jobs: map[string]*job{}, running: map[string]int{}}
 }
 

@@ -148,8 +148,10 @@ func TestJobDoesNotInheritServerFDs(t *testing.T) {
 	}
 }
 
+// TestMountInsideJobIsInvisibleOnHost: with -unsafe_uncontained_jobs a job may mount (as host root), and
+// its mounts stay in its mount namespace. (A contained job may not mount at all: contain_test.go.)
 func TestMountInsideJobIsInvisibleOnHost(t *testing.T) {
-	ts := startServer(t)
+	ts := startServer(t, uncontained)
 	a := ts.dialAs(t, "a")
 	dir := t.TempDir()
 	id := startJob(t, a, cmd("sh", "-c", fmt.Sprintf("mount -t tmpfs tmpfs %s && touch %s/inside && ls %s", dir, dir, dir)))
@@ -168,7 +170,7 @@ func TestMountInsideJobIsInvisibleOnHost(t *testing.T) {
 func TestExecFailures(t *testing.T) {
 	ts := startServer(t)
 	a := ts.dialAs(t, "a")
-	notExec := filepath.Join(t.TempDir(), "script")
+	notExec := filepath.Join(jobTempDir(t), "script")
 	os.WriteFile(notExec, []byte("#!/bin/sh\necho hi\n"), 0o644)
 	for _, tc := range []struct {
 		name string

@@ -59,7 +59,7 @@ func followAll(stream grpc.ServerStreamingClient[rpcpb.JobLog]) (out []byte, los
 func TestRunIsByteExact(t *testing.T) {
 	ts := startServer(t, func(c *serveConfig) { c.ringSize = smallRing })
 	const size = 1_000_000_000
-	gate := filepath.Join(t.TempDir(), "gate")
+	gate := filepath.Join(jobTempDir(t), "gate")
 	c, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	exe := initExe
@@ -116,7 +116,7 @@ func TestOriginalLogIsLossless(t *testing.T) {
 	ts := startServer(t, func(c *serveConfig) { c.ringSize = smallRing })
 	a := ts.dialAs(t, "a")
 	const n = 6_500_000 // 50.9 MB
-	gate := filepath.Join(t.TempDir(), "gate")
+	gate := filepath.Join(jobTempDir(t), "gate")
 	id := startJob(t, a, cmd("sh", "-c", fmt.Sprintf("echo ready; while [ ! -e %s ]; do sleep 0.01; done; seq %d", gate, n)))
 	stream, err := a.Log(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
 	if err != nil {

@@ -54,11 +54,12 @@ type serveConfig struct {
 	ringSize            int
 	retainJobs          int
 	retainFor           time.Duration
-	maxJobs             int      // live jobs in all
-	maxJobsPerClient    int      // live jobs per client identity
-	maxStreamsPerClient int      // concurrent Log streams per client identity
-	spareInits          int      // job sandboxes kept ready ahead of Starts
-	jobUser             *jobUser // run commands as this uid:gid; nil: as root
+	maxJobs             int          // live jobs in all
+	maxJobsPerClient    int          // live jobs per client identity
+	maxStreamsPerClient int          // concurrent Log streams per client identity
+	spareInits          int          // job sandboxes kept ready ahead of Starts
+	jobUser             *jobUser     // run commands as this uid:gid; nil: as root
+	contain             *containment // nil: -unsafe_uncontained_jobs
 	losslessTimeout     time.Duration
 	outputBudget        int64 // bytes all jobs' output may take together
 	conns               connBounds
@@ -91,8 +92,25 @@ func runServe(args []string) int {
 		"a lossless log reader (rund client run and log) that reads nothing this long no longer holds its job back")
 	fs.Func("job_user", "run job commands as UID:GID, with no_new_privs and no capabilities (default: root)",
 		func(v string) (err error) { c.jobUser, err = parseJobUser(v); return err })
+	uncontained := fs.Bool("unsafe_uncontained_jobs", false,
+		"run jobs as host root (or -job_user), with the host's mounts, cgroups and syscalls: anyone with a client certificate owns the host")
+	uidFirst := fs.Uint("job_uid_first", 1879048192, "first host uid (and gid) of contained jobs; each live job has one of its own")
+	uidCount := fs.Uint("job_uid_count", 65536, "how many host uids from -job_uid_first contained jobs may use")
+	tmpSize := fs.Uint64("job_tmp_size", 256<<20, "bytes of each contained job's private /tmp, /var/tmp and /dev/shm (charged to its memory)")
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
 		return 2
+	}
+	if !*uncontained {
+		if c.jobUser != nil {
+			log.Printf("rund serve: -job_user needs -unsafe_uncontained_jobs: a contained job runs as a host uid of its own")
+			return 2
+		}
+		uids, err := newUIDRange(uint32(min(*uidFirst, 1<<32-1)), uint32(min(*uidCount, 1<<32-1)))
+		if err != nil {
+			log.Printf("rund serve: %v", err)
+			return 2
+		}
+		c.contain = &containment{uids: uids, tmpSize: *tmpSize}
 	}
 	if *io != "" {
 		c.ioDevices = strings.Split(*io, ",")

@@ -19,9 +19,13 @@ package main
 // p.mu is never held with another lock, nor across a sandbox's making or removal.
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"log"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -33,12 +37,21 @@ type sandbox struct {
 	cg      *jobCgroup
 	proc    *proc
 	outputs [2]*os.File // read ends of the stdout and stderr pipes
+	own     *jobUser    // a contained job's own uid and gid; nil if not contained
+	uids    *uidRange   // where own came from
+}
+
+// containment is how the pool makes contained sandboxes; nil: -unsafe_uncontained_jobs.
+type containment struct {
+	uids    *uidRange
+	tmpSize uint64 // bytes of each private tmpfs
 }
 
 // pool keeps spare sandboxes ready for Starts.
 type pool struct {
-	cg   *cgroupFS // read-only
-	size int       // spares kept ready
+	cg      *cgroupFS    // read-only
+	size    int          // spares kept ready
+	contain *containment // read-only
 
 	mu     sync.Mutex // guards spares and closed
 	spares []*sandbox // ready for a Start, oldest first; at most size
@@ -60,8 +73,8 @@ var spareMaxAge = 40 * time.Second
 // spares the next Start still finds one.
 const refillDelay = 100 * time.Millisecond
 
-func newPool(cg *cgroupFS, size int) *pool {
-	p := &pool{cg: cg, size: size, wake: make(chan struct{}, 1), quit: make(chan struct{})}
+func newPool(cg *cgroupFS, size int, contain *containment) *pool {
+	p := &pool{cg: cg, size: size, contain: contain, wake: make(chan struct{}, 1), quit: make(chan struct{})}
 	if size > 0 {
 		p.wake <- struct{}{}
 		p.wg.Add(1)
@@ -79,7 +92,7 @@ func (p *pool) take() (sb *sandbox, spare bool, err error) {
 	}
 	p.mu.Unlock()
 	if sb == nil {
-		sb, err = newSandbox(p.cg)
+		sb, err = p.newSandbox()
 		return sb, false, err
 	}
 	if err := p.cg.setIdle(sb.cg, false); err != nil {
@@ -146,7 +159,7 @@ func (p *pool) fill() {
 		if full {
 			return
 		}
-		sb, err := newSandbox(p.cg)
+		sb, err := p.newSandbox()
 		if err == nil {
 			if err = p.cg.setIdle(sb.cg, true); err != nil {
 				sb.discard()
@@ -196,19 +209,27 @@ func (p *pool) close() {
 	}
 }
 
-// newSandbox makes a sandbox: id, cgroups, pipes, init. On error nothing is left.
-func newSandbox(cg *cgroupFS) (*sandbox, error) {
+// newSandbox makes a sandbox: id, own uid if contained, cgroups, pipes, init. On error nothing is left.
+func (p *pool) newSandbox() (*sandbox, error) {
 	id, err := newULID(time.Now())
 	if err != nil {
 		return nil, err
 	}
 	sb := &sandbox{id: id.String(), made: time.Now()}
+	setup := initSetup{Hostname: sb.id}
+	if c := p.contain; c != nil {
+		if sb.own, err = c.uids.take(); err != nil {
+			return nil, err
+		}
+		sb.uids, setup.Contain, setup.TmpSize = c.uids, true, c.tmpSize
+	}
 	var pipes [4]*os.File // out r/w, err r/w
-	if sb.cg, err = cg.create(sb.id); err != nil {
+	if sb.cg, err = p.cg.create(sb.id); err != nil {
 		err = fmt.Errorf("create job cgroup: %w", err)
 	} else if pipes[0], pipes[1], err = os.Pipe(); err == nil {
 		if pipes[2], pipes[3], err = os.Pipe(); err == nil {
-			sb.proc, err = startInit(sb.cg, sb.id, pipes[1], pipes[3])
+			setup.Cgroup2, setup.JobCgroup = p.cg.mount, sb.cg.jobDir()
+			sb.proc, err = startInit(sb.cg, setup, pipes[1], pipes[3])
 		}
 	}
 	closeAll([]*os.File{pipes[1], pipes[3]}) // the init holds its own copies
@@ -230,6 +251,72 @@ func (sb *sandbox) discard() {
 	if sb.cg != nil {
 		if err := sb.cg.remove(); err != nil {
 			log.Printf("sandbox %s: remove cgroup: %v", sb.id, err)
+			return // its uid stays taken: a process of it may live on
 		}
 	}
+	sb.release()
+}
+
+// release gives the sandbox's uid back, once no process of it is left.
+func (sb *sandbox) release() {
+	if sb.own != nil {
+		sb.uids.give(sb.own.UID)
+		sb.own = nil
+	}
+}
+
+// uidRange hands out the host uids that contained jobs run as, one per sandbox, the gid the same
+// number. A uid goes back once every process of its sandbox is gone (its cgroup removed), and is
+// taken again as late as possible (round robin), so that a job's files in a directory an operator
+// shares outlive it under a uid no job has for a long while.
+type uidRange struct {
+	first, count uint32
+
+	mu   sync.Mutex // guards used and next
+	used map[uint32]bool
+	next uint32 // the offset tried first
+}
+
+// newUIDRange checks that no user or group of the host's /etc/passwd and /etc/group has an id in the
+// range: a job would own that user's files.
+func newUIDRange(first, count uint32) (*uidRange, error) {
+	if first == 0 || count == 0 || uint64(first)+uint64(count) > 1<<32-1 {
+		return nil, fmt.Errorf("job uid range %d+%d: want a first uid above 0 and a count that ends below 2^32-1", first, count)
+	}
+	for _, file := range []string{"/etc/passwd", "/etc/group"} {
+		data, err := os.ReadFile(file)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			f := strings.Split(line, ":")
+			if len(f) < 3 {
+				continue
+			}
+			if id, err := strconv.ParseUint(f[2], 10, 32); err == nil && id >= uint64(first) && id-uint64(first) < uint64(count) {
+				return nil, fmt.Errorf("job uid range %d+%d holds %s's id %d, from %s", first, count, f[0], id, file)
+			}
+		}
+	}
+	return &uidRange{first: first, count: count, used: map[uint32]bool{}}, nil
+}
+
+func (r *uidRange) take() (*jobUser, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := uint32(0); i < r.count; i++ {
+		uid := r.first + (r.next+i)%r.count
+		if !r.used[uid] {
+			r.used[uid] = true
+			r.next = (r.next + i + 1) % r.count
+			return &jobUser{UID: uid, GID: uid}, nil
+		}
+	}
+	return nil, clientErr(errExhausted, "all %d job uids are in use", r.count)
+}
+
+func (r *uidRange) give(uid uint32) {
+	r.mu.Lock()
+	delete(r.used, uid)
+	r.mu.Unlock()
 }

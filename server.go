@@ -32,7 +32,7 @@ import (
 // coreConfig is the part of the serve flags the job table reads.
 func coreConfig(c serveConfig) jobsConfig {
 	return jobsConfig{ringSize: c.ringSize, retainJobs: c.retainJobs, retainFor: c.retainFor, maxJobs: c.maxJobs,
-		maxJobsPerClient: c.maxJobsPerClient, spareInits: c.spareInits, jobUser: c.jobUser,
+		maxJobsPerClient: c.maxJobsPerClient, spareInits: c.spareInits, jobUser: c.jobUser, contain: c.contain,
 		losslessTimeout: c.losslessTimeout, outputBudget: c.outputBudget}
 }
 

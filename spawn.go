@@ -32,10 +32,14 @@ type proc struct {
 	report   *os.File
 }
 
-// startInit starts a job's init into cg. The init sets up its namespaces (hostname is the job id) and
+// startInit starts a job's init into cg. The init sets up its namespaces and mounts as setup says and
 // then waits on its config pipe for the command, which begin sends: so jobs can be prepared before
 // their Start (sandbox, pool.go).
-func startInit(cg *jobCgroup, hostname string, stdout, stderr *os.File) (*proc, error) {
+func startInit(cg *jobCgroup, setup initSetup, stdout, stderr *os.File) (*proc, error) {
+	arg, err := json.Marshal(setup)
+	if err != nil {
+		return nil, err
+	}
 	initFD, err := os.Open(cg.initDir())
 	if err != nil {
 		return nil, err
@@ -58,7 +62,7 @@ func startInit(cg *jobCgroup, hostname string, stdout, stderr *os.File) (*proc, 
 
 	cmd := &exec.Cmd{
 		Path: initExe,
-		Args: []string{"rund", "init", hostname},
+		Args: []string{"rund", "init", string(arg)},
 		// None of the server's environment. One P: the init has little to run, and each P costs page
 		// faults at start-up (BENCHMARKS.md, "Where a Start's time goes").
 		Env:        []string{"GOMAXPROCS=1"},
