@@ -113,15 +113,15 @@ func clientCommand(cmd string, args []string, out clientIO) (int, error) {
 			return 2, err
 		}
 		if req.Name, req.Args = fs.Arg(0), fs.Args()[min(1, fs.NArg()):]; cmd == "start" {
-			return printID(c.Start(ctx, req))(out)
+			return out.printID(c.Start(ctx, req))
 		}
 		return runJob(ctx, c, req, *verbose, out)
 	case "status":
-		return printJSON(c.Status(ctx, id))(out)
+		return out.printJSON(c.Status(ctx, id))
 	case "stop":
-		return printJSON(c.Stop(ctx, id))(out)
+		return out.printJSON(c.Stop(ctx, id))
 	case "list":
-		return printJSON(c.List(ctx, &rpcpb.ListRequest{}))(out)
+		return out.printJSON(c.List(ctx, &rpcpb.ListRequest{}))
 	case "signal":
 		_, err := c.Signal(ctx, &rpcpb.SignalRequest{Ulid: id.Ulid, Signal: fs.Arg(1)})
 		return exitOnErr(err)
@@ -196,25 +196,23 @@ func exitOnErr(err error) (int, error) {
 	return 0, nil
 }
 
-func printID(id *rpcpb.JobIdentifier, err error) func(clientIO) (int, error) {
-	return func(out clientIO) (int, error) {
-		if err == nil {
-			fmt.Fprintln(out.stdout, id.GetUlid())
-		}
-		return exitOnErr(err)
+// printID and printJSON take an RPC's results as they are: out.printJSON(c.Status(ctx, id)).
+func (out clientIO) printID(id *rpcpb.JobIdentifier, err error) (int, error) {
+	if err == nil {
+		fmt.Fprintln(out.stdout, id.GetUlid())
 	}
+	return exitOnErr(err)
 }
 
-func printJSON[M proto.Message](m M, err error) func(clientIO) (int, error) {
-	return func(out clientIO) (int, error) {
-		if err == nil {
-			b, merr := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
-			if err = merr; err == nil {
-				fmt.Fprintln(out.stdout, string(b))
-			}
-		}
-		return exitOnErr(err)
+func (out clientIO) printJSON(m proto.Message, err error) (int, error) {
+	if err != nil {
+		return 1, err
 	}
+	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
+	if err == nil {
+		fmt.Fprintln(out.stdout, string(b))
+	}
+	return exitOnErr(err)
 }
 
 // streamLog writes a job's output until the stream ends and returns the offset after the last byte.
