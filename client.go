@@ -137,28 +137,27 @@ func clientCommand(cmd string, args []string, out clientIO) (int, error) {
 // startFlags registers the limit flags. A limit is sent only when its flag is given, so "-max_pids 0"
 // reaches the server and gets its clear error instead of silently meaning "no limit".
 func startFlags(fs *flag.FlagSet) func() (*rpcpb.JobStartRequest, error) {
-	u64 := map[string]*uint64{}
-	for _, n := range []string{"max_memory_usage", "max_rbps", "max_wbps", "max_riops", "max_wiops", "max_pids"} {
-		u64[n] = fs.Uint64(n, 0, strings.TrimPrefix(n, "max_")+" limit")
+	req := &rpcpb.JobStartRequest{}
+	limits := map[string]**wrapperspb.UInt64Value{
+		"max_memory_usage": &req.MaxMemoryUsage, "max_rbps": &req.MaxRbps, "max_wbps": &req.MaxWbps,
+		"max_riops": &req.MaxRiops, "max_wiops": &req.MaxWiops, "max_pids": &req.MaxPids,
+	}
+	values := map[string]*uint64{}
+	for name := range limits {
+		values[name] = fs.Uint64(name, 0, strings.TrimPrefix(name, "max_")+" limit")
 	}
 	cpu := fs.Uint("max_cpu_bandwidth", 0, "cpu.max quota in us per 100000 us period")
-	dir := fs.String("dir", "", "absolute working directory (default /)")
+	fs.StringVar(&req.Dir, "dir", "", "absolute working directory (default /)")
 	grace := fs.Duration("grace", 0, "stop grace period between SIGTERM and SIGKILL (default 10s)")
-	var env []string
 	fs.Func("env", "KEY=VALUE added to the job's environment (repeatable)", func(s string) error {
-		env = append(env, s)
+		req.Env = append(req.Env, s)
 		return nil
 	})
 	return func() (*rpcpb.JobStartRequest, error) {
-		req := &rpcpb.JobStartRequest{Env: env, Dir: *dir}
-		targets := map[string]**wrapperspb.UInt64Value{
-			"max_memory_usage": &req.MaxMemoryUsage, "max_rbps": &req.MaxRbps, "max_wbps": &req.MaxWbps,
-			"max_riops": &req.MaxRiops, "max_wiops": &req.MaxWiops, "max_pids": &req.MaxPids,
-		}
 		var err error
 		fs.Visit(func(f *flag.Flag) {
-			if t := targets[f.Name]; t != nil {
-				*t = wrapperspb.UInt64(*u64[f.Name])
+			if field := limits[f.Name]; field != nil {
+				*field = wrapperspb.UInt64(*values[f.Name])
 			}
 			switch f.Name {
 			case "max_cpu_bandwidth":
