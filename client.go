@@ -291,16 +291,12 @@ func forwardSignals(c rpcpb.JobControllerClient, id string, out clientIO) (stop 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
 	ctx, cancel := context.WithCancel(context.Background())
-	ended := make(chan struct{})
-	go func() {
-		defer close(ended)
+	var forwarder sync.WaitGroup
+	forwarder.Go(func() {
 		var lastInt time.Time
-		for {
-			var s os.Signal
-			select {
-			case <-ctx.Done():
-				return
-			case s = <-sigs:
+		for s := range sigs {
+			if ctx.Err() != nil {
+				return // stopped: what is left in sigs goes nowhere
 			}
 			name := unix.SignalName(s.(syscall.Signal))
 			var err error
@@ -318,11 +314,12 @@ func forwardSignals(c rpcpb.JobControllerClient, id string, out clientIO) (stop 
 				fmt.Fprintf(out.stderr, "rund: job %s: %s: %v\n", id, name, err)
 			}
 		}
-	}()
+	})
 	return func() {
-		signal.Stop(sigs)
+		signal.Stop(sigs) // no signal reaches sigs after this, so it can be closed
 		cancel()
-		<-ended
+		close(sigs)
+		forwarder.Wait()
 	}
 }
 
