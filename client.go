@@ -128,7 +128,7 @@ func clientCommand(cmd string, args []string, out clientIO) (int, error) {
 	}
 	req := &rpcpb.LogRequest{Ulid: id.Ulid, Offset: *offset, NoFollow: !*follow, Lossless: !*lossy}
 	var lost uint64
-	if _, err = streamLog(ctx, c, req, &lost, out); err == nil && lost > 0 {
+	if err = streamLog(ctx, c, req, &lost, out); err == nil && lost > 0 {
 		return exitLost, nil
 	}
 	return exitOnErr(err)
@@ -214,21 +214,21 @@ func (out clientIO) printJSON(m proto.Message, err error) (int, error) {
 	return exitOnErr(err)
 }
 
-// streamLog writes a job's output until the stream ends and returns the offset after the last byte.
-// A gap (bytes overwritten before they could be sent) is reported on stderr and added to lost.
-func streamLog(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.LogRequest, lost *uint64, out clientIO) (uint64, error) {
-	stream, err := c.ReadLog(ctx, req)
+// streamLog writes a job's output until the stream ends, moving req.Offset past each byte written, so
+// that a retry with req resumes there. A gap (bytes overwritten before they could be sent) is reported
+// on stderr and added to lost.
+func streamLog(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.LogRequest, lost *uint64, out clientIO) error {
+	stream, err := c.ReadLog(ctx, req) // sends req before it returns
 	if err != nil {
-		return req.Offset, err
+		return err
 	}
-	next := req.Offset
 	for {
 		msg, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
-			return next, nil
+			return nil
 		}
 		if err != nil {
-			return next, err
+			return err
 		}
 		if msg.Lost > 0 {
 			*lost += msg.Lost
@@ -237,7 +237,7 @@ func streamLog(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.LogR
 		}
 		out.stdout.Write(msg.Stdout)
 		out.stderr.Write(msg.Stderr)
-		next = msg.Offset + uint64(len(msg.Stdout)+len(msg.Stderr))
+		req.Offset = msg.Offset + uint64(len(msg.Stdout)+len(msg.Stderr))
 	}
 }
 
@@ -258,8 +258,7 @@ func runJob(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.JobStar
 	lr := &rpcpb.LogRequest{Ulid: id.Ulid, Lossless: true}
 	var lost uint64
 	for tries := 0; ; tries++ {
-		lr.Offset, err = streamLog(ctx, c, lr, &lost, out)
-		if err == nil {
+		if err = streamLog(ctx, c, lr, &lost, out); err == nil {
 			break
 		}
 		if tries == 5 {
