@@ -184,11 +184,10 @@ func issue(spec certSpec, parent *issued) (*issued, error) {
 	if spec.isCA {
 		tmpl.KeyUsage = x509.KeyUsageCertSign | x509.KeyUsageCRLSign
 	}
-	signer, signerCert := key, tmpl
-	if parent != nil {
-		signer, signerCert = parent.key, parent.cert
+	if parent == nil {
+		parent = &issued{cert: tmpl, key: key} // self-signed
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, signerCert, &key.PublicKey, signer)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent.cert, &key.PublicKey, parent.key)
 	if err != nil {
 		return nil, err
 	}
