@@ -10,8 +10,8 @@ package main
 //	<parent>/<ulid>/job/    the command and all its descendants; the limits and the accounting live here
 
 import (
-	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -143,10 +143,7 @@ func setupCgroups(parent string, ioDevices []string) (*cgroupFS, error) {
 	if err != nil {
 		return nil, err
 	}
-	if parent == "" {
-		parent = filepath.Join(mount, "rund")
-	}
-	parent = filepath.Clean(parent)
+	parent = filepath.Clean(cmp.Or(parent, filepath.Join(mount, "rund")))
 	if rel, err := filepath.Rel(mount, parent); err != nil || rel == "." || strings.HasPrefix(rel, "..") {
 		return nil, fmt.Errorf("cgroup parent %s is not below the cgroup2 mount %s", parent, mount)
 	}
@@ -361,12 +358,10 @@ func (cg *cgroupFS) setIdle(j *jobCgroup, idle bool) error {
 // ioMaxValue formats the keys of one io.max line (" rbps=N wbps=N"), or "" when no io limit is set.
 func ioMaxValue(lim limits) string {
 	var b strings.Builder
-	for _, kv := range []struct {
-		k string
-		v uint64
-	}{{"rbps", lim.rbps}, {"wbps", lim.wbps}, {"riops", lim.riops}, {"wiops", lim.wiops}} {
-		if kv.v != 0 {
-			fmt.Fprintf(&b, " %s=%d", kv.k, kv.v)
+	keys := []string{"rbps", "wbps", "riops", "wiops"}
+	for i, v := range []uint64{lim.rbps, lim.wbps, lim.riops, lim.wiops} {
+		if v != 0 {
+			fmt.Fprintf(&b, " %s=%d", keys[i], v)
 		}
 	}
 	return b.String()
@@ -482,14 +477,13 @@ func readUsage(dir string) (usage, error) {
 	if err != nil {
 		return usage{}, err
 	}
-	events := read("memory.events")
 	u := usage{
 		userUsec:   keyValue(cpu, "user_usec"),
 		systemUsec: keyValue(cpu, "system_usec"),
 		memCurrent: single(read("memory.current")),
 		memPeak:    single(read("memory.peak")),
 		pids:       single(read("pids.current")),
-		oomKills:   keyValue(events, "oom_kill"),
+		oomKills:   keyValue(read("memory.events"), "oom_kill"),
 	}
 	u.ioRead, u.ioWrite = ioBytes(read("io.stat"))
 	return u, nil
@@ -497,9 +491,8 @@ func readUsage(dir string) (usage, error) {
 
 // keyValue returns the value of key in a flat-keyed cgroup file ("key value" lines), or 0.
 func keyValue(data []byte, key string) uint64 {
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		if k, v, ok := strings.Cut(sc.Text(), " "); ok && k == key {
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if k, v, ok := strings.Cut(line, " "); ok && k == key {
 			n, _ := strconv.ParseUint(v, 10, 64)
 			return n
 		}

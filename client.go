@@ -113,22 +113,22 @@ func clientCommand(cmd string, args []string, out clientIO) (int, error) {
 			return 2, err
 		}
 		if req.Name, req.Args = fs.Arg(0), fs.Args()[min(1, fs.NArg()):]; cmd == "start" {
-			return printID(c.Start(ctx, req))(out)
+			return out.printID(c.Start(ctx, req))
 		}
 		return runJob(ctx, c, req, *verbose, out)
 	case "status":
-		return printJSON(c.Status(ctx, id))(out)
+		return out.printJSON(c.Status(ctx, id))
 	case "stop":
-		return printJSON(c.Stop(ctx, id))(out)
+		return out.printJSON(c.Stop(ctx, id))
 	case "list":
-		return printJSON(c.List(ctx, &rpcpb.ListRequest{}))(out)
+		return out.printJSON(c.List(ctx, &rpcpb.ListRequest{}))
 	case "signal":
 		_, err := c.Signal(ctx, &rpcpb.SignalRequest{Ulid: id.Ulid, Signal: fs.Arg(1)})
 		return exitOnErr(err)
 	}
 	req := &rpcpb.LogRequest{Ulid: id.Ulid, Offset: *offset, NoFollow: !*follow, Lossless: !*lossy}
 	var lost uint64
-	if _, err = streamLog(ctx, c, req, &lost, out); err == nil && lost > 0 {
+	if err = streamLog(ctx, c, req, &lost, out); err == nil && lost > 0 {
 		return exitLost, nil
 	}
 	return exitOnErr(err)
@@ -137,28 +137,27 @@ func clientCommand(cmd string, args []string, out clientIO) (int, error) {
 // startFlags registers the limit flags. A limit is sent only when its flag is given, so "-max_pids 0"
 // reaches the server and gets its clear error instead of silently meaning "no limit".
 func startFlags(fs *flag.FlagSet) func() (*rpcpb.JobStartRequest, error) {
-	u64 := map[string]*uint64{}
-	for _, n := range []string{"max_memory_usage", "max_rbps", "max_wbps", "max_riops", "max_wiops", "max_pids"} {
-		u64[n] = fs.Uint64(n, 0, strings.TrimPrefix(n, "max_")+" limit")
+	req := &rpcpb.JobStartRequest{}
+	limits := map[string]**wrapperspb.UInt64Value{
+		"max_memory_usage": &req.MaxMemoryUsage, "max_rbps": &req.MaxRbps, "max_wbps": &req.MaxWbps,
+		"max_riops": &req.MaxRiops, "max_wiops": &req.MaxWiops, "max_pids": &req.MaxPids,
+	}
+	values := map[string]*uint64{}
+	for name := range limits {
+		values[name] = fs.Uint64(name, 0, strings.TrimPrefix(name, "max_")+" limit")
 	}
 	cpu := fs.Uint("max_cpu_bandwidth", 0, "cpu.max quota in us per 100000 us period")
-	dir := fs.String("dir", "", "absolute working directory (default /)")
+	fs.StringVar(&req.Dir, "dir", "", "absolute working directory (default /)")
 	grace := fs.Duration("grace", 0, "stop grace period between SIGTERM and SIGKILL (default 10s)")
-	var env []string
 	fs.Func("env", "KEY=VALUE added to the job's environment (repeatable)", func(s string) error {
-		env = append(env, s)
+		req.Env = append(req.Env, s)
 		return nil
 	})
 	return func() (*rpcpb.JobStartRequest, error) {
-		req := &rpcpb.JobStartRequest{Env: env, Dir: *dir}
-		targets := map[string]**wrapperspb.UInt64Value{
-			"max_memory_usage": &req.MaxMemoryUsage, "max_rbps": &req.MaxRbps, "max_wbps": &req.MaxWbps,
-			"max_riops": &req.MaxRiops, "max_wiops": &req.MaxWiops, "max_pids": &req.MaxPids,
-		}
 		var err error
 		fs.Visit(func(f *flag.Flag) {
-			if t := targets[f.Name]; t != nil {
-				*t = wrapperspb.UInt64(*u64[f.Name])
+			if field := limits[f.Name]; field != nil {
+				*field = wrapperspb.UInt64(*values[f.Name])
 			}
 			switch f.Name {
 			case "max_cpu_bandwidth":
@@ -196,42 +195,40 @@ func exitOnErr(err error) (int, error) {
 	return 0, nil
 }
 
-func printID(id *rpcpb.JobIdentifier, err error) func(clientIO) (int, error) {
-	return func(out clientIO) (int, error) {
-		if err == nil {
-			fmt.Fprintln(out.stdout, id.GetUlid())
-		}
-		return exitOnErr(err)
+// printID and printJSON take an RPC's results as they are: out.printJSON(c.Status(ctx, id)).
+func (out clientIO) printID(id *rpcpb.JobIdentifier, err error) (int, error) {
+	if err == nil {
+		fmt.Fprintln(out.stdout, id.GetUlid())
 	}
+	return exitOnErr(err)
 }
 
-func printJSON[M proto.Message](m M, err error) func(clientIO) (int, error) {
-	return func(out clientIO) (int, error) {
-		if err == nil {
-			b, merr := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
-			if err = merr; err == nil {
-				fmt.Fprintln(out.stdout, string(b))
-			}
-		}
-		return exitOnErr(err)
-	}
-}
-
-// streamLog writes a job's output until the stream ends and returns the offset after the last byte.
-// A gap (bytes overwritten before they could be sent) is reported on stderr and added to lost.
-func streamLog(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.LogRequest, lost *uint64, out clientIO) (uint64, error) {
-	stream, err := c.ReadLog(ctx, req)
+func (out clientIO) printJSON(m proto.Message, err error) (int, error) {
 	if err != nil {
-		return req.Offset, err
+		return 1, err
 	}
-	next := req.Offset
+	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
+	if err == nil {
+		fmt.Fprintln(out.stdout, string(b))
+	}
+	return exitOnErr(err)
+}
+
+// streamLog writes a job's output until the stream ends, moving req.Offset past each byte written, so
+// that a retry with req resumes there. A gap (bytes overwritten before they could be sent) is reported
+// on stderr and added to lost.
+func streamLog(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.LogRequest, lost *uint64, out clientIO) error {
+	stream, err := c.ReadLog(ctx, req) // sends req before it returns
+	if err != nil {
+		return err
+	}
 	for {
 		msg, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
-			return next, nil
+			return nil
 		}
 		if err != nil {
-			return next, err
+			return err
 		}
 		if msg.Lost > 0 {
 			*lost += msg.Lost
@@ -240,7 +237,7 @@ func streamLog(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.LogR
 		}
 		out.stdout.Write(msg.Stdout)
 		out.stderr.Write(msg.Stderr)
-		next = msg.Offset + uint64(len(msg.Stdout)+len(msg.Stderr))
+		req.Offset = msg.Offset + uint64(len(msg.Stdout)+len(msg.Stderr))
 	}
 }
 
@@ -261,8 +258,7 @@ func runJob(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.JobStar
 	lr := &rpcpb.LogRequest{Ulid: id.Ulid, Lossless: true}
 	var lost uint64
 	for tries := 0; ; tries++ {
-		lr.Offset, err = streamLog(ctx, c, lr, &lost, out)
-		if err == nil {
+		if err = streamLog(ctx, c, lr, &lost, out); err == nil {
 			break
 		}
 		if tries == 5 {
@@ -294,16 +290,12 @@ func forwardSignals(c rpcpb.JobControllerClient, id string, out clientIO) (stop 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
 	ctx, cancel := context.WithCancel(context.Background())
-	ended := make(chan struct{})
-	go func() {
-		defer close(ended)
+	var forwarder sync.WaitGroup
+	forwarder.Go(func() {
 		var lastInt time.Time
-		for {
-			var s os.Signal
-			select {
-			case <-ctx.Done():
-				return
-			case s = <-sigs:
+		for s := range sigs {
+			if ctx.Err() != nil {
+				return // stopped: what is left in sigs goes nowhere
 			}
 			name := unix.SignalName(s.(syscall.Signal))
 			var err error
@@ -321,11 +313,12 @@ func forwardSignals(c rpcpb.JobControllerClient, id string, out clientIO) (stop 
 				fmt.Fprintf(out.stderr, "rund: job %s: %s: %v\n", id, name, err)
 			}
 		}
-	}()
+	})
 	return func() {
-		signal.Stop(sigs)
+		signal.Stop(sigs) // no signal reaches sigs after this, so it can be closed
 		cancel()
-		<-ended
+		close(sigs)
+		forwarder.Wait()
 	}
 }
 

@@ -8,6 +8,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -55,31 +56,35 @@ func loadCAPool(caFile string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
-// serverTLS is the server's configuration: mutual TLS 1.3 against caFile.
-func serverTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+// tlsFiles is what both ends load alike: TLS 1.3 only, their own certificate, and the pool of caFile
+// that the other end must chain to.
+func tlsFiles(caFile, certFile, keyFile string) (*tls.Config, *x509.CertPool, error) {
 	cert, err := loadKeyPair(certFile, keyFile)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	pool, err := loadCAPool(caFile)
+	return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}}, pool, err
+}
+
+// serverTLS is the server's configuration: mutual TLS 1.3 against caFile.
+func serverTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+	cfg, pool, err := tlsFiles(caFile, certFile, keyFile)
 	if err != nil {
 		return nil, err
 	}
-	own := cert.Certificate[0]
-	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		NextProtos:   []string{"h2"}, // set here too, as certStore hands this config out directly
-		Certificates: []tls.Certificate{cert},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    pool,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			leaf := cs.VerifiedChains[0][0]
-			if bytes.Equal(leaf.Raw, own) {
-				return errors.New("the server's own certificate cannot be used as a client")
-			}
-			return requireEKU(leaf, x509.ExtKeyUsageClientAuth, "client")
-		},
-	}, nil
+	own := cfg.Certificates[0].Certificate[0]
+	cfg.NextProtos = []string{"h2"} // set here too, as certStore hands this config out directly
+	cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	cfg.ClientCAs = pool
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		leaf := cs.VerifiedChains[0][0]
+		if bytes.Equal(leaf.Raw, own) {
+			return errors.New("the server's own certificate cannot be used as a client")
+		}
+		return requireEKU(leaf, x509.ExtKeyUsageClientAuth, "client")
+	}
+	return cfg, nil
 }
 
 // certStore holds the server's current TLS configuration, so that certificates can be rotated without
@@ -116,22 +121,15 @@ func (s *certStore) config() *tls.Config {
 
 // clientTLS is the client's configuration: it trusts only caFile and wants the ServerAuth EKU.
 func clientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
-	cert, err := loadKeyPair(certFile, keyFile)
+	cfg, pool, err := tlsFiles(caFile, certFile, keyFile)
 	if err != nil {
 		return nil, err
 	}
-	pool, err := loadCAPool(caFile)
-	if err != nil {
-		return nil, err
+	cfg.RootCAs = pool
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		return requireEKU(cs.VerifiedChains[0][0], x509.ExtKeyUsageServerAuth, "server")
 	}
-	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{cert},
-		RootCAs:      pool,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			return requireEKU(cs.VerifiedChains[0][0], x509.ExtKeyUsageServerAuth, "server")
-		},
-	}, nil
+	return cfg, nil
 }
 
 func requireEKU(c *x509.Certificate, eku x509.ExtKeyUsage, role string) error {
@@ -169,17 +167,13 @@ func issue(spec certSpec, parent *issued) (*issued, error) {
 	if err != nil {
 		return nil, err
 	}
-	if spec.notBefore.IsZero() {
-		spec.notBefore = time.Now().Add(-time.Hour)
-	}
-	if spec.notAfter.IsZero() {
-		spec.notAfter = spec.notBefore.Add(365 * 24 * time.Hour)
-	}
+	notBefore := cmp.Or(spec.notBefore, time.Now().Add(-time.Hour))    // unset: valid from an hour ago
+	notAfter := cmp.Or(spec.notAfter, notBefore.Add(365*24*time.Hour)) // unset: for a year
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: spec.name},
-		NotBefore:             spec.notBefore,
-		NotAfter:              spec.notAfter,
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
 		DNSNames:              spec.dns,
 		IPAddresses:           spec.ips,
 		ExtKeyUsage:           spec.eku,
@@ -190,11 +184,10 @@ func issue(spec certSpec, parent *issued) (*issued, error) {
 	if spec.isCA {
 		tmpl.KeyUsage = x509.KeyUsageCertSign | x509.KeyUsageCRLSign
 	}
-	signer, signerCert := key, tmpl
-	if parent != nil {
-		signer, signerCert = parent.key, parent.cert
+	if parent == nil {
+		parent = &issued{cert: tmpl, key: key} // self-signed
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, signerCert, &key.PublicKey, signer)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent.cert, &key.PublicKey, parent.key)
 	if err != nil {
 		return nil, err
 	}
