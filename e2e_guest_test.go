@@ -60,7 +60,7 @@ const (
 // e2eChecks are the names TestE2EGuest reports, in order; TestVM expects a line for each.
 var e2eChecks = []string{
 	"server-cgroup", "spares",
-	"ns-ppid", "ns-proc", "ns-net", "ns-hostname", "ns-mount",
+	"ns-ppid", "ns-proc", "ns-net", "ns-hostname", "ns-mount", "contained",
 	"stop-grace",
 	"cpu-unlimited", "cpu-limited",
 	"memory-oom", "memory-usable",
@@ -347,6 +347,7 @@ func TestE2EGuest(t *testing.T) {
 		{"spares", g.checkSpares},
 		{"ns-ppid", g.checkNamespaces},
 		{"ns-mount", g.checkMount},
+		{"contained", g.checkContained},
 		{"stop-grace", g.checkStop},
 		{"cpu-unlimited", g.checkCPUUnlimited},
 		{"cpu-limited", g.checkCPULimited},
@@ -672,11 +673,13 @@ func (g *e2eGuest) checkNamespaces() {
 	g.report("ns-hostname", slices.Equal(f["hostname"], []string{id}), "hostname %q, job id %q", strings.Join(f["hostname"], ","), id)
 }
 
+// checkMount: a contained job can mount nothing (it holds no capability over its mount namespace), and
+// the host sees nothing of the attempt.
 func (g *e2eGuest) checkMount() {
 	dir := "/mnt/e2e"
 	os.MkdirAll(dir, 0o755)
 	out, _, err := g.cli("start", "--", "/bin/sh", "-c",
-		fmt.Sprintf("mount -t tmpfs e2e-tmpfs %s && touch %s/inside && ls %s", dir, dir, dir))
+		fmt.Sprintf("mount -t tmpfs e2e-tmpfs %s && echo mounted; touch %s/inside; ls %s", dir, dir, dir))
 	id := strings.TrimSpace(out)
 	var st *rpcpb.JobStatus
 	if err == nil {
@@ -689,9 +692,34 @@ func (g *e2eGuest) checkMount() {
 	mi, _ := os.ReadFile("/proc/self/mountinfo")
 	visible := !gone(dir + "/inside")
 	inMountinfo := strings.Contains(string(mi), "e2e-tmpfs")
-	g.report("ns-mount", exitedZero(st) && out == "inside\n" && !visible && !inMountinfo,
-		"inside the job: mount -t tmpfs on %s, touch, ls: %s, ls printed %q; on the host: the file visible=%v, the tmpfs in mountinfo=%v",
+	g.report("ns-mount", exitedZero(st) && out == "" && !visible && !inMountinfo,
+		"inside the job: mount -t tmpfs on %s, touch, ls: %s, printed %q (want nothing); on the host: the file visible=%v, the tmpfs in mountinfo=%v",
 		dir, exitText(st), strings.TrimSpace(out), visible, inMountinfo)
+}
+
+// checkContained: with real controllers, a contained job cannot raise its own limits or leave its
+// cgroup, which is all it sees of the hierarchy, and its /tmp is its own.
+func (g *e2eGuest) checkContained() {
+	script := `cd /sys/fs/cgroup && cat /proc/self/cgroup && id -u && ls cgroup.procs memory.max pids.max || exit 1
+for f in memory.max pids.max memory.high cgroup.subtree_control; do echo max 2>/dev/null >$f && echo "wrote $f"; done
+echo $$ 2>/dev/null >/sys/fs/cgroup/../cgroup.procs && echo escaped
+echo x >/tmp/e2e-contained && echo tmp-ok
+cat memory.max pids.max`
+	out, _, err := g.cli("start", "-max_memory_usage", "33554432", "-max_pids", "50", "--", "/bin/sh", "-c", script)
+	id := strings.TrimSpace(out)
+	var st *rpcpb.JobStatus
+	if err == nil {
+		out, _, st, err = g.wait(id)
+	}
+	if err != nil {
+		g.report("contained", false, "%v", err)
+		return
+	}
+	want := "0::/\n0\ncgroup.procs\nmemory.max\npids.max\ntmp-ok\n33554432\n50\n"
+	onHost := !gone("/tmp/e2e-contained")
+	g.report("contained", exitedZero(st) && out == want && !onHost,
+		"a job under memory.max 32 MiB and pids.max 50 tried to raise both and to join the root cgroup: %s, printed %q (want %q); its /tmp file on the host: %v",
+		exitText(st), out, want, onHost)
 }
 
 // checkStop: a tree whose processes ignore SIGTERM, through the real client.

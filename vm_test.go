@@ -179,6 +179,8 @@ while [ ! -e /sys/block/vda/dev ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); d
 if [ -e /sys/block/vda/dev ] && [ ! -b /dev/vda ]; then
 	mknod /dev/vda b $(tr : ' ' </sys/block/vda/dev)
 fi
+# The io checks read and write the disk from contained jobs, which have no host uid but their own.
+chmod 666 /dev/vda
 echo "E2E-INIT kernel $(uname -r); cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers); vda $(cat /sys/block/vda/dev 2>&1)"
 cd /
 RUND_E2E_GUEST=1 /bin/rund.test -test.run '^TestE2EGuest$' -test.v -test.timeout 200s
