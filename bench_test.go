@@ -359,12 +359,12 @@ func (b *bench) cgroup(name string) string {
 
 // rundServer starts the static rund with default settings but for bounds raised above what the
 // benchmark itself needs (live jobs, log streams per client).
-func (b *bench) rundServer(name string) *benchProc {
+func (b *bench) rundServer(name string, extra ...string) *benchProc {
 	parent := b.cgroup(name)
-	cmd := exec.Command(b.rund, "serve", "-addr", "127.0.0.1:0", "-cgroup", parent,
+	cmd := exec.Command(b.rund, append([]string{"serve", "-addr", "127.0.0.1:0", "-cgroup", parent,
 		"-ca", b.pki.file("ca.crt"), "-cert", b.pki.file("server.crt"), "-key", b.pki.file("server.key"),
 		"-max_jobs", "3000", "-max_jobs_per_client", "3000", "-max_streams_per_client", "1000",
-		"-max_requests", "10000", "-max_requests_per_client", "5000")
+		"-max_requests", "10000", "-max_requests_per_client", "5000"}, extra...)...)
 	cmd.Env = []string{}
 	return benchStartProc(b.t, "rund", parent, cmd)
 }
@@ -589,6 +589,7 @@ func TestBenchReport(t *testing.T) {
 			b.outputRate([]string{"seq", "1", "1000000000000000"}, "seq")
 		}},
 		{"lossless", b.lossless},
+		{"contain", b.containment},
 		{"bounds", b.bounds},
 		{"idle", b.idleJobs},
 		{"heap", func() { t.Run("heap", b.heapPerJob) }},
