@@ -179,8 +179,6 @@ func TestCertificateRotationOnSIGHUP(t *testing.T) {
 // own: a key the server holds in its session keyring is not found from the job, and no two jobs
 // share a keyring.
 func TestJobsDropServerKeysAndPrivileges(t *testing.T) {
-	ts := startServer(t)
-	a := ts.dialAs(t, "a")
 	key, err := unix.AddKey("user", "rund-test-secret", []byte("server's"), unix.KEY_SPEC_SESSION_KEYRING)
 	if err != nil {
 		t.Skipf("this kernel or sandbox gives no session keyring to add a key to: %v", err)
@@ -190,17 +188,31 @@ func TestJobsDropServerKeysAndPrivileges(t *testing.T) {
 		t.Fatalf("the test's own key is not found from its session keyring: %v", err)
 	}
 	own, _ := unix.KeyctlGetKeyringID(unix.KEY_SPEC_SESSION_KEYRING, false)
-	rings := map[string]bool{}
-	for range 2 {
-		out, errs := readAll(t, a, startJob(t, a, selfCmd(t, "keys")))
-		f := facts(out)
-		ring := strings.Fields(strings.Join(f["session-keyring"], ""))
-		if len(ring) == 0 || ring[0] == fmt.Sprint(own) || rings[ring[0]] || strings.Join(f["server-key-found"], "") != "false" ||
-			strings.Join(f["no-new-privs"], "") != "1" {
-			t.Errorf("job: %q %q; want its own session keyring (not the server's %d), no server key, no_new_privs 1", out, errs, own)
+	// Uncontained, a job has a session keyring of its own; contained, the syscall filter refuses it
+	// every key syscall, and it finds the server's key neither way.
+	for _, contained := range []bool{false, true} {
+		opts := []serverOpt{uncontained}
+		if contained {
+			opts = nil
 		}
-		if len(ring) > 0 {
-			rings[ring[0]] = true
+		ts := startServer(t, opts...)
+		a := ts.dialAs(t, "a")
+		rings := map[string]bool{}
+		for range 2 {
+			out, errs := readAll(t, a, startJob(t, a, selfCmd(t, "keys")))
+			f := facts(out)
+			ring := strings.Fields(strings.Join(f["session-keyring"], ""))
+			okRing := len(ring) > 0 && ring[0] != fmt.Sprint(own) && !rings[ring[0]]
+			if contained {
+				okRing = strings.Join(f["session-keyring"], "") == "-1 operation not permitted"
+			}
+			if !okRing || strings.Join(f["server-key-found"], "") != "false" || strings.Join(f["no-new-privs"], "") != "1" {
+				t.Errorf("job (contained %v): %q %q; want its own session keyring (not the server's %d) or none, no server key, no_new_privs 1",
+					contained, out, errs, own)
+			}
+			if len(ring) > 0 {
+				rings[ring[0]] = true
+			}
 		}
 	}
 }

@@ -128,6 +128,12 @@ func runInit() int {
 	if setupErr == nil {
 		setupErr = setupNamespaces(setup)
 	}
+	// The command inherits from the thread that forks it what dropInherited sets: all of it is a
+	// thread's (no_new_privs, groups, session keyring, seccomp filter). So that thread is this one, kept.
+	runtime.LockOSThread()
+	if setupErr == nil {
+		setupErr = dropInherited(setup.Contain)
+	}
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, forwardedSignals...)
 	cfgPipe, repPipe := initPipe(3, "config"), initPipe(4, "report")
@@ -210,12 +216,6 @@ func startCommand(cfg initConfig, setupErr error) (int, *startReport) {
 		return 0, failure(stageSetup, err, "open %s: %v", os.DevNull, err)
 	}
 	defer devnull.Close()
-	// no_new_privs, the groups, the session keyring and the syscall filter are attributes of a thread,
-	// which the command inherits from the one that forks it: all are set on this one, kept to the end.
-	runtime.LockOSThread()
-	if fail := dropInherited(cfg.Own != nil); fail != nil {
-		return 0, fail
-	}
 	sys := &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: 5}
 	if u := cfg.User; u != nil {
 		sys.Credential = &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: []uint32{}}
@@ -223,12 +223,12 @@ func startCommand(cfg initConfig, setupErr error) (int, *startReport) {
 	if u := cfg.Own; u != nil {
 		ownUserns(sys, u)
 	}
-	pid, err := syscall.ForkExec(path, cfg.Argv, &syscall.ProcAttr{
-		Dir:   cfg.Dir,
-		Env:   cfg.Env,
-		Files: []uintptr{devnull.Fd(), 1, 2},
-		Sys:   sys,
-	})
+	attr := &syscall.ProcAttr{Dir: cfg.Dir, Env: cfg.Env, Files: []uintptr{devnull.Fd(), 1, 2}, Sys: sys}
+	forkExec := syscall.ForkExec
+	if cfg.Own != nil {
+		forkExec = forkExecFiltered
+	}
+	pid, err := forkExec(path, cfg.Argv, attr)
 	if err != nil {
 		return 0, failure(stageExec, err, "exec %q: %v", cfg.Argv[0], errnoText(err))
 	}
@@ -314,19 +314,28 @@ func ownUserns(sys *syscall.SysProcAttr, u *jobUser) {
 // built without keys has none to share (ENOSYS).
 //
 // A contained job also loses the server's supplementary groups (root's: its user namespace refuses
-// setgroups, so the command could not drop them itself).
-func dropInherited(contained bool) *startReport {
+// setgroups, so the command could not drop them itself) and gets the syscall filter (seccomp.go), whose
+// supervisor this starts; the filter's rules for the init's own fork need two Ps and no collection in
+// progress (seccomp.go), arranged here, before the Start.
+func dropInherited(contained bool) error {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-		return failure(stageSetup, err, "set no_new_privs: %v", err)
+		return fmt.Errorf("set no_new_privs: %w", err)
 	}
 	if _, _, e := unix.Syscall(unix.SYS_KEYCTL, unix.KEYCTL_JOIN_SESSION_KEYRING, 0, 0); e != 0 && e != unix.ENOSYS {
-		return failure(stageSetup, e, "join a new session keyring: %v", e)
+		return fmt.Errorf("join a new session keyring: %w", e)
 	}
-	if contained {
-		if err := unix.Setgroups(nil); err != nil {
-			return failure(stageSetup, err, "drop supplementary groups: %v", err)
-		}
+	if !contained {
+		return nil
 	}
+	if err := unix.Setgroups(nil); err != nil {
+		return fmt.Errorf("drop supplementary groups: %w", err)
+	}
+	runtime.GOMAXPROCS(2)
+	listener, err := installJobFilter()
+	if err != nil {
+		return err
+	}
+	go superviseClone3(listener)
 	return nil
 }
 
