@@ -44,6 +44,8 @@ func TestMain(m *testing.M) {
 			os.Exit(probe(os.Args[2:]))
 		case "e2e-tool":
 			os.Exit(e2eTool(os.Args[2:]))
+		case "seccomp-child":
+			os.Exit(seccompChild(os.Args[2:]))
 		}
 	}
 	// os/signal starts one watcher goroutine at the first Notify, for the life of the process: started
@@ -472,6 +474,8 @@ func probe(what []string) int {
 					fmt.Printf("no-new-privs=%s\n", strings.TrimSpace(v))
 				}
 			}
+		case "syscalls": // "syscall=<name> <errno or ok>" for each syscall the job's filter denies (seccomp_test.go)
+			probeSyscalls()
 		}
 	}
 	return 0

@@ -110,7 +110,7 @@ func physicalMemory() uint64 {
 	if syscall.Sysinfo(&si) != nil {
 		return 1 << 62
 	}
-	return si.Totalram * uint64(si.Unit)
+	return uint64(si.Totalram) * uint64(si.Unit) // Totalram is 32 bits on 32-bit arches
 }
 
 // jobEnv is the minimal environment every job gets, then the request's entries (later ones win).
