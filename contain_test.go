@@ -801,3 +801,35 @@ func TestContainOrdinaryPrograms(t *testing.T) {
 		})
 	}
 }
+
+// TestContainSeccomp: inside a real contained job every syscall the filter names is refused (EPERM;
+// clone3 ENOSYS), the init's own clone3 having gone through, and the filter is in force in the
+// command from its start; an uncontained job has no filter.
+func TestContainSeccomp(t *testing.T) {
+	ts := startServer(t)
+	a := ts.dialAs(t, "a")
+	out, errs := readAll(t, a, startJob(t, a, selfCmd(t, "syscalls")))
+	got := syscallResults(out)
+	for _, r := range jobRules {
+		want := "EPERM"
+		if r.act == supervise {
+			want = "ENOSYS"
+		}
+		if got[r.name] != want {
+			t.Errorf("%s in a contained job: %q, want %s (stderr %q)", r.name, got[r.name], want, errs)
+		}
+	}
+	if got["os-exec"] != "ok" || got["unshare-plain"] != "ok" {
+		t.Errorf("a contained job could not fork (%q) or unshare without CLONE_NEWUSER (%q)", got["os-exec"], got["unshare-plain"])
+	}
+	if out, _ := readAll(t, a, startJob(t, a, cmd("grep", "^Seccomp:", "/proc/self/status"))); out != "Seccomp:\t2\n" {
+		t.Errorf("contained job's /proc/self/status says %q, want filter mode 2", out)
+	}
+	t.Run("uncontained", func(t *testing.T) {
+		ts := startServer(t, uncontained)
+		c := ts.dialAs(t, "a")
+		if out, _ := readAll(t, c, startJob(t, c, cmd("grep", "^Seccomp:", "/proc/self/status"))); out != "Seccomp:\t0\n" {
+			t.Errorf("uncontained job's /proc/self/status says %q, want no filter", out)
+		}
+	})
+}

@@ -191,28 +191,32 @@ func TestJobsDropServerKeysAndPrivileges(t *testing.T) {
 	// Uncontained, a job has a session keyring of its own; contained, the syscall filter refuses it
 	// every key syscall, and it finds the server's key neither way.
 	for _, contained := range []bool{false, true} {
-		opts := []serverOpt{uncontained}
+		t.Run(fmt.Sprint("contained=", contained), func(t *testing.T) { keysInJobs(t, contained, own) })
+	}
+}
+
+func keysInJobs(t *testing.T, contained bool, own int) {
+	opts := []serverOpt{uncontained}
+	if contained {
+		opts = nil
+	}
+	ts := startServer(t, opts...)
+	a := ts.dialAs(t, "a")
+	rings := map[string]bool{}
+	for range 2 {
+		out, errs := readAll(t, a, startJob(t, a, selfCmd(t, "keys")))
+		f := facts(out)
+		ring := strings.Fields(strings.Join(f["session-keyring"], ""))
+		okRing := len(ring) > 0 && ring[0] != fmt.Sprint(own) && !rings[ring[0]]
 		if contained {
-			opts = nil
+			okRing = strings.Join(f["session-keyring"], "") == "-1 operation not permitted"
 		}
-		ts := startServer(t, opts...)
-		a := ts.dialAs(t, "a")
-		rings := map[string]bool{}
-		for range 2 {
-			out, errs := readAll(t, a, startJob(t, a, selfCmd(t, "keys")))
-			f := facts(out)
-			ring := strings.Fields(strings.Join(f["session-keyring"], ""))
-			okRing := len(ring) > 0 && ring[0] != fmt.Sprint(own) && !rings[ring[0]]
-			if contained {
-				okRing = strings.Join(f["session-keyring"], "") == "-1 operation not permitted"
-			}
-			if !okRing || strings.Join(f["server-key-found"], "") != "false" || strings.Join(f["no-new-privs"], "") != "1" {
-				t.Errorf("job (contained %v): %q %q; want its own session keyring (not the server's %d) or none, no server key, no_new_privs 1",
-					contained, out, errs, own)
-			}
-			if len(ring) > 0 {
-				rings[ring[0]] = true
-			}
+		if !okRing || strings.Join(f["server-key-found"], "") != "false" || strings.Join(f["no-new-privs"], "") != "1" {
+			t.Errorf("job (contained %v): %q %q; want its own session keyring (not the server's %d) or none, no server key, no_new_privs 1",
+				contained, out, errs, own)
+		}
+		if len(ring) > 0 {
+			rings[ring[0]] = true
 		}
 	}
 }
