@@ -100,11 +100,22 @@ func runServe(args []string) int {
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
 		return 2
 	}
-	if !*uncontained {
-		if c.jobUser != nil {
-			log.Printf("rund serve: -job_user needs -unsafe_uncontained_jobs: a contained job runs as a host uid of its own")
+	for _, bad := range []struct {
+		is  bool
+		msg string
+	}{
+		{c.ringSize < maxChunk, fmt.Sprintf("-log_buffer must be at least %d bytes", maxChunk)},
+		{c.outputBudget < int64(c.ringSize), "-output_budget must be at least -log_buffer"},
+		{c.losslessTimeout <= 0, "-lossless_timeout must be positive"},
+		{c.spareInits < 0 || c.spareInits > 64, "-spare_inits must be 0..64"},
+		{c.jobUser != nil && !*uncontained, "-job_user needs -unsafe_uncontained_jobs: a contained job runs as a host uid of its own"},
+	} {
+		if bad.is {
+			log.Printf("rund serve: %s", bad.msg)
 			return 2
 		}
+	}
+	if !*uncontained {
 		uids, err := newUIDRange(uint32(min(*uidFirst, 1<<32-1)), uint32(min(*uidCount, 1<<32-1)))
 		if err != nil {
 			log.Printf("rund serve: %v", err)
@@ -114,22 +125,6 @@ func runServe(args []string) int {
 	}
 	if *io != "" {
 		c.ioDevices = strings.Split(*io, ",")
-	}
-	if c.ringSize < maxChunk {
-		log.Printf("rund serve: -log_buffer must be at least %d bytes", maxChunk)
-		return 2
-	}
-	if c.outputBudget < int64(c.ringSize) {
-		log.Printf("rund serve: -output_budget must be at least -log_buffer")
-		return 2
-	}
-	if c.losslessTimeout <= 0 {
-		log.Printf("rund serve: -lossless_timeout must be positive")
-		return 2
-	}
-	if c.spareInits < 0 || c.spareInits > 64 {
-		log.Printf("rund serve: -spare_inits must be 0..64")
-		return 2
 	}
 	if err := serve(c); err != nil {
 		log.Printf("rund serve: %v", err)
