@@ -5,6 +5,12 @@ package main
 // its command, execs it as PID 2 into <job>/job (clone3 + CLONE_INTO_CGROUP), forwards signals to it,
 // reaps orphans and reports the command's exact wait status.
 //
+// A contained job (the default; README "What a job can do") differs in three places: setupMounts makes
+// the host's mounts read-only and the job's own /tmp, /var/tmp, /dev/shm and cgroup view; dropInherited
+// installs the syscall filter (seccomp.go) on the thread that will fork; and the command is cloned into
+// a user namespace of its own (ownUserns), root in it, its own host uid outside it. The init itself
+// stays host root in the job's other namespaces, which the command so holds no capability over.
+//
 // Why a PID 1 of our own: the kernel drops signals to a namespace's init that has no handler for them
 // (pid_namespaces(7)), so a command run as PID 1 could not be stopped with SIGTERM, and nothing would
 // reap the orphans it leaves. The init lives in its own unlimited cgroup, so the limits a client sets
@@ -17,6 +23,8 @@ package main
 //	3      config pipe: one JSON initConfig, then kept open as a lifeline: EOF means rund died
 //	4      report pipe: one JSON startReport, then, if the command started, one exitReport
 //	5      <job>/job cgroup directory, for CLONE_INTO_CGROUP of the command
+//
+// Its one argument is an initSetup, as JSON.
 //
 // Goroutines of the init (it is a process of its own; its exit ends them all):
 //   - main: setup, the config, the command's start, then reaping until the command has ended.

@@ -5,7 +5,8 @@ package main
 //	begin:  limits written, command sent to the init, pumps started
 //	finish: exit report -> job/ emptied -> output drained -> final accounting -> status published (done)
 //	        -> log closed -> init reaped -> cgroups removed (gone)
-//	stop:   SIGTERM to the command; after the grace period, cgroup.kill of job/
+//	stop:   SIGTERM to the command; after the grace period, cgroup.kill of job/; if the command has not
+//	        ended killWait later, SIGKILL to the init (its PID namespace goes with it)
 //
 // Goroutines of a job (who starts, what ends, who waits):
 //   - two pumps: started by begin; end when every writer of their pipe is gone or drain closes it;
