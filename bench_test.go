@@ -430,9 +430,9 @@ func benchSummary(xs []float64, unit string) string {
 // benchJudge formats a ratio and checks it against a bound: atMost for "≤", otherwise "≥".
 func benchJudge(ratio, bound float64, atMost bool) (string, string, string) {
 	met := ratio >= bound
-	target := fmt.Sprintf("≥ %.2gx", bound)
+	target := fmt.Sprintf("≥ %.3gx", bound)
 	if atMost {
-		met, target = ratio <= bound, fmt.Sprintf("≤ %.2gx", bound)
+		met, target = ratio <= bound, fmt.Sprintf("≤ %.3gx", bound)
 	}
 	return fmt.Sprintf("%.2fx", ratio), target, map[bool]string{true: "yes", false: "NO"}[met]
 }

@@ -270,9 +270,10 @@ func findCommand(cfg initConfig) (path string, fail *startReport) {
 	return path, fail
 }
 
-// asJobUser runs check on a thread whose filesystem ids are the job user's and that has no
-// supplementary groups (setfsuid(2): taking a non-zero fsuid also drops root's file capabilities,
-// capabilities(7)). Those ids are the thread's only, and the thread ends with the goroutine.
+// asJobUser runs check with the job user's filesystem ids and no supplementary groups (setfsuid(2):
+// a non-zero fsuid also takes root's file capabilities out of the effective set, capabilities(7)),
+// then takes root's ids back. All of these are the calling thread's: the init's own, locked to it
+// (runInit), whose groups the command does not inherit (ownUserns, -job_user's Credential).
 func asJobUser(cfg initConfig, check func()) error {
 	u := cfg.Own
 	if u == nil {
@@ -282,22 +283,17 @@ func asJobUser(cfg initConfig, check func()) error {
 		check()
 		return nil
 	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with this goroutine
-		err := errors.Join(unix.Setgroups(nil), unix.Setfsgid(int(u.GID)), unix.Setfsuid(int(u.UID)))
-		// setfsuid(2) reports no error; its result is read back.
-		gid, _ := unix.SetfsgidRetGid(int(u.GID))
-		uid, _ := unix.SetfsuidRetUid(int(u.UID))
-		if err == nil && (uid != int(u.UID) || gid != int(u.GID)) {
-			err = fmt.Errorf("setfsuid %d, setfsgid %d: have %d, %d", u.UID, u.GID, uid, gid)
-		}
-		if err == nil {
-			check()
-		}
-		errc <- err
-	}()
-	return <-errc
+	err := errors.Join(unix.Setgroups(nil), unix.Setfsgid(int(u.GID)), unix.Setfsuid(int(u.UID)))
+	// setfsuid(2) reports no error; its result is read back.
+	gid, _ := unix.SetfsgidRetGid(int(u.GID))
+	uid, _ := unix.SetfsuidRetUid(int(u.UID))
+	if err == nil && (uid != int(u.UID) || gid != int(u.GID)) {
+		err = fmt.Errorf("setfsuid %d, setfsgid %d: have %d, %d", u.UID, u.GID, uid, gid)
+	}
+	if err == nil {
+		check()
+	}
+	return errors.Join(err, unix.Setfsuid(0), unix.Setfsgid(0))
 }
 
 // ownUserns puts the command in a new user namespace in which uid and gid 0 are the job's own host uid
