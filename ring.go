@@ -96,7 +96,7 @@ func (h *hold) Release() {
 	h.r.mu.Lock()
 	defer h.r.mu.Unlock()
 	delete(h.r.holds, h)
-	h.r.roomChanged()
+	wakeAll(&h.r.room)
 }
 
 // Read is the ring's Read for h's reader: asking for off means every byte before it has been taken,
@@ -105,18 +105,27 @@ func (h *hold) Read(ctx context.Context, off int64, buf []byte, follow bool) (n 
 	h.r.mu.Lock()
 	if off > h.off {
 		h.off, h.progress = off, time.Now()
-		h.r.roomChanged()
+		wakeAll(&h.r.room)
 	}
 	h.r.mu.Unlock()
 	return h.r.Read(ctx, off, buf, follow)
 }
 
-// roomChanged wakes a WaitRoom. Caller holds mu.
-func (r *ring) roomChanged() {
-	if r.room != nil {
-		close(r.room)
-		r.room = nil
+// wakeAll closes *ch, waking everyone who waits on it (a Read on wake, WaitRoom on room), and resets
+// it to nil for the next waiter to make anew. Caller holds mu.
+func wakeAll(ch *chan struct{}) {
+	if *ch != nil {
+		close(*ch)
+		*ch = nil
 	}
+}
+
+// waitOn returns the channel the next wakeAll of *ch closes. Caller holds mu.
+func waitOn(ch *chan struct{}) chan struct{} {
+	if *ch == nil {
+		*ch = make(chan struct{})
+	}
+	return *ch
 }
 
 // WaitRoom returns once a Write of need bytes (need <= capacity) would overwrite no byte that a hold
@@ -152,10 +161,7 @@ func (r *ring) WaitRoom(need int, patience time.Duration) {
 		if oldest.IsZero() {
 			return
 		}
-		if r.room == nil {
-			r.room = make(chan struct{})
-		}
-		room := r.room
+		room := waitOn(&r.room)
 		r.mu.Unlock()
 		timer := time.NewTimer(patience - time.Since(oldest))
 		select {
@@ -203,6 +209,11 @@ func (r *ring) growSegs() {
 		r.segMax = len(r.segs)
 		return
 	}
+	r.resizeSegs(n)
+}
+
+// resizeSegs moves the segments in use to a new deque of n entries, the oldest first. Caller holds mu.
+func (r *ring) resizeSegs(n int) {
 	segs := make([]segment, n)
 	for i := range r.segLen {
 		segs[i] = *r.seg(i)
@@ -217,14 +228,6 @@ func (r *ring) seg(i int) *segment { return &r.segs[(r.segHead+i)%len(r.segs)] }
 func (r *ring) popSeg() {
 	r.segHead = (r.segHead + 1) % len(r.segs)
 	r.segLen--
-}
-
-// broadcast wakes every blocked reader. Caller holds mu.
-func (r *ring) broadcast() {
-	if r.wake != nil {
-		close(r.wake)
-		r.wake = nil
-	}
 }
 
 // Write appends p as output of stream s, evicting the oldest bytes as
@@ -264,7 +267,7 @@ func (r *ring) Write(s stream, p []byte) {
 	for r.segLen > 1 && r.seg(1).start <= r.head { // the oldest segment is fully evicted
 		r.popSeg()
 	}
-	r.broadcast()
+	wakeAll(&r.wake)
 }
 
 // Close marks the end of output: readers drain what is held, then get io.EOF.
@@ -281,8 +284,8 @@ func (r *ring) Close() {
 		r.budget.closed(r)
 	}
 	r.closed = true
-	r.broadcast()
-	r.roomChanged()
+	wakeAll(&r.wake)
+	wakeAll(&r.room)
 }
 
 // segmentSize is the bytes one segment takes in the deque.
@@ -326,11 +329,7 @@ func (r *ring) shrink() {
 	p := int(r.head % int64(len(data)))
 	copy(data, held[copy(data[p:], held):])
 	r.data = data
-	segs := make([]segment, max(r.segLen, 1))
-	for i := range r.segLen {
-		segs[i] = *r.seg(i)
-	}
-	r.segs, r.segHead = segs, 0
+	r.resizeSegs(max(r.segLen, 1))
 }
 
 // Bounds returns the oldest held offset and the next offset to be written.
@@ -376,10 +375,7 @@ func (r *ring) Read(ctx context.Context, off int64, buf []byte, follow bool) (n 
 			r.mu.Unlock()
 			return 0, 0, at, lost, io.EOF
 		}
-		if r.wake == nil {
-			r.wake = make(chan struct{})
-		}
-		wake := r.wake
+		wake := waitOn(&r.wake)
 		r.mu.Unlock()
 		select {
 		case <-wake:
