@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"sort"
 	"sync"
 	"time"
@@ -56,7 +57,7 @@ type ring struct {
 	data     []byte         // mu: grows up to limit bytes
 	capacity int            // as made; read-only
 	limit    int            // mu: capacity, lowered to len(data) when the budget gives no more
-	budget   *budget        // the server's output budget; nil: none. Set before first use
+	budget   *budget        // the server's output budget; newRing's has no bound. Set before first use
 	segMax   int            // mu: most segments: limit/64, or what the deque had when the budget refused
 	gone     bool           // mu: the budget took the bytes of this finished ring (giveUp)
 	head     int64          // mu: oldest offset held
@@ -173,12 +174,12 @@ func (r *ring) WaitRoom(need int, patience time.Duration) {
 	}
 }
 
-// newRing returns a ring holding up to capacity bytes of output.
+// newRing returns a ring holding up to capacity bytes of output, within a budget of no bound.
 func newRing(capacity int) *ring {
 	if capacity < maxChunk {
 		panic(fmt.Sprintf("ring: capacity %d < maxChunk %d", capacity, maxChunk))
 	}
-	return &ring{capacity: capacity, limit: capacity, segMax: capacity / 64}
+	return &ring{capacity: capacity, limit: capacity, segMax: capacity / 64, budget: &budget{max: math.MaxInt64}}
 }
 
 // grow enlarges data to hold need bytes, doubling, at most limit, as far as the budget allows; if it
