@@ -85,9 +85,6 @@ func (r *ring) Hold(off int64) *hold {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	h := &hold{r: r, off: max(off, r.head), progress: time.Now()}
-	if r.holds == nil {
-		r.holds = map[*hold]bool{}
-	}
 	r.holds[h] = true
 	return h
 }
@@ -179,7 +176,8 @@ func newRing(capacity int) *ring {
 	if capacity < maxChunk {
 		panic(fmt.Sprintf("ring: capacity %d < maxChunk %d", capacity, maxChunk))
 	}
-	return &ring{capacity: capacity, limit: capacity, segMax: capacity / 64, budget: &budget{max: math.MaxInt64}}
+	return &ring{capacity: capacity, limit: capacity, segMax: capacity / 64, budget: &budget{max: math.MaxInt64},
+		holds: map[*hold]bool{}}
 }
 
 // grow enlarges data to hold need bytes, doubling, at most limit, as far as the budget allows; if it
@@ -331,13 +329,6 @@ func (r *ring) shrink() {
 	copy(data, held[copy(data[p:], held):])
 	r.data = data
 	r.resizeSegs(max(r.segLen, 1))
-}
-
-// Bounds returns the oldest held offset and the next offset to be written.
-func (r *ring) Bounds() (head, tail int64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.head, r.tail
 }
 
 // Read copies into buf the next run of bytes of one stream, starting at off,
