@@ -14,6 +14,8 @@ import (
 	"context"
 	"errors"
 	"log"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -207,16 +209,12 @@ func (m *manager) evict() {
 func (m *manager) shutdown() {
 	m.mu.Lock()
 	m.closing = true
-	var live []*job
-	for _, j := range m.jobs {
-		live = append(live, j)
-	}
+	live := slices.Collect(maps.Values(m.jobs))
 	m.mu.Unlock()
 	m.pool.close()
 	var wg sync.WaitGroup
 	for _, j := range live {
-		wg.Add(1)
-		go func() { defer wg.Done(); j.stop(context.Background()) }()
+		wg.Go(func() { j.stop(context.Background()) })
 	}
 	wg.Wait()
 	m.watchers.Wait()
