@@ -4,6 +4,7 @@ package main
 // is touched, and turns it into the jobSpec the rest of the core trusts.
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"runtime"
@@ -69,10 +70,7 @@ func validate(name string, args, env []string, dir string, grace time.Duration, 
 			return bad("env entry %.40q is not KEY=VALUE", kv)
 		}
 	}
-	if dir == "" {
-		dir = "/"
-	}
-	if dir[0] != '/' {
+	if dir = cmp.Or(dir, "/"); dir[0] != '/' {
 		return bad("working directory %.40q is not an absolute path", dir)
 	}
 	switch {
