@@ -12,6 +12,7 @@ package main
 
 import (
 	"log"
+	"slices"
 	"sync"
 )
 
@@ -81,10 +82,7 @@ func (b *budget) closed(r *ring) {
 func (b *budget) forget(r *ring) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for i, f := range b.finished {
-		if f == r {
-			b.finished = append(b.finished[:i], b.finished[i+1:]...)
-			return
-		}
+	if i := slices.Index(b.finished, r); i >= 0 {
+		b.finished = slices.Delete(b.finished, i, i+1)
 	}
 }
