@@ -84,9 +84,7 @@ func (s *server) openStream(caller []string) (func(), error) {
 	return func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if s.streams[key]--; s.streams[key] == 0 {
-			delete(s.streams, key)
-		}
+		decCount(s.streams, key)
 	}, nil
 }
 
