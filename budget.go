@@ -12,6 +12,7 @@ package main
 
 import (
 	"log"
+	"slices"
 	"sync"
 )
 
@@ -25,9 +26,9 @@ type budget struct {
 }
 
 // take accounts n more bytes for a live ring, giving up finished rings as needed. With force it always
-// succeeds (a ring's floor). A nil budget has no bound.
+// succeeds (a ring's floor).
 func (b *budget) take(n int64, force bool) bool {
-	if b == nil || n <= 0 {
+	if n <= 0 {
 		return true
 	}
 	for kept := 0; ; {
@@ -65,9 +66,6 @@ func (b *budget) fillOnce() {
 
 // release returns n bytes to the budget.
 func (b *budget) release(n int64) {
-	if b == nil {
-		return
-	}
 	b.mu.Lock()
 	b.used -= n
 	b.mu.Unlock()
@@ -75,9 +73,6 @@ func (b *budget) release(n int64) {
 
 // closed records that r's job ended: r may be given up from now on.
 func (b *budget) closed(r *ring) {
-	if b == nil {
-		return
-	}
 	b.mu.Lock()
 	b.finished = append(b.finished, r)
 	b.mu.Unlock()
@@ -85,15 +80,9 @@ func (b *budget) closed(r *ring) {
 
 // forget drops r from the finished rings (its job's record is gone).
 func (b *budget) forget(r *ring) {
-	if b == nil {
-		return
-	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for i, f := range b.finished {
-		if f == r {
-			b.finished = append(b.finished[:i], b.finished[i+1:]...)
-			return
-		}
+	if i := slices.Index(b.finished, r); i >= 0 {
+		b.finished = slices.Delete(b.finished, i, i+1)
 	}
 }

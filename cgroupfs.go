@@ -40,17 +40,11 @@ type limits struct {
 // controllers lists the controllers a set of limits needs.
 func (l limits) controllers() []string {
 	var cs []string
-	if l.cpuQuota != 0 {
-		cs = append(cs, "cpu")
-	}
-	if l.rbps|l.wbps|l.riops|l.wiops != 0 {
-		cs = append(cs, "io")
-	}
-	if l.memory != 0 {
-		cs = append(cs, "memory")
-	}
-	if l.pids != 0 {
-		cs = append(cs, "pids")
+	// One figure per controller, in the order of wantedControllers.
+	for i, v := range []uint64{l.cpuQuota, l.rbps | l.wbps | l.riops | l.wiops, l.memory, l.pids} {
+		if v != 0 {
+			cs = append(cs, wantedControllers[i])
+		}
 	}
 	return cs
 }
@@ -509,16 +503,14 @@ func single(data []byte) uint64 {
 // ioBytes sums rbytes and wbytes over the devices of a nested-keyed io.stat
 // ("8:0 rbytes=1 wbytes=2 rios=3 ...").
 func ioBytes(data []byte) (read, write uint64) {
-	for _, line := range strings.Split(string(data), "\n") {
-		for _, kv := range strings.Fields(line) {
-			k, v, _ := strings.Cut(kv, "=")
-			n, _ := strconv.ParseUint(v, 10, 64)
-			switch k {
-			case "rbytes":
-				read += n
-			case "wbytes":
-				write += n
-			}
+	for _, kv := range strings.Fields(string(data)) { // the devices' lines, split as their fields
+		k, v, _ := strings.Cut(kv, "=")
+		n, _ := strconv.ParseUint(v, 10, 64)
+		switch k {
+		case "rbytes":
+			read += n
+		case "wbytes":
+			write += n
 		}
 	}
 	return read, write

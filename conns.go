@@ -79,9 +79,7 @@ func (c *boundedConn) handshakeDone() {
 	if c.handshaking {
 		c.handshaking = false
 		c.l.waiting--
-		if c.l.pending[c.ip]--; c.l.pending[c.ip] == 0 {
-			delete(c.l.pending, c.ip)
-		}
+		decCount(c.l.pending, c.ip)
 	}
 }
 
@@ -139,9 +137,14 @@ func (f *inflight) admit(ctx context.Context) error {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		f.all--
-		if f.byClient[key]--; f.byClient[key] == 0 {
-			delete(f.byClient, key)
-		}
+		decCount(f.byClient, key)
 	})
 	return nil
+}
+
+// decCount counts one less for key in a map of counts, which keeps no zero entry.
+func decCount(counts map[string]int, key string) {
+	if counts[key]--; counts[key] == 0 {
+		delete(counts, key)
+	}
 }

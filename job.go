@@ -160,12 +160,15 @@ func (j *job) empty(dir string) {
 	if busy, err := populated(dir); !busy && err == nil {
 		return
 	}
-	if err := kill(dir); err != nil {
-		log.Printf("job %s: %v", j.id, err)
-	}
+	j.logErr(kill(dir))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := waitEmpty(ctx, dir); err != nil {
+	j.logErr(waitEmpty(ctx, dir))
+}
+
+// logErr logs err, if any, as the job's.
+func (j *job) logErr(err error) {
+	if err != nil {
 		log.Printf("job %s: %v", j.id, err)
 	}
 }
@@ -216,9 +219,7 @@ func (j *job) escalate() {
 	select {
 	case <-j.done:
 	case <-timer.C:
-		if err := kill(j.cg.jobDir()); err != nil {
-			log.Printf("job %s: %v", j.id, err)
-		}
+		j.logErr(kill(j.cg.jobDir()))
 	}
 	// A process that left the job's cgroup (only a job running as host root can, with
 	// -unsafe_uncontained_jobs) escapes cgroup.kill, but not the PID namespace: when its init dies the
@@ -227,10 +228,7 @@ func (j *job) escalate() {
 	select {
 	case <-j.done:
 	case <-timer.C:
-		j.mu.Lock()
-		stuck := !j.exitKnown
-		j.mu.Unlock()
-		if stuck {
+		if !j.exited() {
 			log.Printf("job %s: still running %v after cgroup.kill: processes outside its cgroup; killing its init", j.id, killWait)
 			j.proc.kill()
 		}
@@ -244,10 +242,7 @@ const killWait = 2 * time.Second
 // init still reports its end exactly), anything else through the init, which forwards it. A job whose
 // end is known is refused.
 func (j *job) signal(sig syscall.Signal) error {
-	j.mu.Lock()
-	ended := j.exitKnown
-	j.mu.Unlock()
-	if !ended {
+	if !j.exited() {
 		var err error
 		if sig == syscall.SIGKILL {
 			err = kill(j.cg.jobDir())
@@ -259,6 +254,13 @@ func (j *job) signal(sig syscall.Signal) error {
 		}
 	}
 	return clientErr(errEnded, "job %s has ended", j.id)
+}
+
+// exited reports whether the init has reported how the command ended.
+func (j *job) exited() bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.exitKnown
 }
 
 // snapshot is a job's status at one moment.
@@ -294,16 +296,16 @@ func (j *job) snapshot() snapshot {
 		<-j.done
 		return j.snapshot()
 	case err != nil:
-		// Anything else (EMFILE, ENOMEM) is passing: answer at once with the last figures known.
 		log.Printf("job %s: read usage: %v", j.id, err)
-		j.mu.Lock()
-		use = j.lastUse
-		j.mu.Unlock()
-	default:
-		j.mu.Lock()
-		j.lastUse = use
-		j.mu.Unlock()
 	}
+	j.mu.Lock()
+	if err != nil {
+		// Anything else (EMFILE, ENOMEM) is passing: answer at once with the last figures known.
+		use = j.lastUse
+	} else {
+		j.lastUse = use
+	}
+	j.mu.Unlock()
 	s.running, s.use = true, use
 	return s
 }

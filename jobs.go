@@ -14,6 +14,8 @@ import (
 	"context"
 	"errors"
 	"log"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -97,10 +99,7 @@ func (m *manager) reserve(owner []string) error {
 func (m *manager) release(owner []string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	key := identityKey(owner)
-	if m.running[key]--; m.running[key] == 0 {
-		delete(m.running, key)
-	}
+	decCount(m.running, identityKey(owner))
 	m.live--
 }
 
@@ -178,26 +177,22 @@ func (m *manager) list(caller []string) []*job {
 // evict drops each client's finished jobs beyond the retention bounds, oldest first. The count is per
 // client, so that one client's many jobs cannot push out another's records.
 func (m *manager) evict() {
-	type record struct {
-		j     *job
-		ended time.Time
-	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var finished []record
+	ended := map[*job]time.Time{}
 	for _, j := range m.jobs {
-		if ended, ok := j.endedAt(); ok {
-			finished = append(finished, record{j, ended})
+		if at, ok := j.endedAt(); ok {
+			ended[j] = at
 		}
 	}
-	sort.Slice(finished, func(a, b int) bool { return finished[a].ended.After(finished[b].ended) })
+	newestFirst := func(a, b *job) int { return ended[b].Compare(ended[a]) }
 	cutoff := time.Now().Add(-m.cfg.retainFor)
 	kept := map[string]int{}
-	for _, r := range finished {
-		k := identityKey(r.j.owner)
-		if kept[k]++; kept[k] > m.cfg.retainJobs || r.ended.Before(cutoff) {
-			delete(m.jobs, r.j.id)
-			r.j.log.Forget()
+	for _, j := range slices.SortedFunc(maps.Keys(ended), newestFirst) {
+		k := identityKey(j.owner)
+		if kept[k]++; kept[k] > m.cfg.retainJobs || ended[j].Before(cutoff) {
+			delete(m.jobs, j.id)
+			j.log.Forget()
 		}
 	}
 }
@@ -207,16 +202,12 @@ func (m *manager) evict() {
 func (m *manager) shutdown() {
 	m.mu.Lock()
 	m.closing = true
-	var live []*job
-	for _, j := range m.jobs {
-		live = append(live, j)
-	}
+	live := slices.Collect(maps.Values(m.jobs))
 	m.mu.Unlock()
 	m.pool.close()
 	var wg sync.WaitGroup
 	for _, j := range live {
-		wg.Add(1)
-		go func() { defer wg.Done(); j.stop(context.Background()) }()
+		wg.Go(func() { j.stop(context.Background()) })
 	}
 	wg.Wait()
 	m.watchers.Wait()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"sort"
 	"sync"
 	"time"
@@ -56,7 +57,7 @@ type ring struct {
 	data     []byte         // mu: grows up to limit bytes
 	capacity int            // as made; read-only
 	limit    int            // mu: capacity, lowered to len(data) when the budget gives no more
-	budget   *budget        // the server's output budget; nil: none. Set before first use
+	budget   *budget        // the server's output budget; newRing's has no bound. Set before first use
 	segMax   int            // mu: most segments: limit/64, or what the deque had when the budget refused
 	gone     bool           // mu: the budget took the bytes of this finished ring (giveUp)
 	head     int64          // mu: oldest offset held
@@ -84,9 +85,6 @@ func (r *ring) Hold(off int64) *hold {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	h := &hold{r: r, off: max(off, r.head), progress: time.Now()}
-	if r.holds == nil {
-		r.holds = map[*hold]bool{}
-	}
 	r.holds[h] = true
 	return h
 }
@@ -96,7 +94,7 @@ func (h *hold) Release() {
 	h.r.mu.Lock()
 	defer h.r.mu.Unlock()
 	delete(h.r.holds, h)
-	h.r.roomChanged()
+	wakeAll(&h.r.room)
 }
 
 // Read is the ring's Read for h's reader: asking for off means every byte before it has been taken,
@@ -105,18 +103,27 @@ func (h *hold) Read(ctx context.Context, off int64, buf []byte, follow bool) (n 
 	h.r.mu.Lock()
 	if off > h.off {
 		h.off, h.progress = off, time.Now()
-		h.r.roomChanged()
+		wakeAll(&h.r.room)
 	}
 	h.r.mu.Unlock()
 	return h.r.Read(ctx, off, buf, follow)
 }
 
-// roomChanged wakes a WaitRoom. Caller holds mu.
-func (r *ring) roomChanged() {
-	if r.room != nil {
-		close(r.room)
-		r.room = nil
+// wakeAll closes *ch, waking everyone who waits on it (a Read on wake, WaitRoom on room), and resets
+// it to nil for the next waiter to make anew. Caller holds mu.
+func wakeAll(ch *chan struct{}) {
+	if *ch != nil {
+		close(*ch)
+		*ch = nil
 	}
+}
+
+// waitOn returns the channel the next wakeAll of *ch closes. Caller holds mu.
+func waitOn(ch *chan struct{}) chan struct{} {
+	if *ch == nil {
+		*ch = make(chan struct{})
+	}
+	return *ch
 }
 
 // WaitRoom returns once a Write of need bytes (need <= capacity) would overwrite no byte that a hold
@@ -152,10 +159,7 @@ func (r *ring) WaitRoom(need int, patience time.Duration) {
 		if oldest.IsZero() {
 			return
 		}
-		if r.room == nil {
-			r.room = make(chan struct{})
-		}
-		room := r.room
+		room := waitOn(&r.room)
 		r.mu.Unlock()
 		timer := time.NewTimer(patience - time.Since(oldest))
 		select {
@@ -167,12 +171,13 @@ func (r *ring) WaitRoom(need int, patience time.Duration) {
 	}
 }
 
-// newRing returns a ring holding up to capacity bytes of output.
+// newRing returns a ring holding up to capacity bytes of output, within a budget of no bound.
 func newRing(capacity int) *ring {
 	if capacity < maxChunk {
 		panic(fmt.Sprintf("ring: capacity %d < maxChunk %d", capacity, maxChunk))
 	}
-	return &ring{capacity: capacity, limit: capacity, segMax: capacity / 64}
+	return &ring{capacity: capacity, limit: capacity, segMax: capacity / 64, budget: &budget{max: math.MaxInt64},
+		holds: map[*hold]bool{}}
 }
 
 // grow enlarges data to hold need bytes, doubling, at most limit, as far as the budget allows; if it
@@ -203,6 +208,11 @@ func (r *ring) growSegs() {
 		r.segMax = len(r.segs)
 		return
 	}
+	r.resizeSegs(n)
+}
+
+// resizeSegs moves the segments in use to a new deque of n entries, the oldest first. Caller holds mu.
+func (r *ring) resizeSegs(n int) {
 	segs := make([]segment, n)
 	for i := range r.segLen {
 		segs[i] = *r.seg(i)
@@ -217,14 +227,6 @@ func (r *ring) seg(i int) *segment { return &r.segs[(r.segHead+i)%len(r.segs)] }
 func (r *ring) popSeg() {
 	r.segHead = (r.segHead + 1) % len(r.segs)
 	r.segLen--
-}
-
-// broadcast wakes every blocked reader. Caller holds mu.
-func (r *ring) broadcast() {
-	if r.wake != nil {
-		close(r.wake)
-		r.wake = nil
-	}
 }
 
 // Write appends p as output of stream s, evicting the oldest bytes as
@@ -264,7 +266,7 @@ func (r *ring) Write(s stream, p []byte) {
 	for r.segLen > 1 && r.seg(1).start <= r.head { // the oldest segment is fully evicted
 		r.popSeg()
 	}
-	r.broadcast()
+	wakeAll(&r.wake)
 }
 
 // Close marks the end of output: readers drain what is held, then get io.EOF.
@@ -281,8 +283,8 @@ func (r *ring) Close() {
 		r.budget.closed(r)
 	}
 	r.closed = true
-	r.broadcast()
-	r.roomChanged()
+	wakeAll(&r.wake)
+	wakeAll(&r.room)
 }
 
 // segmentSize is the bytes one segment takes in the deque.
@@ -326,18 +328,7 @@ func (r *ring) shrink() {
 	p := int(r.head % int64(len(data)))
 	copy(data, held[copy(data[p:], held):])
 	r.data = data
-	segs := make([]segment, max(r.segLen, 1))
-	for i := range r.segLen {
-		segs[i] = *r.seg(i)
-	}
-	r.segs, r.segHead = segs, 0
-}
-
-// Bounds returns the oldest held offset and the next offset to be written.
-func (r *ring) Bounds() (head, tail int64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.head, r.tail
+	r.resizeSegs(max(r.segLen, 1))
 }
 
 // Read copies into buf the next run of bytes of one stream, starting at off,
@@ -376,10 +367,7 @@ func (r *ring) Read(ctx context.Context, off int64, buf []byte, follow bool) (n 
 			r.mu.Unlock()
 			return 0, 0, at, lost, io.EOF
 		}
-		if r.wake == nil {
-			r.wake = make(chan struct{})
-		}
-		wake := r.wake
+		wake := waitOn(&r.wake)
 		r.mu.Unlock()
 		select {
 		case <-wake:

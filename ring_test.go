@@ -657,3 +657,10 @@ func TestRingShrinksOnClose(t *testing.T) {
 		t.Fatalf("empty closed ring: %d %v", n, err)
 	}
 }
+
+// Bounds returns the oldest held offset and the next offset to be written (tests only).
+func (r *ring) Bounds() (head, tail int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.head, r.tail
+}

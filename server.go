@@ -84,9 +84,7 @@ func (s *server) openStream(caller []string) (func(), error) {
 	return func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if s.streams[key]--; s.streams[key] == 0 {
-			delete(s.streams, key)
-		}
+		decCount(s.streams, key)
 	}, nil
 }
 
@@ -141,16 +139,8 @@ func (s *server) Start(ctx context.Context, req *rpcpb.JobStartRequest) (*rpcpb.
 	if len(caller) == 0 {
 		return nil, clientErr(errDenied, "your certificate has no subject alternative name, so jobs could not be tied to you")
 	}
-	lim := limits{
-		cpuQuota: uint64(req.GetMaxCpuBandwidth().GetValue()),
-		memory:   req.GetMaxMemoryUsage().GetValue(),
-		pids:     req.GetMaxPids().GetValue(),
-		rbps:     req.GetMaxRbps().GetValue(),
-		wbps:     req.GetMaxWbps().GetValue(),
-		riops:    req.GetMaxRiops().GetValue(),
-		wiops:    req.GetMaxWiops().GetValue(),
-	}
-	if err := zeroLimit(req); err != nil {
+	lim, err := startLimits(req)
+	if err != nil {
 		return nil, err
 	}
 	var grace time.Duration
@@ -174,25 +164,30 @@ func (s *server) Start(ctx context.Context, req *rpcpb.JobStartRequest) (*rpcpb.
 	return &rpcpb.JobIdentifier{Ulid: j.id}, nil
 }
 
-// zeroLimit rejects a limit that is set to 0: the wrappers say "set", and no controller takes 0 as a
-// limit (io.max and pids.max would read it as "nothing at all", cpu.max refuses it).
-func zeroLimit(req *rpcpb.JobStartRequest) error {
-	if w := req.GetMaxCpuBandwidth(); w != nil && w.GetValue() == 0 {
-		return clientErr(errInvalid, "max_cpu_bandwidth is 0; leave it unset for no limit")
+// startLimits reads a Start's limits. It rejects a limit that is set to 0: the wrappers say "set", and
+// no controller takes 0 as a limit (io.max and pids.max would read it as "nothing at all", cpu.max
+// refuses it).
+func startLimits(req *rpcpb.JobStartRequest) (limits, error) {
+	cpu := req.GetMaxCpuBandwidth()
+	lim := limits{cpuQuota: uint64(cpu.GetValue())}
+	if cpu != nil && lim.cpuQuota == 0 {
+		return limits{}, clientErr(errInvalid, "max_cpu_bandwidth is 0; leave it unset for no limit")
 	}
 	for _, f := range []struct {
 		name string
 		w    *wrapperspb.UInt64Value
+		to   *uint64
 	}{
-		{"max_memory_usage", req.GetMaxMemoryUsage()}, {"max_pids", req.GetMaxPids()},
-		{"max_rbps", req.GetMaxRbps()}, {"max_wbps", req.GetMaxWbps()},
-		{"max_riops", req.GetMaxRiops()}, {"max_wiops", req.GetMaxWiops()},
+		{"max_memory_usage", req.GetMaxMemoryUsage(), &lim.memory}, {"max_pids", req.GetMaxPids(), &lim.pids},
+		{"max_rbps", req.GetMaxRbps(), &lim.rbps}, {"max_wbps", req.GetMaxWbps(), &lim.wbps},
+		{"max_riops", req.GetMaxRiops(), &lim.riops}, {"max_wiops", req.GetMaxWiops(), &lim.wiops},
 	} {
 		if f.w != nil && f.w.GetValue() == 0 {
-			return clientErr(errInvalid, "%s is 0; leave it unset for no limit", f.name)
+			return limits{}, clientErr(errInvalid, "%s is 0; leave it unset for no limit", f.name)
 		}
+		*f.to = f.w.GetValue()
 	}
-	return nil
+	return lim, nil
 }
 
 // lookup authenticates the caller and finds a job it may see.

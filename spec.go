@@ -4,6 +4,7 @@ package main
 // is touched, and turns it into the jobSpec the rest of the core trusts.
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"runtime"
@@ -56,7 +57,7 @@ func validate(name string, args, env []string, dir string, grace time.Duration, 
 		if len(s) > maxStringBytes {
 			return bad("an argument or env entry is %d bytes; the limit is %d", len(s), maxStringBytes)
 		}
-		if containsNUL(s) {
+		if strings.ContainsRune(s, 0) {
 			return bad("command, args, env and dir cannot contain a NUL byte")
 		}
 		total += len(s)
@@ -65,14 +66,11 @@ func validate(name string, args, env []string, dir string, grace time.Duration, 
 		return bad("command, args and env total %d bytes; the limit is %d", total, maxCommandBytes)
 	}
 	for _, kv := range env {
-		if k, _, ok := cutEnv(kv); !ok || k == "" {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
 			return bad("env entry %.40q is not KEY=VALUE", kv)
 		}
 	}
-	if dir == "" {
-		dir = "/"
-	}
-	if dir[0] != '/' {
+	if dir = cmp.Or(dir, "/"); dir[0] != '/' {
 		return bad("working directory %.40q is not an absolute path", dir)
 	}
 	switch {
@@ -116,26 +114,17 @@ func physicalMemory() uint64 {
 // jobEnv is the minimal environment every job gets, then the request's entries (later ones win).
 func jobEnv(extra []string) []string {
 	env := []string{"PATH=" + defaultPath, "HOME=/root", "TERM=dumb"}
-	seen := map[string]int{}
-	for i, kv := range env {
-		k, _, _ := cutEnv(kv)
-		seen[k] = i
-	}
 	for _, kv := range extra {
-		k, _, _ := cutEnv(kv)
-		if i, ok := seen[k]; ok {
+		key, _, _ := strings.Cut(kv, "=")
+		key += "=" // an entry has this key exactly when it starts with the key and its '='
+		if i := slices.IndexFunc(env, func(e string) bool { return strings.HasPrefix(e, key) }); i >= 0 {
 			env[i] = kv
-			continue
+		} else {
+			env = append(env, kv)
 		}
-		seen[k] = len(env)
-		env = append(env, kv)
 	}
 	return env
 }
-
-func cutEnv(kv string) (k, v string, ok bool) { return strings.Cut(kv, "=") }
-
-func containsNUL(s string) bool { return strings.IndexByte(s, 0) >= 0 }
 
 // parseSignal reads a signal a client may send: a name (SIGINT or INT, any case) or a number, of the
 // signals the init forwards, or SIGKILL.

@@ -48,11 +48,6 @@ func (u ulid) String() string {
 	return string(b[:])
 }
 
-// Time returns the id's millisecond timestamp, in UTC.
-func (u ulid) Time() time.Time {
-	return time.UnixMilli(int64(binary.BigEndian.Uint64(u[:8]) >> 16)).UTC()
-}
-
 // parseULID decodes an id the way the ULID spec says Crockford base32 is read: case-insensitively,
 // with I and L read as 1 and O as 0 (U stays invalid). Nothing above 2^128-1 is accepted. An id is
 // always written in upper case (String), so callers key on u.String(), never on the input.

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"math/big"
 	"strings"
@@ -256,4 +257,9 @@ func FuzzULIDRoundTrip(f *testing.F) {
 			t.Fatalf("%x.String() = %q, reference encoder says %q", u[:], s, want)
 		}
 	})
+}
+
+// Time returns the id's millisecond timestamp, in UTC (tests only).
+func (u ulid) Time() time.Time {
+	return time.UnixMilli(int64(binary.BigEndian.Uint64(u[:8]) >> 16)).UTC()
 }
