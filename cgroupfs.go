@@ -61,7 +61,7 @@ type cgroupFS struct {
 // lockParent takes an exclusive flock(2) on the parent directory, so that a second server on the same
 // parent refuses to start before it touches anything: it would take the first one's job and spare
 // cgroups for a crashed server's leftovers (removeStale). The lock goes with the process, however it
-// ends. The holder is named from /proc/locks (proc(5)).
+// ends.
 func lockParent(parent string) (*os.File, error) {
 	f, err := os.Open(parent)
 	if err != nil {
@@ -71,28 +71,11 @@ func lockParent(parent string) (*os.File, error) {
 	if err == nil {
 		return f, nil
 	}
-	holder := flockHolder(f)
 	f.Close()
-	if errors.Is(err, unix.EWOULDBLOCK) {
-		return nil, fmt.Errorf("another rund (pid %s) serves jobs in %s; give this one its own -cgroup", holder, parent)
+	if errors.Is(err, unix.EWOULDBLOCK) { // /proc/locks names the holder
+		return nil, fmt.Errorf("another rund serves jobs in %s; give this one its own -cgroup", parent)
 	}
 	return nil, fmt.Errorf("flock %s: %w", parent, err)
-}
-
-// flockHolder returns the pid that holds a flock on f, from /proc/locks, or "unknown".
-func flockHolder(f *os.File) string {
-	var st unix.Stat_t
-	if unix.Fstat(int(f.Fd()), &st) != nil {
-		return "unknown"
-	}
-	id := fmt.Sprintf("%02x:%02x:%d", unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino)
-	for _, line := range strings.Split(readString("/proc/locks"), "\n") {
-		// "1: FLOCK  ADVISORY  WRITE 1234 00:1b:5678 0 EOF"
-		if f := strings.Fields(line); len(f) >= 6 && f[1] == "FLOCK" && f[5] == id {
-			return f[4]
-		}
-	}
-	return "unknown"
 }
 
 // unlock releases the parent for another server; it is the last thing a server does.
@@ -114,21 +97,11 @@ func findCgroup2Mount(mountinfo string) (string, error) {
 	return "", fmt.Errorf("no cgroup2 mount in %s: rund needs cgroup v2", mountinfo)
 }
 
-// unescapeMountPath undoes the octal escapes (\040 for a space) the kernel writes in mountinfo.
-func unescapeMountPath(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
+// unescapeMountPath undoes the escapes the kernel writes in mountinfo for the four characters that would
+// break its fields (fs/proc_namespace.c, mangle: space, tab, newline and backslash, as \ooo).
+func unescapeMountPath(s string) string { return mountPathUnescaper.Replace(s) }
+
+var mountPathUnescaper = strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
 
 // setupCgroups prepares parent (default <mount>/rund) for jobs: it enables the wanted controllers on
 // the path from the mount down to parent and removes what a crashed rund left behind.

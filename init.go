@@ -33,6 +33,7 @@ package main
 //     process.
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -131,17 +132,7 @@ func runInit() int {
 	}
 	// Up to the config, the work is done before the job's Start: namespaces, and the signal handlers
 	// (the kernel drops signals to a PID 1 without a handler; rund sends none before the start report).
-	var setup initSetup
-	setupErr := json.Unmarshal([]byte(os.Args[2]), &setup)
-	if setupErr == nil {
-		setupErr = setupNamespaces(setup)
-	}
-	// The command inherits from the thread that forks it what dropInherited sets: all of it is a
-	// thread's (no_new_privs, groups, session keyring, seccomp filter). So that thread is this one, kept.
-	runtime.LockOSThread()
-	if setupErr == nil {
-		setupErr = dropInherited(setup.Contain)
-	}
+	setupErr := prepare()
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, forwardedSignals...)
 	cfgPipe, repPipe := initPipe(3, "config"), initPipe(4, "report")
@@ -181,6 +172,21 @@ func runInit() int {
 	}
 	enc.Encode(rep)
 	return 0 // our exit makes the kernel SIGKILL whatever is left in the namespace
+}
+
+// prepare sets up the job's namespaces and mounts as the init's argument says, then what the command
+// inherits from the thread that forks it (dropInherited). All of that is a thread's (no_new_privs,
+// groups, session keyring, seccomp filter), so that thread is the caller's, locked to it from here on.
+func prepare() error {
+	var setup initSetup
+	if err := json.Unmarshal([]byte(os.Args[2]), &setup); err != nil {
+		return err
+	}
+	if err := setupNamespaces(setup); err != nil {
+		return err
+	}
+	runtime.LockOSThread()
+	return dropInherited(setup.Contain)
 }
 
 // initPipe wraps one of the init's pipes for the runtime's poller. os/exec hands them over blocking, and
@@ -275,10 +281,7 @@ func findCommand(cfg initConfig) (path string, fail *startReport) {
 // then takes root's ids back. All of these are the calling thread's: the init's own, locked to it
 // (runInit), whose groups the command does not inherit (ownUserns, -job_user's Credential).
 func asJobUser(cfg initConfig, check func()) error {
-	u := cfg.Own
-	if u == nil {
-		u = cfg.User
-	}
+	u := cmp.Or(cfg.Own, cfg.User)
 	if u == nil {
 		check()
 		return nil

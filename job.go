@@ -5,8 +5,8 @@ package main
 //	begin:  limits written, command sent to the init, pumps started
 //	finish: exit report -> job/ emptied -> output drained -> final accounting -> status published (done)
 //	        -> log closed -> init reaped -> cgroups removed (gone)
-//	stop:   SIGTERM to the command; after the grace period, cgroup.kill of job/; if the command has not
-//	        ended killWait later, SIGKILL to the init (its PID namespace goes with it)
+//	stop:   SIGTERM to the command; after the grace period, cgroup.kill of job/ and SIGKILL to the init
+//	        (its PID namespace goes with it)
 //
 // Goroutines of a job (who starts, what ends, who waits):
 //   - two pumps: started by begin; end when every writer of their pipe is gone or drain closes it;
@@ -219,24 +219,13 @@ func (j *job) escalate() {
 	select {
 	case <-j.done:
 	case <-timer.C:
+		// cgroup.kill, and the init too: a process that left the job's cgroup (only one running as
+		// host root can, -unsafe_uncontained_jobs) is still in the job's PID namespace, and the kernel
+		// kills all of it when its init dies (pid_namespaces(7)). So Stop ends whatever the job did.
 		j.logErr(kill(j.cg.jobDir()))
-	}
-	// A process that left the job's cgroup (only a job running as host root can, with
-	// -unsafe_uncontained_jobs) escapes cgroup.kill, but not the PID namespace: when its init dies the
-	// kernel kills every process in it (pid_namespaces(7)). So Stop ends even then.
-	timer.Reset(killWait)
-	select {
-	case <-j.done:
-	case <-timer.C:
-		if !j.exited() {
-			log.Printf("job %s: still running %v after cgroup.kill: processes outside its cgroup; killing its init", j.id, killWait)
-			j.proc.kill()
-		}
+		j.proc.kill()
 	}
 }
-
-// killWait is how long a job may take to end after cgroup.kill before its init is killed.
-const killWait = 2 * time.Second
 
 // signal sends sig to the command: SIGKILL by cgroup.kill of job/ (every process of the command; the
 // init still reports its end exactly), anything else through the init, which forwards it. A job whose

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"log"
@@ -92,11 +93,7 @@ func runServe(args []string) int {
 		"a lossless log reader (rund client run and log) that reads nothing this long no longer holds its job back")
 	fs.Func("job_user", "run job commands as UID:GID, with no_new_privs and no capabilities (default: root)",
 		func(v string) (err error) { c.jobUser, err = parseJobUser(v); return err })
-	uncontained := fs.Bool("unsafe_uncontained_jobs", false,
-		"run jobs as host root (or -job_user), with the host's mounts, cgroups and syscalls: anyone with a client certificate owns the host")
-	uidFirst := fs.Uint("job_uid_first", 1879048192, "first host uid (and gid) of contained jobs; each live job has one of its own")
-	uidCount := fs.Uint("job_uid_count", 65536, "how many host uids from -job_uid_first contained jobs may use")
-	tmpSize := fs.Uint64("job_tmp_size", 256<<20, "bytes of each contained job's private /tmp, /var/tmp and /dev/shm (charged to its memory)")
+	contain := containFlags(fs)
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
 		return 2
 	}
@@ -108,20 +105,16 @@ func runServe(args []string) int {
 		{c.outputBudget < int64(c.ringSize), "-output_budget must be at least -log_buffer"},
 		{c.losslessTimeout <= 0, "-lossless_timeout must be positive"},
 		{c.spareInits < 0 || c.spareInits > 64, "-spare_inits must be 0..64"},
-		{c.jobUser != nil && !*uncontained, "-job_user needs -unsafe_uncontained_jobs: a contained job runs as a host uid of its own"},
 	} {
 		if bad.is {
 			log.Printf("rund serve: %s", bad.msg)
 			return 2
 		}
 	}
-	if !*uncontained {
-		uids, err := newUIDRange(uint32(min(*uidFirst, 1<<32-1)), uint32(min(*uidCount, 1<<32-1)))
-		if err != nil {
-			log.Printf("rund serve: %v", err)
-			return 2
-		}
-		c.contain = &containment{uids: uids, tmpSize: *tmpSize}
+	var err error
+	if c.contain, err = contain(c.jobUser != nil); err != nil {
+		log.Printf("rund serve: %v", err)
+		return 2
 	}
 	if *io != "" {
 		c.ioDevices = strings.Split(*io, ",")
@@ -131,6 +124,26 @@ func runServe(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// containFlags registers the flags of job containment; what it returns makes the containment from
+// them once they are parsed: nil with -unsafe_uncontained_jobs.
+func containFlags(fs *flag.FlagSet) func(jobUser bool) (*containment, error) {
+	uncontained := fs.Bool("unsafe_uncontained_jobs", false,
+		"run jobs as host root (or -job_user), with the host's mounts, cgroups and syscalls: anyone with a client certificate owns the host")
+	uidFirst := fs.Uint("job_uid_first", 1879048192, "first host uid (and gid) of contained jobs; each live job has one of its own")
+	uidCount := fs.Uint("job_uid_count", 65536, "how many host uids from -job_uid_first contained jobs may use")
+	tmpSize := fs.Uint64("job_tmp_size", 256<<20, "bytes of each contained job's private /tmp, /var/tmp and /dev/shm (charged to its memory)")
+	return func(jobUser bool) (*containment, error) {
+		switch {
+		case *uncontained:
+			return nil, nil
+		case jobUser:
+			return nil, errors.New("-job_user needs -unsafe_uncontained_jobs: a contained job runs as a host uid of its own")
+		}
+		uids, err := newUIDRange(uint32(min(*uidFirst, 1<<32-1)), uint32(min(*uidCount, 1<<32-1)))
+		return &containment{uids: uids, tmpSize: *tmpSize}, err
+	}
 }
 
 // serve runs the server until SIGTERM or SIGINT, then stops accepting, ends every job, removes their

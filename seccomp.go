@@ -33,8 +33,8 @@ package main
 //     that it holds no P while it waits.
 //   - A garbage collection's stop-the-world, or its forEachP, waits for the forking thread, and the
 //     supervisor cannot take a P back while it does: no collection may start, run or finish during
-//     the ForkExec. Turning the collector off is not enough (a start already past its trigger check
-//     goes on): the init should run with GOGC=off, which leaves forkExecFiltered nothing to wait out.
+//     the ForkExec. Turning the collector off then is not enough (a start already past its trigger
+//     check goes on): the init runs with GOGC=off from its start (spawn.go), or forkExecFiltered refuses.
 
 import (
 	"fmt"
@@ -231,21 +231,12 @@ func ownThread(tid uint32) bool {
 	return tid != 0 && unix.Access("/proc/self/task/"+strconv.FormatUint(uint64(tid), 10), unix.F_OK) == nil
 }
 
-// forkExecFiltered is syscall.ForkExec from the goroutine that installed the job's filter, clear of
-// the deadlocks at the top of the file. With the collector on, it turns it off and waits out a
-// collection on its way: runtime.GC queues behind a start past its trigger check (work.startSema) and
-// waits for its mark; runtime.ReadMemStats stops the world, so waits for the end of the last mark
-// termination (a forEachP after the GC's waiters wake). That costs a collection (1 ms in the tests);
-// under GOGC=off, nothing.
+// forkExecFiltered is syscall.ForkExec from the goroutine that installed the job's filter, refused
+// unless clear of the deadlocks at the top of the file: two Ps or more, and the collector off (GOGC=off,
+// spawn.go), so that no collection can be on its way.
 func forkExecFiltered(path string, argv []string, attr *syscall.ProcAttr) (pid int, err error) {
-	if n := runtime.GOMAXPROCS(0); n < 2 {
-		return 0, fmt.Errorf("fork %s under the job's seccomp filter: GOMAXPROCS %d, want 2 or more", path, n)
-	}
-	if gc := debug.SetGCPercent(-1); gc >= 0 {
-		defer debug.SetGCPercent(gc)
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
+	if n, gc := runtime.GOMAXPROCS(0), debug.SetGCPercent(-1); n < 2 || gc >= 0 {
+		return 0, fmt.Errorf("fork %s under the job's seccomp filter: GOMAXPROCS %d and GOGC %d, want 2 or more and off", path, n, gc)
 	}
 	return syscall.ForkExec(path, argv, attr)
 }

@@ -60,19 +60,15 @@ func startInit(cg *jobCgroup, setup initSetup, stdout, stderr *os.File) (*proc, 
 		return nil, err
 	}
 
-	env := []string{"GOMAXPROCS=1"}
-	if setup.Contain {
-		// No collection may run while the init forks the command under its filter (seccomp.go); an
-		// init allocates little beyond its start-up.
-		env = append(env, "GOGC=off")
-	}
 	cmd := &exec.Cmd{
 		Path: initExe,
 		Args: []string{"rund", "init", string(arg)},
 		// None of the server's environment. One P: the init has little to run, and each P costs page
 		// faults at start-up (BENCHMARKS.md, "Where a Start's time goes"); a contained one takes a
-		// second once started (init.go dropInherited).
-		Env:        env,
+		// second once started (init.go dropInherited). No collector: none may run while a contained
+		// init forks the command under its filter (seccomp.go), and an init allocates little after
+		// its start-up.
+		Env:        []string{"GOMAXPROCS=1", "GOGC=off"},
 		Stdout:     stdout,
 		Stderr:     stderr,
 		ExtraFiles: []*os.File{cfgR, repW, jobFD},
