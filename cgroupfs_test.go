@@ -82,7 +82,7 @@ func TestUnescapeMountPath(t *testing.T) {
 		{`/end\`, `/end\`},
 		{`/not\8octal`, `/not\8octal`},
 		{`/over\400`, `/over\400`}, // 256 does not fit a byte
-		{`/max\377`, `/max\377`}, // the kernel escapes only space, tab, newline and backslash
+		{`/max\377`, `/max\377`},   // the kernel escapes only space, tab, newline and backslash
 		{`/sign\+12`, `/sign\+12`},
 	}
 	for _, tc := range cases {
