@@ -565,7 +565,7 @@ func TestBenchReport(t *testing.T) {
 	requireRoot(t)
 	began := time.Now()
 	load0, _ := os.ReadFile("/proc/loadavg")
-	b := &bench{t: t, dir: t.TempDir(), pki: newTestPKI(t)}
+	b := &bench{t: t, dir: jobTempDir(t), pki: newTestPKI(t)}
 	b.mount, _ = findCgroup2Mount("/proc/self/mountinfo")
 	b.rund = filepath.Join(b.dir, "rund")
 	if out, err := benchGoBuild(".", b.rund, ".", "grpcnotrace"); err != nil {
@@ -1307,7 +1307,9 @@ const benchWhy = `
 Written with the profiles of 2026-11-27 (2 CPUs under PVM, where a page fault or a context switch costs
 several times what it does on bare metal); the lines it names are in "Measurements" above.
 
-- **Job lifecycle (target 2x).** rund's lifecycle is three RPCs on a TLS connection (Start, Log to EOF,
+- **Job lifecycle (target 2x).** Met (1.6-1.8x) until jobs were contained by default; the user namespace
+  adds about 1.4 ms to every Start (see "Containment" below), and the raw lifecycle has none. rund's
+  lifecycle is three RPCs on a TLS connection (Start, Log to EOF,
   Status: "rund lifecycle in parts") and two processes, rund's init and then the command; the raw lifecycle
   is one process and no RPC. Traced with timestamps written by the server, the init and the client
   (temporary code, not kept), medians: Start request to handler 0.5 ms; config to the init 0.25 ms; the
@@ -1337,6 +1339,19 @@ several times what it does on bare metal); the lines it names are in "Measuremen
   13 ms of CPU per job in all, less than any Go program's start plus the command, so it cannot be met while
   every job has a Go init of its own, and that init is what gives a job SIGTERM, orphan reaping and an exact
   exit status (spawn.go).
+- **Containment: Start and lifecycle (target 1.25x of the same server with -unsafe_uncontained_jobs).**
+  The user namespace is the cost. Go's ForkExec cannot use vfork for a child in a new user namespace
+  (syscall/exec_linux.go: the parent must write the child's uid and gid maps while it waits), so the
+  init's fork of the command copies the init's page tables, the child waits on a pipe for its maps, and
+  its exec tears the copy down again. Measured alone (a temporary test, not kept: ForkExec of /bin/true
+  into a cgroup, 200 each, medians) 0.18-0.20 ms with vfork against 1.41-1.62 ms with CLONE_NEWUSER; a
+  new cgroup namespace besides added nothing measurable; strace of a spare's init at a Start showed the
+  seccomp notification of its own clone3 answered within 0.3 ms. That is about the whole difference in
+  the Start (see "contained Start" above), and the lifecycle carries the same. Go has no way to clone
+  into a user namespace made ahead of time (no user namespace fd in SysProcAttr), which is what would
+  take it off the Start; a second exec stage made ahead in the spare, as runc's init is, would cost a
+  second Go start per job. The filter, the mounts and the keyring cost the Start nothing: they are set up
+  in the spare. Sustained starts meet their target.
 - **Log, 1 follower (target 0.75x).** The raw stream sends from memory; rund's follower reads a job that
   writes as fast as it can, and on 2 CPUs that job and the reading of its pipe take CPU the stream would
   get. A reference is measured beside it: a raw server that does nothing but relay a live yes's pipe to
