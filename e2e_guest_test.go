@@ -15,6 +15,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -60,7 +61,7 @@ const (
 // e2eChecks are the names TestE2EGuest reports, in order; TestVM expects a line for each.
 var e2eChecks = []string{
 	"server-cgroup", "spares",
-	"ns-ppid", "ns-proc", "ns-net", "ns-hostname", "ns-mount", "contained",
+	"ns-ppid", "ns-proc", "ns-net", "ns-hostname", "ns-mount", "contained", "escapes",
 	"stop-grace",
 	"cpu-unlimited", "cpu-limited",
 	"memory-oom", "memory-usable",
@@ -348,6 +349,7 @@ func TestE2EGuest(t *testing.T) {
 		{"ns-ppid", g.checkNamespaces},
 		{"ns-mount", g.checkMount},
 		{"contained", g.checkContained},
+		{"escapes", g.checkEscapes},
 		{"stop-grace", g.checkStop},
 		{"cpu-unlimited", g.checkCPUUnlimited},
 		{"cpu-limited", g.checkCPULimited},
@@ -720,6 +722,57 @@ cat memory.max pids.max`
 	g.report("contained", exitedZero(st) && out == want && !onHost,
 		"a job under memory.max 32 MiB and pids.max 50 tried to raise both and to join the root cgroup: %s, printed %q (want %q); its /tmp file on the host: %v",
 		exitText(st), out, want, onHost)
+}
+
+// checkEscapes: under the real kernel, a contained job tries the escapes of issue 15 in a row. Each
+// must fail inside the job, and the guest must show no trace: its mounts unchanged, no file written
+// outside the job's /tmp, another job still running. From inside, every syscall of the filter's table
+// is refused (the probe's syscalls).
+func (g *e2eGuest) checkEscapes() {
+	other, err := g.start(&rpcpb.JobStartRequest{Name: "/bin/sleep", Args: []string{"1000"}})
+	if err != nil {
+		g.report("escapes", false, "start the other job: %v", err)
+		return
+	}
+	defer g.stop(other)
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	script := fmt.Sprintf(`r() { "$@" >/dev/null 2>&1 && echo "ESCAPED: $*"; }
+r umount /proc; r umount -l /proc; r mount -o remount,ro /; r mount -t tmpfs e2e-escape /mnt
+r unshare -U true; r nsenter -t 1 -n true; r cat %s/server.key; r touch /e2e-escape
+r sh -c 'echo $$ >/sys/fs/cgroup/cgroup.procs'; r sh -c 'echo max >/sys/fs/cgroup/memory.max'
+echo x >/tmp/e2e-escape && echo tmp-ok
+exec %s probe syscalls`, e2eTLS, e2eTest)
+	id, err := g.start(&rpcpb.JobStartRequest{Name: "/bin/sh", Args: []string{"-c", script}, MaxMemoryUsage: wrapperspb.UInt64(64 << 20)})
+	var out string
+	var st *rpcpb.JobStatus
+	if err == nil {
+		out, _, st, err = g.wait(id)
+	}
+	otherSt, _ := g.status(other)
+	after, _ := os.ReadFile("/proc/self/mountinfo")
+	calls := syscallResults(out)
+	var refused []string
+	for _, r := range jobRules {
+		if want := map[bool]string{true: "ENOSYS", false: "EPERM"}[r.act == supervise]; calls[r.name] == want {
+			refused = append(refused, r.name)
+		}
+	}
+	trace := !gone("/e2e-escape") || !gone("/tmp/e2e-escape") || !bytes.Equal(mounts, after)
+	ok := err == nil && exitedZero(st) && !strings.Contains(out, "ESCAPED") && strings.Contains(out, "tmp-ok") &&
+		len(refused) == len(jobRules) && !trace && otherSt.GetState() == rpcpb.JobStatus_STATE_RUNNING
+	g.report("escapes", ok, "%s; escaped: %q; filter refused %d of %d syscalls; a trace on the guest %v; the other job %v (%v)",
+		exitText(st), grepLines(out, "ESCAPED"), len(refused), len(jobRules), trace, otherSt.GetState(), err)
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) []string {
+	var out []string
+	for _, line := range strings.Split(s, "\n") {
+		if strings.Contains(line, sub) {
+			out = append(out, line)
+		}
+	}
+	return out
 }
 
 // checkStop: a tree whose processes ignore SIGTERM, through the real client.

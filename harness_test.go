@@ -60,15 +60,16 @@ func TestMain(m *testing.M) {
 // runTests points initExe at a plain build of rund, when one can be made: under -race every job's init
 // would otherwise be this test binary, and the race runtime sleeps a second at each exit.
 //
-// Contained jobs have a /tmp, /var/tmp and /dev/shm of their own, so the files tests hand to jobs (this
-// binary as the probe, scripts, working directories) live in .cache/test-<pid>, which is TMPDIR for
-// the tests; the directories a job must read are made readable by all.
+// Contained jobs have a /tmp, /var/tmp and /dev/shm of their own and run as a uid of their own, so the
+// files tests hand to jobs (this binary as the probe, scripts, working directories) live in
+// /run/rund-test-<pid> (or /var/lib/...), which is TMPDIR for the tests: not under any of those, and
+// not under the checkout, whose path may be neither (a clone in /tmp, or in root's 0700 home).
 func runTests(m *testing.M) int {
-	wd, err := os.Getwd()
-	if err != nil {
-		return 1
+	base := "/run"
+	if fi, err := os.Stat(base); err != nil || !fi.IsDir() {
+		base = "/var/lib"
 	}
-	dir := filepath.Join(wd, ".cache", fmt.Sprintf("test-%d", os.Getpid()))
+	dir := filepath.Join(base, fmt.Sprintf("rund-test-%d", os.Getpid()))
 	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
