@@ -787,39 +787,15 @@ func (b *bench) sustainedStarts() {
 	_, ca := b.dial(srv, "a")
 	_, cb := b.dial(srv, "b")
 	local := b.localCgroup("sustained")
-	const window = 3 * time.Second
+	const window = 3 * time.Second // as in b.sustained
 	var rundRates, rawRates []float64
 	var rundN, rawN int64
 	var rundServerCPU, rundJobsCPU, rawSpawnerCPU, rawJobsCPU float64 // CPU seconds
 	rundRound := func() {
-		var n atomic.Int64
-		before := benchJobCgroups(srv.parent) // its spares, which the server keeps
 		s0, j0 := benchCPU(srv.pid()), benchCgroupCPU(srv.parent)
-		t0 := time.Now()
-		deadline := t0.Add(window)
-		var wg sync.WaitGroup
-		for _, c := range []rpcpb.JobControllerClient{ca, cb} {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for time.Now().Before(deadline) {
-					if _, err := c.Start(context.Background(), cmd("true")); err != nil {
-						b.t.Errorf("rund start: %v", err)
-						return
-					}
-					n.Add(1)
-				}
-			}()
-		}
-		wg.Wait()
-		for benchJobCgroups(srv.parent) > before {
-			if time.Since(deadline) > 2*time.Minute {
-				b.t.Fatalf("rund: %d job cgroups still there 2 minutes after the last start", benchJobCgroups(srv.parent))
-			}
-			time.Sleep(2 * time.Millisecond)
-		}
-		rundRates = append(rundRates, float64(n.Load())/time.Since(t0).Seconds())
-		rundN += n.Load()
+		n, rate := b.sustained(srv, []rpcpb.JobControllerClient{ca, cb})
+		rundRates = append(rundRates, rate)
+		rundN += n
 		rundServerCPU += benchCPU(srv.pid()) - s0
 		rundJobsCPU += benchCgroupCPU(srv.parent) - j0
 	}

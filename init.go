@@ -56,11 +56,11 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // initSetup is how the server starts an init (its one argument, as JSON): what it prepares before
 // the job's Start.
 type initSetup struct {
-	Hostname  string `json:"hostname"`   // the job id
-	Contain   bool   `json:"contain"`    // mounts of a contained job (setupMounts)
-	TmpSize   uint64 `json:"tmp_size"`   // bytes of each private tmpfs, when Contain
-	Cgroup2   string `json:"cgroup2"`    // the cgroup2 mount point, when Contain
-	JobCgroup string `json:"job_cgroup"` // <job>/job, bound read-only on Cgroup2 when Contain
+	Hostname  string   `json:"hostname"`      // the job id
+	Own       *jobUser `json:"own,omitempty"` // a contained job's own host uid:gid, root of its user namespace; nil: not contained
+	TmpSize   uint64   `json:"tmp_size"`      // bytes of each private tmpfs, when contained
+	Cgroup2   string   `json:"cgroup2"`       // the cgroup2 mount point, when contained
+	JobCgroup string   `json:"job_cgroup"`    // <job>/job, bound read-only on Cgroup2 when contained
 }
 
 // initConfig is what the server tells the init at the Start: the command to run, and as whom.
@@ -69,7 +69,6 @@ type initConfig struct {
 	Env  []string `json:"env"`
 	Dir  string   `json:"dir"`
 	User *jobUser `json:"user,omitempty"` // -job_user, for a job that is not contained
-	Own  *jobUser `json:"own,omitempty"`  // a contained job's own host uid:gid, root of its user namespace
 }
 
 // jobUser is the unprivileged identity that job commands run as (rund serve -job_user).
@@ -132,20 +131,20 @@ func runInit() int {
 	}
 	// Up to the config, the work is done before the job's Start: namespaces, and the signal handlers
 	// (the kernel drops signals to a PID 1 without a handler; rund sends none before the start report).
-	setupErr := prepare()
+	setup, setupErr := prepare()
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, forwardedSignals...)
 	cfgPipe, repPipe := initPipe(3, "config"), initPipe(4, "report")
 	dec, enc := json.NewDecoder(cfgPipe), json.NewEncoder(repPipe)
 	// The first use of a type builds encoding/json's reflection caches: done here, not in the Start
 	// (BENCHMARKS.md, "Where a Start's time goes").
-	json.Unmarshal([]byte(`{"argv":["x"],"env":["k=v"],"dir":"/","own":{"uid":1,"gid":1}}`), new(initConfig))
+	json.Unmarshal([]byte(`{"argv":["x"],"env":["k=v"],"dir":"/","user":{"uid":1,"gid":1}}`), new(initConfig))
 	json.Marshal(startReport{Pid: 1})
 	var cfg initConfig
 	if err := dec.Decode(&cfg); err != nil {
 		return 1
 	}
-	pid, fail := startCommand(cfg, setupErr)
+	pid, fail := startCommand(cfg, setup.Own, setupErr)
 	if fail != nil {
 		enc.Encode(fail)
 		return 1
@@ -177,16 +176,16 @@ func runInit() int {
 // prepare sets up the job's namespaces and mounts as the init's argument says, then what the command
 // inherits from the thread that forks it (dropInherited). All of that is a thread's (no_new_privs,
 // groups, session keyring, seccomp filter), so that thread is the caller's, locked to it from here on.
-func prepare() error {
+func prepare() (initSetup, error) {
 	var setup initSetup
 	if err := json.Unmarshal([]byte(os.Args[2]), &setup); err != nil {
-		return err
+		return setup, err
 	}
 	if err := setupNamespaces(setup); err != nil {
-		return err
+		return setup, err
 	}
 	runtime.LockOSThread()
-	return dropInherited(setup.Contain)
+	return setup, dropInherited(setup.Own != nil)
 }
 
 // initPipe wraps one of the init's pipes for the runtime's poller. os/exec hands them over blocking, and
@@ -216,12 +215,12 @@ func reap(pid int) syscall.WaitStatus {
 	}
 }
 
-// startCommand starts the command as PID 2 in the job's cgroup.
-func startCommand(cfg initConfig, setupErr error) (int, *startReport) {
+// startCommand starts the command as PID 2 in the job's cgroup; own is a contained job's uid and gid.
+func startCommand(cfg initConfig, own *jobUser, setupErr error) (int, *startReport) {
 	if setupErr != nil {
 		return 0, failure(stageSetup, setupErr, "set up job namespaces: %v", setupErr)
 	}
-	path, fail := findCommand(cfg)
+	path, fail := findCommand(cfg, cmp.Or(own, cfg.User))
 	if fail != nil {
 		return 0, fail
 	}
@@ -234,12 +233,10 @@ func startCommand(cfg initConfig, setupErr error) (int, *startReport) {
 	if u := cfg.User; u != nil {
 		sys.Credential = &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: []uint32{}}
 	}
-	if u := cfg.Own; u != nil {
-		ownUserns(sys, u)
-	}
 	attr := &syscall.ProcAttr{Dir: cfg.Dir, Env: cfg.Env, Files: []uintptr{devnull.Fd(), 1, 2}, Sys: sys}
 	forkExec := syscall.ForkExec
-	if cfg.Own != nil {
+	if own != nil {
+		ownUserns(sys, own)
 		forkExec = forkExecFiltered
 	}
 	pid, err := forkExec(path, cfg.Argv, attr)
@@ -249,11 +246,11 @@ func startCommand(cfg initConfig, setupErr error) (int, *startReport) {
 	return pid, nil
 }
 
-// findCommand checks the working directory and finds the command as the job's user: what the checks
+// findCommand checks the working directory and finds the command as the job's user (nil: root): what the checks
 // see is what the command could, so a refusal tells the client nothing more about the host (checked as
 // root, "-dir /root/x" told "not a directory" from "no such file"; issue 15).
-func findCommand(cfg initConfig) (path string, fail *startReport) {
-	err := asJobUser(cfg, func() {
+func findCommand(cfg initConfig, user *jobUser) (path string, fail *startReport) {
+	err := asJobUser(user, func() {
 		if fi, err := os.Stat(cfg.Dir); err != nil || !fi.IsDir() {
 			if err == nil {
 				err = syscall.ENOTDIR
@@ -276,12 +273,11 @@ func findCommand(cfg initConfig) (path string, fail *startReport) {
 	return path, fail
 }
 
-// asJobUser runs check with the job user's filesystem ids and no supplementary groups (setfsuid(2):
+// asJobUser runs check with the filesystem ids of u (nil: root's, as they are) and no supplementary groups (setfsuid(2):
 // a non-zero fsuid also takes root's file capabilities out of the effective set, capabilities(7)),
 // then takes root's ids back. All of these are the calling thread's: the init's own, locked to it
 // (runInit), whose groups the command does not inherit (ownUserns, -job_user's Credential).
-func asJobUser(cfg initConfig, check func()) error {
-	u := cmp.Or(cfg.Own, cfg.User)
+func asJobUser(u *jobUser, check func()) error {
 	if u == nil {
 		check()
 		return nil
@@ -369,7 +365,7 @@ func setupNamespaces(s initSetup) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
 		return fmt.Errorf("make mounts slaves: %w", err)
 	}
-	if s.Contain {
+	if s.Own != nil {
 		if err := setupMounts(s); err != nil {
 			return err
 		}

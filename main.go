@@ -142,7 +142,10 @@ func containFlags(fs *flag.FlagSet) func(jobUser bool) (*containment, error) {
 			return nil, errors.New("-job_user needs -unsafe_uncontained_jobs: a contained job runs as a host uid of its own")
 		}
 		uids, err := newUIDRange(uint32(min(*uidFirst, 1<<32-1)), uint32(min(*uidCount, 1<<32-1)))
-		return &containment{uids: uids, tmpSize: *tmpSize}, err
+		if err != nil {
+			return nil, err
+		}
+		return &containment{uids: uids, tmpSize: *tmpSize}, nil
 	}
 }
 

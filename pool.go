@@ -221,7 +221,7 @@ func (p *pool) newSandbox() (*sandbox, error) {
 		if sb.own, err = c.uids.take(); err != nil {
 			return nil, err
 		}
-		sb.uids, setup.Contain, setup.TmpSize = c.uids, true, c.tmpSize
+		sb.uids, setup.Own, setup.TmpSize = c.uids, sb.own, c.tmpSize
 	}
 	var pipes [4]*os.File // out r/w, err r/w
 	if sb.cg, err = p.cg.create(sb.id); err != nil {
