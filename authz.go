@@ -64,7 +64,12 @@ func certIdentity(c *x509.Certificate) []string {
 func canonicalSAN(kind, v string) string {
 	switch kind {
 	case "dns":
-		return strings.TrimSuffix(asciiLower(v), ".")
+		// The root's one trailing dot: "alice." is "alice". A name that would still end in a dot is no
+		// DNS name and stays as it is, so that every canonical form is its own (fuzzed).
+		v = asciiLower(v)
+		if name := strings.TrimSuffix(v, "."); !strings.HasSuffix(name, ".") {
+			return name
+		}
 	case "email":
 		if at := strings.LastIndexByte(v, '@'); at >= 0 {
 			return v[:at+1] + canonicalSAN("dns", v[at+1:])
