@@ -10,10 +10,14 @@ TOOLS     := $(CURDIR)/.cache/tools
 
 # grpcnotrace leaves out grpc's golang.org/x/net/trace support (rund never enables it) and with it
 # html/template and more: 2 MB less binary, and every job's init starts ~1.5 ms faster (BENCHMARKS.md).
-GOFLAGS_BUILD := -trimpath -tags grpcnotrace
+# -buildvcs=auto overrides a GOFLAGS=-buildvcs=false in the environment, so that the binary records its
+# revision (rund version) when built in a checkout. VERSION is what rund version prints.
+GOFLAGS_BUILD := -trimpath -tags grpcnotrace -buildvcs=auto
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+LDFLAGS   := -s -w -X main.version=$(VERSION)
 
 build:
-	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -ldflags='-s -w' -o $(BIN) .
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -ldflags='$(LDFLAGS)' -o $(BIN) .
 
 # certs writes a development PKI into tls/ unless one is there.
 certs: build

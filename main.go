@@ -23,7 +23,8 @@ const mainUsage = `usage: rund <command> [flags]
 commands:
   serve     run the server (rund serve -h for flags)
   client    talk to a server (rund client for its commands)
-  certs     write a development PKI (CA, server and two client certificates)`
+  certs     write a development PKI (CA, server and two client certificates)
+  version   print rund's version, VCS revision and Go version`
 
 func main() {
 	if len(os.Args) < 2 {
@@ -40,11 +41,33 @@ func main() {
 		code = runCerts(os.Args[2:])
 	case "init":
 		code = runInit()
+	case "version", "-version", "--version":
+		fmt.Println(versionLine())
 	default:
 		fmt.Fprintln(os.Stderr, mainUsage)
 		code = 2
 	}
 	os.Exit(code)
+}
+
+// version is set by make release from git describe (-ldflags -X main.version=...); a plain go build
+// leaves it empty and the module version that Go stamps from the checkout stands in.
+var version string
+
+func versionLine() string {
+	v, rev, gover := version, "unknown", "unknown"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		gover = bi.GoVersion
+		if v == "" {
+			v = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				rev = s.Value
+			}
+		}
+	}
+	return fmt.Sprintf("rund %s (revision %s, %s)", v, rev, gover)
 }
 
 // serveConfig is everything "rund serve" takes from its flags.
