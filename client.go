@@ -7,16 +7,22 @@ package main
 // many on stderr and exit with exitLost unless the job's own code is non-zero.
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"google.golang.org/grpc"
@@ -31,22 +37,34 @@ import (
 	"rund/rpcpb"
 )
 
-const clientUsage = `usage: rund client <command> [flags] [args]
+// clientCmds are the client's commands: name, arguments, what it does, an example (for its -h).
+var clientCmds = [][4]string{
+	{"start", "[flags] [--] NAME [ARG...]", "start a job; print its id", "start -max_memory_usage 512MiB -cpus 0.5 -- sh -c 'echo hi'"},
+	{"run", "[flags] [--] NAME [ARG...]", "start a job, stream all its output, exit with its exit code", "run -max_pids 64 -- ls -l /"},
+	{"status", "[flags] ID", "print a job's status as JSON", "status $ID"},
+	{"stop", "[flags] ID", "stop a job (SIGTERM, grace period, SIGKILL); print its final status as JSON", "stop $ID"},
+	{"log", "[flags] ID", "stream a job's output: its stdout to stdout, its stderr to stderr", "log -follow=false $ID"},
+	{"signal", "[flags] ID SIGNAL", "send a signal (INT, TERM, HUP, ... or a number) to the job's command", "signal $ID INT"},
+	{"list", "[flags]", "list your jobs in a table, oldest first", "list -state running"},
+}
 
-commands:
-  start [limits] -- NAME [ARG...]   start a job; prints its id
-  run   [limits] -- NAME [ARG...]   start a job, stream all its output, exit with its exit code
-  status ID                         JSON status
-  stop ID                           stop (SIGTERM, grace period, SIGKILL); JSON final status
-  log [-offset N] [-follow=false] [-lossy] ID
-                                    stream output: job stdout to stdout, stderr to stderr
-  signal ID SIGNAL                  send a signal (INT, TERM, HUP, ... or a number) to the job's command
-  list                              JSON status of all your jobs
-
-every command takes -addr, -ca, -cert, -key; "rund client start -h" lists the limits.
+const clientNotes = `
+Every command finds its server and credentials in its flags (-addr -ca -cert -key), else in
+RUND_ADDR, RUND_CA, RUND_CERT and RUND_KEY, else at localhost:8000 with ca.crt, client.crt and
+client.key from ./tls if it has them, else from where rund certs writes by default (%s).
 run and log exit 3 when output was lost (run: unless the job's own exit code is non-zero).
 run passes SIGINT, SIGTERM, SIGHUP and SIGQUIT on to the job; a second Ctrl-C within 2 s stops it.
-run -v prints the job id on stderr; run always prints it when interrupted or cut off.`
+`
+
+// clientUsage is the client's help: its commands, then clientNotes.
+func clientUsage() string {
+	var b strings.Builder
+	b.WriteString("usage: rund client <command> [flags] [args]; rund client <command> -h for its flags\n\ncommands:\n")
+	for _, c := range clientCmds {
+		fmt.Fprintf(&b, "  %-6s %-27s %s\n", c[0], c[1], c[2])
+	}
+	return b.String() + fmt.Sprintf(clientNotes, configDir())
+}
 
 // exitLost is the exit code of run and log when bytes of the job's output were lost.
 const exitLost = 3
@@ -56,11 +74,23 @@ type clientIO struct {
 	stdout, stderr io.Writer
 }
 
+// clientOpts is what a client command's flags say besides the start request.
+type clientOpts struct {
+	conn                                 func() (addr, ca, cert, key string)
+	verbose, follow, lossy, json, idOnly bool
+	offset                               uint64
+	state                                string
+}
+
 // runClient runs one client command and returns the process exit code.
 func runClient(args []string, out clientIO) int {
 	if len(args) == 0 {
-		fmt.Fprintln(out.stderr, clientUsage)
+		fmt.Fprint(out.stderr, clientUsage())
 		return 2
+	}
+	if isHelp(args[0]) {
+		fmt.Fprint(out.stdout, clientUsage())
+		return 0
 	}
 	cmd, args := args[0], args[1:]
 	code, err := clientCommand(cmd, args, out)
@@ -74,110 +104,190 @@ func runClient(args []string, out clientIO) int {
 }
 
 func clientCommand(cmd string, args []string, out clientIO) (int, error) {
+	var names []string
+	for _, c := range clientCmds {
+		names = append(names, c[0])
+	}
+	i := slices.Index(names, cmd)
+	if i < 0 {
+		return 2, unknownCommand(cmd, names)
+	}
+	spec := clientCmds[i]
 	fs := flag.NewFlagSet("rund client "+cmd, flag.ContinueOnError)
-	fs.SetOutput(out.stderr)
-	addr := fs.String("addr", "localhost:8000", "server address")
-	ca := fs.String("ca", "tls/ca.crt", "CA certificate that signed the server's certificate")
-	cert := fs.String("cert", "tls/client.crt", "client certificate")
-	key := fs.String("key", "tls/client.key", "client private key")
-	var build func() (*rpcpb.JobStartRequest, error)
-	verbose := fs.Bool("v", false, "run: print the job id on stderr")
-	offset := fs.Uint64("offset", 0, "log: start at this byte offset")
-	follow := fs.Bool("follow", true, "log: wait for more output until the job ends")
-	lossy := fs.Bool("lossy", false, "log: never hold the job back; bytes overwritten before they are read are lost")
-	switch cmd {
-	case "start", "run":
-		build = startFlags(fs)
-	case "status", "stop", "log", "list", "signal":
-	default:
-		return 2, fmt.Errorf("unknown command %q\n%s", cmd, clientUsage)
+	o, build := clientFlags(cmd, fs)
+	head := fmt.Sprintf("usage: rund client %s %s\n\n%s.\n\nexample:\n  rund client %s", cmd, spec[1], spec[2], spec[3])
+	pos, err := parseInterspersed(fs, args, head, out.stdout, build == nil)
+	if err != nil {
+		return exitCode(err), ignoreHelp(err)
 	}
-	if err := fs.Parse(args); err != nil {
-		return 2, err
+	if want := strings.Count(spec[1], "ID") + strings.Count(spec[1], "SIGNAL"); build == nil && len(pos) != want {
+		return 2, fmt.Errorf("want %d argument(s) (%s), got %d; rund client %s -h for help", want, spec[1][8:], len(pos), cmd)
 	}
-	wantArgs := map[string]int{"status": 1, "stop": 1, "log": 1, "list": 0, "signal": 2}
-	if n, ok := wantArgs[cmd]; ok && fs.NArg() != n {
-		return 2, fmt.Errorf("want %d argument(s), got %d\n%s", n, fs.NArg(), clientUsage)
+	var req *rpcpb.JobStartRequest
+	if build != nil {
+		if req, err = build(pos); err != nil {
+			return 2, err
+		}
 	}
-	conn, c, err := dial(*addr, *ca, *cert, *key)
+	conn, c, err := dial(o.conn())
 	if err != nil {
 		return 1, err
 	}
 	defer conn.Close()
-	ctx := context.Background()
-	id := &rpcpb.JobIdentifier{Ulid: fs.Arg(0)}
+	return callClient(context.Background(), c, cmd, pos, req, o, out)
+}
+
+// callClient makes the call that cmd stands for and prints its result.
+func callClient(ctx context.Context, c rpcpb.JobControllerClient, cmd string, pos []string, req *rpcpb.JobStartRequest, o *clientOpts, out clientIO) (int, error) {
+	id := &rpcpb.JobIdentifier{Ulid: append(pos, "")[0]}
 	switch cmd {
-	case "start", "run":
-		req, err := build()
-		if err != nil {
-			return 2, err
-		}
-		if req.Name, req.Args = fs.Arg(0), fs.Args()[min(1, fs.NArg()):]; cmd == "start" {
-			return out.printID(c.Start(ctx, req))
-		}
-		return runJob(ctx, c, req, *verbose, out)
+	case "start":
+		return out.printID(c.Start(ctx, req))
+	case "run":
+		return runJob(ctx, c, req, o.verbose, out)
 	case "status":
 		return out.printJSON(c.Status(ctx, id))
 	case "stop":
 		return out.printJSON(c.Stop(ctx, id))
 	case "list":
-		return out.printJSON(c.List(ctx, &rpcpb.ListRequest{}))
+		l, err := c.List(ctx, &rpcpb.ListRequest{})
+		if err != nil {
+			return 1, err
+		}
+		return out.printList(l, o, time.Now())
 	case "signal":
-		_, err := c.Signal(ctx, &rpcpb.SignalRequest{Ulid: id.Ulid, Signal: fs.Arg(1)})
+		_, err := c.Signal(ctx, &rpcpb.SignalRequest{Ulid: id.Ulid, Signal: pos[1]})
 		return exitOnErr(err)
 	}
-	req := &rpcpb.LogRequest{Ulid: id.Ulid, Offset: *offset, NoFollow: !*follow, Lossless: !*lossy}
+	lr := &rpcpb.LogRequest{Ulid: id.Ulid, Offset: o.offset, NoFollow: !o.follow, Lossless: !o.lossy}
 	var lost uint64
-	if err = streamLog(ctx, c, req, &lost, out); err == nil && lost > 0 {
-		return exitLost, nil
+	if err := streamLog(ctx, c, lr, &lost, out); err != nil || lost == 0 {
+		return exitOnErr(err)
 	}
-	return exitOnErr(err)
+	return exitLost, nil
 }
 
-// startFlags registers the limit flags. A limit is sent only when its flag is given, so "-max_pids 0"
-// reaches the server and gets its clear error instead of silently meaning "no limit".
-func startFlags(fs *flag.FlagSet) func() (*rpcpb.JobStartRequest, error) {
+// clientFlags registers the flags that cmd takes; build is nil but for start and run.
+func clientFlags(cmd string, fs *flag.FlagSet) (o *clientOpts, build func([]string) (*rpcpb.JobStartRequest, error)) {
+	o = &clientOpts{conn: connFlags(fs)}
+	switch cmd {
+	case "start", "run":
+		build = startFlags(fs)
+		if cmd == "run" {
+			fs.BoolVar(&o.verbose, "v", false, "print the job id on stderr")
+		}
+	case "log":
+		fs.Uint64Var(&o.offset, "offset", 0, "start at this byte offset of the job's output")
+		fs.BoolVar(&o.follow, "follow", true, "wait for more output until the job ends")
+		fs.BoolVar(&o.lossy, "lossy", false, "never hold the job back; bytes overwritten before they are read are lost")
+	case "list":
+		fs.BoolVar(&o.json, "json", false, "print the jobs' status as JSON")
+		fs.BoolVar(&o.idOnly, "q", false, "print only the job ids")
+		fs.Func("state", "only jobs in this state: running, done (not running), or exited, signaled, stopped, oom_killed",
+			func(s string) error {
+				if _, ok := rpcpb.JobStatus_State_value["STATE_"+strings.ToUpper(s)]; !ok && s != "done" {
+					return errors.New("want running, done, exited, signaled, stopped or oom_killed")
+				}
+				o.state = s
+				return nil
+			})
+	}
+	return o, build
+}
+
+// connFlags registers -addr, -ca, -cert and -key; what it returns reads them once they are parsed:
+// a flag wins, then RUND_ADDR, RUND_CA, RUND_CERT and RUND_KEY, then the defaults (clientUsage).
+func connFlags(fs *flag.FlagSet) func() (addr, ca, cert, key string) {
+	var v [4]*string
+	for i, f := range [4][2]string{{"addr", "server address (else $RUND_ADDR, else localhost:8000)"},
+		{"ca", "CA certificate that signed the server's certificate (else $RUND_CA, else ca.crt in ./tls or " + configDir() + ")"},
+		{"cert", "client certificate (else $RUND_CERT, else client.crt in ./tls or " + configDir() + ")"},
+		{"key", "client private key (else $RUND_KEY, else client.key in ./tls or " + configDir() + ")"}} {
+		v[i] = fs.String(f[0], "", f[1])
+	}
+	get := func(i int, def string) string {
+		return cmp.Or(*v[i], os.Getenv("RUND_"+strings.ToUpper([]string{"addr", "ca", "cert", "key"}[i])), def)
+	}
+	return func() (string, string, string, string) {
+		return get(0, "localhost:8000"), get(1, defaultFile("ca.crt")), get(2, defaultFile("client.crt")), get(3, defaultFile("client.key"))
+	}
+}
+
+// parseInterspersed parses args with fs and returns the arguments that are not flags; interspersed,
+// flags may also come after them (rund client status ID -addr X), until a "--".
+func parseInterspersed(fs *flag.FlagSet, args []string, head string, stdout io.Writer, interspersed bool) ([]string, error) {
+	var pos []string
+	for {
+		if err := parseFlags(fs, args, head, stdout); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		dashes := len(rest) < len(args) && args[len(args)-len(rest)-1] == "--"
+		if len(rest) == 0 || !interspersed || dashes {
+			return append(pos, rest...), nil
+		}
+		pos, args = append(pos, rest[0]), rest[1:]
+	}
+}
+
+// startFlags registers the flags of a job's start request. A limit is sent only when its flag is
+// given, so "-max_pids 0" reaches the server and gets its clear error instead of meaning "no limit".
+func startFlags(fs *flag.FlagSet) func(pos []string) (*rpcpb.JobStartRequest, error) {
 	req := &rpcpb.JobStartRequest{}
-	limits := map[string]**wrapperspb.UInt64Value{
-		"max_memory_usage": &req.MaxMemoryUsage, "max_rbps": &req.MaxRbps, "max_wbps": &req.MaxWbps,
-		"max_riops": &req.MaxRiops, "max_wiops": &req.MaxWiops, "max_pids": &req.MaxPids,
+	for _, l := range []struct {
+		name, help string
+		field      **wrapperspb.UInt64Value
+	}{
+		{"max_memory_usage", "memory.max, bytes", &req.MaxMemoryUsage}, {"max_pids", "pids.max, processes", &req.MaxPids},
+		{"max_rbps", "io.max, bytes read per second", &req.MaxRbps}, {"max_wbps", "io.max, bytes written per second", &req.MaxWbps},
+		{"max_riops", "io.max, reads per second", &req.MaxRiops}, {"max_wiops", "io.max, writes per second", &req.MaxWiops},
+	} {
+		fs.Func(l.name, l.help+", e.g. "+sizeExamples[l.name[4:]], func(s string) error {
+			n, err := parseSize(s)
+			*l.field = wrapperspb.UInt64(n)
+			return err
+		})
 	}
-	values := map[string]*uint64{}
-	for name := range limits {
-		values[name] = fs.Uint64(name, 0, strings.TrimPrefix(name, "max_")+" limit")
-	}
-	cpu := fs.Uint("max_cpu_bandwidth", 0, "cpu.max quota in us per 100000 us period")
+	fs.Func("max_cpu_bandwidth", "cpu.max quota in us per 100000 us period, e.g. 50000 for half a CPU", func(s string) error {
+		n, err := strconv.ParseUint(s, 10, 32)
+		req.MaxCpuBandwidth = wrapperspb.UInt32(uint32(n))
+		if err != nil {
+			return errors.New("want microseconds per 100000 us period, 0 to 4294967295")
+		}
+		return nil
+	})
+	fs.Func("cpus", "CPUs the job may use, e.g. 0.5 (= -max_cpu_bandwidth 50000)", func(s string) error {
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil || !(f > 0 && f*100000 < 1<<32) {
+			return errors.New("want a positive number of CPUs, e.g. 0.5 or 2")
+		}
+		req.MaxCpuBandwidth = wrapperspb.UInt32(uint32(math.Round(f * 100000)))
+		return nil
+	})
 	fs.StringVar(&req.Dir, "dir", "", "absolute working directory (default /)")
-	grace := fs.Duration("grace", 0, "stop grace period between SIGTERM and SIGKILL (default 10s)")
+	fs.Func("grace", "stop grace period between SIGTERM and SIGKILL, e.g. 30s, 2m or 30 (seconds; default 10s)", func(s string) error {
+		d, err := parseDuration(s)
+		req.StopGracePeriod = durationpb.New(d)
+		return err
+	})
 	fs.Func("env", "KEY=VALUE added to the job's environment (repeatable)", func(s string) error {
 		req.Env = append(req.Env, s)
 		return nil
 	})
-	return func() (*rpcpb.JobStartRequest, error) {
-		var err error
-		fs.Visit(func(f *flag.Flag) {
-			if field := limits[f.Name]; field != nil {
-				*field = wrapperspb.UInt64(*values[f.Name])
-			}
-			switch f.Name {
-			case "max_cpu_bandwidth":
-				if *cpu > 1<<32-1 {
-					err = fmt.Errorf("-max_cpu_bandwidth %d does not fit in 32 bits", *cpu)
-				}
-				req.MaxCpuBandwidth = wrapperspb.UInt32(uint32(*cpu))
-			case "grace":
-				req.StopGracePeriod = durationpb.New(*grace)
-			}
-		})
-		if fs.NArg() == 0 && err == nil {
-			err = errors.New("no command given: rund client start [flags] -- NAME [ARG...]")
+	return func(pos []string) (*rpcpb.JobStartRequest, error) {
+		if len(pos) == 0 {
+			return nil, errors.New("no command given: rund client start [flags] -- NAME [ARG...]")
 		}
-		return req, err
+		req.Name, req.Args = pos[0], pos[1:]
+		return req, nil
 	}
 }
 
 func dial(addr, ca, cert, key string) (*grpc.ClientConn, rpcpb.JobControllerClient, error) {
 	cfg, err := clientTLS(ca, cert, key)
+	if errors.Is(err, os.ErrNotExist) {
+		err = fmt.Errorf("%w (give -ca, -cert and -key, or set RUND_CA, RUND_CERT and RUND_KEY, or run rund certs)", err)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -212,6 +322,75 @@ func (out clientIO) printJSON(m proto.Message, err error) (int, error) {
 		fmt.Fprintln(out.stdout, string(b))
 	}
 	return exitOnErr(err)
+}
+
+// printList prints the jobs that -state selects, oldest first: their ids (-q), their status as JSON
+// (-json), or a table whose command column is cut to fit the terminal (COLUMNS, else the tty's width).
+func (out clientIO) printList(l *rpcpb.JobList, o *clientOpts, now time.Time) (int, error) {
+	l.Jobs = slices.DeleteFunc(l.Jobs, func(j *rpcpb.JobStatus) bool {
+		switch o.state {
+		case "":
+			return false
+		case "done":
+			return j.State == rpcpb.JobStatus_STATE_RUNNING
+		}
+		return j.State.String() != "STATE_"+strings.ToUpper(o.state)
+	})
+	slices.SortFunc(l.Jobs, func(a, b *rpcpb.JobStatus) int { return strings.Compare(a.Ulid, b.Ulid) }) // ULIDs sort by time
+	switch {
+	case o.json:
+		return out.printJSON(l, nil)
+	case o.idOnly:
+		for _, j := range l.Jobs {
+			fmt.Fprintln(out.stdout, j.Ulid)
+		}
+		return 0, nil
+	}
+	var b bytes.Buffer
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATE\tEXIT\tSTARTED\tRUN TIME\tCPU\tMEM PEAK\t")
+	for _, j := range l.Jobs {
+		exit, end := "-", now
+		if j.ExitCode != nil {
+			exit = strconv.Itoa(int(j.ExitCode.Value))
+		} else if j.Signal != nil {
+			exit = unix.SignalName(syscall.Signal(j.Signal.Value))
+		}
+		if j.EndTime != nil {
+			end = j.EndTime.AsTime()
+		}
+		start := j.StartTime.AsTime()
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s ago\t%s\t%s\t%s\t\n", j.Ulid, strings.ToLower(strings.TrimPrefix(j.State.String(), "STATE_")),
+			exit, humanDuration(now.Sub(start)), humanDuration(end.Sub(start)),
+			humanDuration(j.UserTime.AsDuration()+j.SystemTime.AsDuration()), humanBytes(j.MemoryPeak))
+	}
+	tw.Flush()
+	lines := strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n")
+	width := terminalWidth(out.stdout)
+	for i, line := range lines {
+		command := "COMMAND"
+		if i > 0 {
+			command = strings.Join(l.Jobs[i-1].Command, " ")
+		}
+		if room := width - len(line); width > 0 && len(command) > max(room, 8) {
+			command = command[:max(room, 8)-3] + "..."
+		}
+		fmt.Fprintf(out.stdout, "%s%s\n", line, command)
+	}
+	return 0, nil
+}
+
+// terminalWidth is $COLUMNS, else the width of w if it is a terminal, else 0 (no limit).
+func terminalWidth(w io.Writer) int {
+	if n, err := strconv.Atoi(os.Getenv("COLUMNS")); err == nil {
+		return n
+	}
+	if f, ok := w.(*os.File); ok {
+		if ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ); err == nil {
+			return int(ws.Col)
+		}
+	}
+	return 0
 }
 
 // streamLog writes a job's output until the stream ends, moving req.Offset past each byte written, so

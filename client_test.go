@@ -40,7 +40,7 @@ func TestClientCommands(t *testing.T) {
 			t.Errorf("%s: exit %d, %v, stdout %q, stderr %q", cmd, code, err, out, errs)
 		}
 	}
-	code, out, _ = ts.runCLI(t, "list")
+	code, out, _ = ts.runCLI(t, "list", "-json")
 	var list struct{ Jobs []struct{ Ulid string } }
 	if err := json.Unmarshal([]byte(out), &list); err != nil || code != 0 || len(list.Jobs) != 1 || list.Jobs[0].Ulid != id {
 		t.Errorf("list: exit %d, %v, stdout %q", code, err, out)

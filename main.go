@@ -6,11 +6,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"maps"
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -18,11 +20,11 @@ import (
 	"time"
 )
 
-const mainUsage = `usage: rund <command> [flags]
+const mainUsage = `usage: rund <command> [flags]; rund <command> -h for its flags
 
 commands:
-  serve     run the server (rund serve -h for flags)
-  client    talk to a server (rund client for its commands)
+  serve     run the server
+  client    talk to a server (rund client -h for its commands)
   certs     write a development PKI (CA, server and two client certificates)
   version   print rund's version, VCS revision and Go version`
 
@@ -32,22 +34,128 @@ func main() {
 		os.Exit(2)
 	}
 	var code int
-	switch os.Args[1] {
-	case "serve":
+	switch cmd := os.Args[1]; {
+	case cmd == "serve":
 		code = runServe(os.Args[2:])
-	case "client":
+	case cmd == "client":
 		code = runClient(os.Args[2:], clientIO{os.Stdout, os.Stderr})
-	case "certs":
+	case cmd == "certs":
 		code = runCerts(os.Args[2:])
-	case "init":
+	case cmd == "init":
 		code = runInit()
-	case "version", "-version", "--version":
+	case cmd == "version" || cmd == "-version" || cmd == "--version":
 		fmt.Println(versionLine())
+	case isHelp(cmd):
+		fmt.Println(mainUsage)
 	default:
-		fmt.Fprintln(os.Stderr, mainUsage)
+		fmt.Fprintf(os.Stderr, "rund: %v\n", unknownCommand(cmd, []string{"serve", "client", "certs", "version", "help"}))
 		code = 2
 	}
 	os.Exit(code)
+}
+
+func isHelp(arg string) bool {
+	return arg == "help" || arg == "-h" || arg == "-help" || arg == "--help"
+}
+
+// parseFlags parses args with fs and keeps the flag package's own printing quiet, so that a bad flag
+// is one line from the caller. -h prints head and the flags with their defaults on stdout and returns
+// flag.ErrHelp (exitCode: 0).
+func parseFlags(fs *flag.FlagSet, args []string, head string, stdout io.Writer) error {
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintf(stdout, "%s\n\nflags:\n", head)
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+	}
+	return err
+}
+
+// parseArgs parses the flags of a command that takes no other arguments, printing any error as one
+// line on stderr; ok is false when the command must exit with code.
+func parseArgs(fs *flag.FlagSet, args []string, head string) (code int, ok bool) {
+	err := parseFlags(fs, args, head, os.Stdout)
+	if err == nil && fs.NArg() > 0 {
+		err = fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", fs.Name(), err)
+	}
+	return exitCode(err), err == nil
+}
+
+// exitCode is 0 for no error and for -h, which is a request, and 2 for any other usage error.
+func exitCode(err error) int {
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	return 2
+}
+
+// ignoreHelp drops flag.ErrHelp, which is not an error to print.
+func ignoreHelp(err error) error {
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	return err
+}
+
+// unknownCommand says that name is none of names, and which one it is nearest to.
+func unknownCommand(name string, names []string) error {
+	best, dist := "", 3 // suggest nothing more than two edits away
+	for _, n := range names {
+		d := editDistance(name, n)
+		if strings.HasPrefix(n, name) {
+			d = 0 // stat: status
+		}
+		if d < dist {
+			best, dist = n, d
+		}
+	}
+	if best != "" {
+		return fmt.Errorf("unknown command %q; did you mean %q?", name, best)
+	}
+	return fmt.Errorf("unknown command %q; the commands are %s", name, strings.Join(names, ", "))
+}
+
+// editDistance is the Levenshtein distance between a and b, computed a row at a time.
+func editDistance(a, b string) int {
+	row := make([]int, len(b)+1)
+	for j := range row {
+		row[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		diag := row[0]
+		row[0] = i
+		for j := 1; j <= len(b); j++ {
+			sub := diag
+			if a[i-1] != b[j-1] {
+				sub++
+			}
+			diag, row[j] = row[j], min(row[j]+1, row[j-1]+1, sub)
+		}
+	}
+	return row[len(b)]
+}
+
+// defaultFile is where a certificate or key is looked for when no flag or variable names it:
+// ./tls/name if it is there (a checkout after make run), else name in configDir.
+func defaultFile(name string) string {
+	if _, err := os.Stat(filepath.Join("tls", name)); err == nil {
+		return filepath.Join("tls", name)
+	}
+	return filepath.Join(configDir(), name)
+}
+
+// configDir is where rund certs writes by default: $XDG_CONFIG_HOME/rund, or ~/.config/rund.
+func configDir() string {
+	dir, err := os.UserConfigDir()
+	if err != nil {
+		return "tls"
+	}
+	return filepath.Join(dir, "rund")
 }
 
 // version is set by make release from git describe (-ldflags -X main.version=...); a plain go build
@@ -89,13 +197,21 @@ type serveConfig struct {
 	conns               connBounds
 }
 
+const serveHead = `usage: rund serve [flags]
+
+Serve jobs to clients that present a certificate signed by -ca, each job contained (see README,
+"What a job can do"). Sizes are bytes; durations are Go's (30s, 2m, 24h).
+
+example:
+  rund serve -addr :8000 -max_jobs_per_client 10`
+
 func runServe(args []string) int {
 	var c serveConfig
 	fs := flag.NewFlagSet("rund serve", flag.ContinueOnError)
 	fs.StringVar(&c.addr, "addr", ":8000", "listen address")
-	fs.StringVar(&c.ca, "ca", "tls/ca.crt", "CA certificate that client certificates must chain to")
-	fs.StringVar(&c.cert, "cert", "tls/server.crt", "server certificate")
-	fs.StringVar(&c.key, "key", "tls/server.key", "server private key (mode 0600)")
+	fs.StringVar(&c.ca, "ca", defaultFile("ca.crt"), "CA certificate that client certificates must chain to")
+	fs.StringVar(&c.cert, "cert", defaultFile("server.crt"), "server certificate")
+	fs.StringVar(&c.key, "key", defaultFile("server.key"), "server private key (mode 0600)")
 	fs.StringVar(&c.cgroupParent, "cgroup", "", "cgroup2 directory for job cgroups (default <cgroup2 mount>/rund)")
 	io := fs.String("io_devices", "", "comma-separated MAJ:MIN block devices for io limits (default: the disk behind /)")
 	fs.IntVar(&c.ringSize, "log_buffer", 1<<20, "bytes of output kept per job")
@@ -117,8 +233,8 @@ func runServe(args []string) int {
 	fs.Func("job_user", "run job commands as UID:GID, with no_new_privs and no capabilities (default: root)",
 		func(v string) (err error) { c.jobUser, err = parseJobUser(v); return err })
 	contain := containFlags(fs)
-	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
-		return 2
+	if code, ok := parseArgs(fs, args, serveHead); !ok {
+		return code
 	}
 	for _, bad := range []struct {
 		is  bool
@@ -177,6 +293,9 @@ func containFlags(fs *flag.FlagSet) func(jobUser bool) (*containment, error) {
 // goes to a buffered channel, read only if it ends first); one runs GracefulStop at shutdown and ends
 // when the last call does, or when srv.Stop cuts the calls off 5 s after the jobs are gone.
 func serve(c serveConfig) error {
+	if err := checkHost(c.contain != nil); err != nil {
+		return err
+	}
 	certs, err := newCertStore(c.ca, c.cert, c.key)
 	if err != nil {
 		return err
@@ -252,9 +371,9 @@ func fdBoundConns(c serveConfig) int {
 
 func runCerts(args []string) int {
 	fs := flag.NewFlagSet("rund certs", flag.ContinueOnError)
-	dir := fs.String("dir", "tls", "directory to write into; existing keys are never overwritten")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	dir := fs.String("dir", configDir(), "directory to write into; existing keys are never overwritten")
+	if code, ok := parseArgs(fs, args, "usage: rund certs [-dir DIR]\n\nWrite a development PKI: a CA, a server certificate for localhost, and client\ncertificates for two identities (client, client2), each with its key."); !ok {
+		return code
 	}
 	if err := writeDevPKI(*dir); err != nil {
 		log.Printf("rund certs: %v", err)
