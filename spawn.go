@@ -96,10 +96,10 @@ func (p *proc) begin(cfg initConfig) error {
 	if err == nil {
 		err = p.reports.Decode(&rep)
 	}
-	if err != nil || rep.Pid == 0 {
-		if err != nil {
-			return fmt.Errorf("job init did not start: %w", err)
-		}
+	switch {
+	case err != nil:
+		return fmt.Errorf("job init did not start: %w", err)
+	case rep.Pid == 0:
 		return startFailure(rep)
 	}
 	return nil
