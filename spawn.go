@@ -36,10 +36,7 @@ type proc struct {
 // then waits on its config pipe for the command, which begin sends: so jobs can be prepared before
 // their Start (sandbox, pool.go).
 func startInit(cg *jobCgroup, setup initSetup, stdout, stderr *os.File) (*proc, error) {
-	arg, err := json.Marshal(setup)
-	if err != nil {
-		return nil, err
-	}
+	arg, _ := json.Marshal(setup) // cannot fail: strings and integers only
 	initFD, err := os.Open(cg.initDir())
 	if err != nil {
 		return nil, err
