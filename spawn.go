@@ -65,7 +65,9 @@ func startInit(cg *jobCgroup, setup initSetup, stdout, stderr *os.File) (*proc, 
 		// second once started (init.go dropInherited). No collector: none may run while a contained
 		// init forks the command under its filter (seccomp.go), and an init allocates little after
 		// its start-up.
-		Env:        []string{"GOMAXPROCS=1", "GOGC=off"},
+		Env: []string{"GOMAXPROCS=1", "GOGC=off"},
+		// No Stdin: os/exec opens /dev/null for it, the init's fd 0, which its command inherits
+		// (init.go startCommand).
 		Stdout:     stdout,
 		Stderr:     stderr,
 		ExtraFiles: []*os.File{cfgR, repW, jobFD},
