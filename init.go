@@ -224,16 +224,13 @@ func startCommand(cfg initConfig, own *jobUser, setupErr error) (int, *startRepo
 	if fail != nil {
 		return 0, fail
 	}
-	devnull, err := os.Open(os.DevNull)
-	if err != nil {
-		return 0, failure(stageSetup, err, "open %s: %v", os.DevNull, err)
-	}
-	defer devnull.Close()
 	sys := &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: 5}
 	if u := cfg.User; u != nil {
 		sys.Credential = &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: []uint32{}}
 	}
-	attr := &syscall.ProcAttr{Dir: cfg.Dir, Env: cfg.Env, Files: []uintptr{devnull.Fd(), 1, 2}, Sys: sys}
+	// The command's stdin is the init's own /dev/null (spawn.go gives the init no Stdin, so os/exec
+	// opens os.DevNull for it).
+	attr := &syscall.ProcAttr{Dir: cfg.Dir, Env: cfg.Env, Files: []uintptr{0, 1, 2}, Sys: sys}
 	forkExec := syscall.ForkExec
 	if own != nil {
 		ownUserns(sys, own)
@@ -419,10 +416,7 @@ func loopbackUp() error {
 		return fmt.Errorf("socket: %w", err)
 	}
 	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq("lo")
-	if err != nil {
-		return err
-	}
+	ifr, _ := unix.NewIfreq("lo") // fails only on a name of IFNAMSIZ or more
 	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
 		return fmt.Errorf("get lo flags: %w", err)
 	}

@@ -36,10 +36,7 @@ type proc struct {
 // then waits on its config pipe for the command, which begin sends: so jobs can be prepared before
 // their Start (sandbox, pool.go).
 func startInit(cg *jobCgroup, setup initSetup, stdout, stderr *os.File) (*proc, error) {
-	arg, err := json.Marshal(setup)
-	if err != nil {
-		return nil, err
-	}
+	arg, _ := json.Marshal(setup) // cannot fail: strings and integers only
 	initFD, err := os.Open(cg.initDir())
 	if err != nil {
 		return nil, err
@@ -68,7 +65,9 @@ func startInit(cg *jobCgroup, setup initSetup, stdout, stderr *os.File) (*proc, 
 		// second once started (init.go dropInherited). No collector: none may run while a contained
 		// init forks the command under its filter (seccomp.go), and an init allocates little after
 		// its start-up.
-		Env:        []string{"GOMAXPROCS=1", "GOGC=off"},
+		Env: []string{"GOMAXPROCS=1", "GOGC=off"},
+		// No Stdin: os/exec opens /dev/null for it, the init's fd 0, which its command inherits
+		// (init.go startCommand).
 		Stdout:     stdout,
 		Stderr:     stderr,
 		ExtraFiles: []*os.File{cfgR, repW, jobFD},
@@ -96,10 +95,10 @@ func (p *proc) begin(cfg initConfig) error {
 	if err == nil {
 		err = p.reports.Decode(&rep)
 	}
-	if err != nil || rep.Pid == 0 {
-		if err != nil {
-			return fmt.Errorf("job init did not start: %w", err)
-		}
+	switch {
+	case err != nil:
+		return fmt.Errorf("job init did not start: %w", err)
+	case rep.Pid == 0:
 		return startFailure(rep)
 	}
 	return nil

@@ -18,7 +18,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -163,14 +162,10 @@ func issue(spec certSpec, parent *issued) (*issued, error) {
 	if err != nil {
 		return nil, err
 	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		return nil, err
-	}
 	notBefore := cmp.Or(spec.notBefore, time.Now().Add(-time.Hour))    // unset: valid from an hour ago
 	notAfter := cmp.Or(spec.notAfter, notBefore.Add(365*24*time.Hour)) // unset: for a year
+	// No SerialNumber: x509.CreateCertificate draws a random one (RFC 5280, 4.1.2.2).
 	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: spec.name},
 		NotBefore:             notBefore,
 		NotAfter:              notAfter,
@@ -201,22 +196,20 @@ func (i *issued) write(dir, name string) error {
 	if err != nil {
 		return err
 	}
-	crt := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: i.cert.Raw})
-	key := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
-	if err := createFile(filepath.Join(dir, name+".crt"), crt, 0o644); err != nil {
+	if err := createPEM(filepath.Join(dir, name+".crt"), 0o644, "CERTIFICATE", i.cert.Raw); err != nil {
 		return err
 	}
-	return createFile(filepath.Join(dir, name+".key"), key, 0o600)
+	return createPEM(filepath.Join(dir, name+".key"), 0o600, "EC PRIVATE KEY", keyDER)
 }
 
-// createFile creates path with perm from the start (so a key is never briefly world-readable) and
-// fails with an os.ErrExist error rather than replace a file.
-func createFile(path string, data []byte, perm os.FileMode) error {
+// createPEM writes one PEM block to path, created with perm from the start (so a key is never briefly
+// world-readable); it fails with an os.ErrExist error rather than replace a file.
+func createPEM(path string, perm os.FileMode, blockType string, der []byte) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
 	if err != nil {
 		return err
 	}
-	_, err = f.Write(data)
+	_, err = f.Write(pem.EncodeToMemory(&pem.Block{Type: blockType, Bytes: der}))
 	return errors.Join(err, f.Close())
 }
 
@@ -254,8 +247,7 @@ func writeDevPKI(dir string) error {
 			return err
 		}
 	}
-	crt := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw})
-	if err := createFile(filepath.Join(dir, "ca.crt"), crt, 0o644); err != nil {
+	if err := createPEM(filepath.Join(dir, "ca.crt"), 0o644, "CERTIFICATE", ca.cert.Raw); err != nil {
 		return err
 	}
 	for _, l := range leaves {

@@ -518,7 +518,7 @@ func TestWriteDevPKIRerunReplacesNoFile(t *testing.T) {
 			}
 		}},
 		{"only the last key", func(t *testing.T, dir string) {
-			if err := createFile(filepath.Join(dir, "client2.key"), []byte("old key"), 0o600); err != nil {
+			if err := os.WriteFile(filepath.Join(dir, "client2.key"), []byte("old key"), 0o600); err != nil {
 				t.Fatal(err)
 			}
 		}},
