@@ -156,9 +156,9 @@ sizes() {
 $heading
 
 Written by \`make release-sizes\` (\`make release\`, then \`.ci/release-check.sh sizes\`); \`make bench\`
-leaves this section as it is. Version $v, $(go env GOVERSION); each binary is built as \`make build\`
-builds (\`CGO_ENABLED=0 go build -trimpath -tags grpcnotrace -buildvcs=auto -ldflags='-s -w -X
-main.version=...'\`) for its GOARCH. MB means 10^6 bytes; the target is the one the issue sets.
+keeps this section as it is. rund $v, $(go env GOVERSION). Each binary is \`make build\`'s static build
+(\`-trimpath -tags grpcnotrace\`, stripped with \`-s -w\`) for its GOARCH; \`make release-check\` proves
+them (README, "Release binaries"). MB means 10^6 bytes.
 
 | binary | go env | bytes | MB | target | met |
 |---|---|---|---|---|---|
