@@ -6,7 +6,7 @@ PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 TOOLS     := $(CURDIR)/.cache/tools
 
-.PHONY: build run certs test fuzz e2e bench check proto proto-check clean
+.PHONY: build run certs test fuzz e2e bench check proto proto-check clean release release-check release-sizes
 
 # grpcnotrace leaves out grpc's golang.org/x/net/trace support (rund never enables it) and with it
 # html/template and more: 2 MB less binary, and every job's init starts ~1.5 ms faster (BENCHMARKS.md).
@@ -18,6 +18,28 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 
 build:
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -ldflags='$(LDFLAGS)' -o $(BIN) .
+
+# release cross-builds the same static binary for each board rund is released for (armv7 is GOARCH=arm
+# GOARM=7) into dist/rund-VERSION-linux-ARCH, and dist/SHA256SUMS for them. dist/ is emptied first, so
+# that SHA256SUMS names only this version's binaries.
+RELEASE_ARCHS := amd64 arm64 armv7 riscv64
+release:
+	@test -n "$(VERSION)" || { echo "make release: no version: git describe found nothing; set VERSION="; exit 1; }
+	rm -rf dist && mkdir dist
+	@set -e; for a in $(RELEASE_ARCHS); do \
+		case $$a in armv7) arch="GOARCH=arm GOARM=7" ;; *) arch="GOARCH=$$a" ;; esac; \
+		cmd="env CGO_ENABLED=0 GOOS=linux $$arch $(GO) build $(GOFLAGS_BUILD) -ldflags='$(LDFLAGS)' -o dist/$(BIN)-$(VERSION)-linux-$$a ."; \
+		echo "$$cmd"; eval "$$cmd"; \
+	done
+	cd dist && sha256sum $(BIN)-$(VERSION)-linux-* > SHA256SUMS
+
+# release-check proves what release wrote (static, stripped, right architecture, SHA256SUMS, and each
+# binary runs: natively or under qemu-user); CI runs it. release-sizes writes the binaries' sizes into
+# BENCHMARKS.md's "Release binaries" section, which bench keeps.
+release-check:
+	VERSION='$(VERSION)' bash .ci/release-check.sh check
+release-sizes: release
+	VERSION='$(VERSION)' bash .ci/release-check.sh sizes | bash .ci/release-check.sh put-section BENCHMARKS.md
 
 # certs writes a development PKI into tls/ unless one is there.
 certs: build
@@ -51,8 +73,11 @@ e2e:
 # bench measures rund against a raw baseline for each figure, in one run, and rewrites BENCHMARKS.md
 # (bench_test.go). As root; about 5 minutes. Not part of test, and never under -race, which would
 # distort every figure; test only builds it.
+# TestBenchReport rewrites the whole file; the "Release binaries" section (release-sizes) is put back.
 bench:
+	@mkdir -p .cache && bash .ci/release-check.sh get-section BENCHMARKS.md > .cache/release-sizes.md
 	RUND_BENCH=1 $(GO) test -count=1 -run '^TestBenchReport$$' -v -timeout 20m .
+	bash .ci/release-check.sh put-section BENCHMARKS.md < .cache/release-sizes.md
 
 # protoc comes from Debian's protobuf-compiler; the Go plugins are pinned here.
 $(TOOLS)/protoc-gen-go:
@@ -70,3 +95,4 @@ proto-check: proto
 
 clean:
 	rm -f $(BIN)
+	rm -rf dist
