@@ -161,12 +161,10 @@ func (r *ring) WaitRoom(need int, patience time.Duration) {
 		}
 		room := waitOn(&r.room)
 		r.mu.Unlock()
-		timer := time.NewTimer(patience - time.Since(oldest))
 		select {
 		case <-room:
-		case <-timer.C:
+		case <-time.After(patience - time.Since(oldest)): // an unstopped timer is collected (Go 1.23)
 		}
-		timer.Stop()
 		r.mu.Lock()
 	}
 }
