@@ -394,18 +394,15 @@ func (j *jobCgroup) remove() error {
 }
 
 func rmdirRetry(dir string) error {
-	delay := time.Millisecond
-	for {
+	for delay := time.Millisecond; ; delay *= 2 {
 		err := unix.Rmdir(dir)
 		switch {
 		case err == nil || errors.Is(err, unix.ENOENT):
 			return nil
-		case errors.Is(err, unix.EBUSY) && delay < 2*time.Second:
-			time.Sleep(delay)
-			delay *= 2
-		default:
+		case !errors.Is(err, unix.EBUSY) || delay >= 2*time.Second:
 			return &os.PathError{Op: "rmdir", Path: dir, Err: err}
 		}
+		time.Sleep(delay)
 	}
 }
 
