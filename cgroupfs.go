@@ -99,9 +99,7 @@ func findCgroup2Mount(mountinfo string) (string, error) {
 
 // unescapeMountPath undoes the escapes the kernel writes in mountinfo for the four characters that would
 // break its fields (fs/proc_namespace.c, mangle: space, tab, newline and backslash, as \ooo).
-func unescapeMountPath(s string) string { return mountPathUnescaper.Replace(s) }
-
-var mountPathUnescaper = strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
+var unescapeMountPath = strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`).Replace
 
 // setupCgroups prepares parent (default <mount>/rund) for jobs: it enables the wanted controllers on
 // the path from the mount down to parent and removes what a crashed rund left behind.
