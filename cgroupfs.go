@@ -67,15 +67,14 @@ func lockParent(parent string) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-	if err == nil {
-		return f, nil
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) { // /proc/locks names the holder
+			return nil, fmt.Errorf("another rund serves jobs in %s; give this one its own -cgroup", parent)
+		}
+		return nil, fmt.Errorf("flock %s: %w", parent, err)
 	}
-	f.Close()
-	if errors.Is(err, unix.EWOULDBLOCK) { // /proc/locks names the holder
-		return nil, fmt.Errorf("another rund serves jobs in %s; give this one its own -cgroup", parent)
-	}
-	return nil, fmt.Errorf("flock %s: %w", parent, err)
+	return f, nil
 }
 
 // unlock releases the parent for another server; it is the last thing a server does.
