@@ -430,10 +430,7 @@ type usage struct {
 // readUsage reads the accounting files of one cgroup. Missing files (controller off) count as 0. The
 // error is cpu.stat's, which exists in every cgroup2 directory: fs.ErrNotExist means the cgroup is gone.
 func readUsage(dir string) (usage, error) {
-	read := func(name string) []byte {
-		b, _ := os.ReadFile(filepath.Join(dir, name))
-		return b
-	}
+	read := func(name string) []byte { return readBytes(filepath.Join(dir, name)) }
 	cpu, err := os.ReadFile(filepath.Join(dir, "cpu.stat"))
 	if err != nil {
 		return usage{}, err
@@ -489,7 +486,10 @@ func writeFile(path, value string) error {
 	return os.WriteFile(path, []byte(value), 0)
 }
 
-func readString(path string) string {
+// readBytes returns the contents of path, or nothing if it cannot be read.
+func readBytes(path string) []byte {
 	b, _ := os.ReadFile(path)
-	return string(b)
+	return b
 }
+
+func readString(path string) string { return string(readBytes(path)) }
