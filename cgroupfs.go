@@ -67,15 +67,14 @@ func lockParent(parent string) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-	if err == nil {
-		return f, nil
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) { // /proc/locks names the holder
+			return nil, fmt.Errorf("another rund serves jobs in %s; give this one its own -cgroup", parent)
+		}
+		return nil, fmt.Errorf("flock %s: %w", parent, err)
 	}
-	f.Close()
-	if errors.Is(err, unix.EWOULDBLOCK) { // /proc/locks names the holder
-		return nil, fmt.Errorf("another rund serves jobs in %s; give this one its own -cgroup", parent)
-	}
-	return nil, fmt.Errorf("flock %s: %w", parent, err)
+	return f, nil
 }
 
 // unlock releases the parent for another server; it is the last thing a server does.
@@ -99,9 +98,7 @@ func findCgroup2Mount(mountinfo string) (string, error) {
 
 // unescapeMountPath undoes the escapes the kernel writes in mountinfo for the four characters that would
 // break its fields (fs/proc_namespace.c, mangle: space, tab, newline and backslash, as \ooo).
-func unescapeMountPath(s string) string { return mountPathUnescaper.Replace(s) }
-
-var mountPathUnescaper = strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
+var unescapeMountPath = strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`).Replace
 
 // setupCgroups prepares parent (default <mount>/rund) for jobs: it enables the wanted controllers on
 // the path from the mount down to parent and removes what a crashed rund left behind.
@@ -394,18 +391,15 @@ func (j *jobCgroup) remove() error {
 }
 
 func rmdirRetry(dir string) error {
-	delay := time.Millisecond
-	for {
+	for delay := time.Millisecond; ; delay *= 2 {
 		err := unix.Rmdir(dir)
 		switch {
 		case err == nil || errors.Is(err, unix.ENOENT):
 			return nil
-		case errors.Is(err, unix.EBUSY) && delay < 2*time.Second:
-			time.Sleep(delay)
-			delay *= 2
-		default:
+		case !errors.Is(err, unix.EBUSY) || delay >= 2*time.Second:
 			return &os.PathError{Op: "rmdir", Path: dir, Err: err}
 		}
+		time.Sleep(delay)
 	}
 }
 
@@ -436,10 +430,7 @@ type usage struct {
 // readUsage reads the accounting files of one cgroup. Missing files (controller off) count as 0. The
 // error is cpu.stat's, which exists in every cgroup2 directory: fs.ErrNotExist means the cgroup is gone.
 func readUsage(dir string) (usage, error) {
-	read := func(name string) []byte {
-		b, _ := os.ReadFile(filepath.Join(dir, name))
-		return b
-	}
+	read := func(name string) []byte { return readBytes(filepath.Join(dir, name)) }
 	cpu, err := os.ReadFile(filepath.Join(dir, "cpu.stat"))
 	if err != nil {
 		return usage{}, err
@@ -495,7 +486,10 @@ func writeFile(path, value string) error {
 	return os.WriteFile(path, []byte(value), 0)
 }
 
-func readString(path string) string {
+// readBytes returns the contents of path, or nothing if it cannot be read.
+func readBytes(path string) []byte {
 	b, _ := os.ReadFile(path)
-	return string(b)
+	return b
 }
+
+func readString(path string) string { return string(readBytes(path)) }

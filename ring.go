@@ -161,12 +161,10 @@ func (r *ring) WaitRoom(need int, patience time.Duration) {
 		}
 		room := waitOn(&r.room)
 		r.mu.Unlock()
-		timer := time.NewTimer(patience - time.Since(oldest))
 		select {
 		case <-room:
-		case <-timer.C:
+		case <-time.After(patience - time.Since(oldest)): // an unstopped timer is collected (Go 1.23)
 		}
-		timer.Stop()
 		r.mu.Lock()
 	}
 }
@@ -346,33 +344,29 @@ func (r *ring) Read(ctx context.Context, off int64, buf []byte, follow bool) (n 
 		return 0, 0, off, 0, fmt.Errorf("ring: Read with offset %d into %d-byte buffer", off, len(buf))
 	}
 	buf = buf[:min(len(buf), maxChunk)]
-	at = off
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	// Checked once: tail never decreases, and the loop moves no further than head <= tail.
+	if off > r.tail {
+		return 0, 0, off, 0, fmt.Errorf("%w: offset %d, tail %d", errOffsetBeyondEnd, off, r.tail)
+	}
 	for {
-		r.mu.Lock()
-		if at > r.tail {
-			tail := r.tail
-			r.mu.Unlock()
-			return 0, 0, at, lost, fmt.Errorf("%w: offset %d, tail %d", errOffsetBeyondEnd, at, tail)
-		}
-		if at < r.head {
-			lost += r.head - at
-			at = r.head
-		}
+		at = max(off, r.head) // the bytes before head were evicted before this reader saw them
 		if at < r.tail {
 			n, s = r.copyOut(at, buf)
-			r.mu.Unlock()
-			return n, s, at, lost, nil
+			return n, s, at, at - off, nil
 		}
 		if !follow || r.closed {
-			r.mu.Unlock()
-			return 0, 0, at, lost, io.EOF
+			return 0, 0, at, at - off, io.EOF
 		}
 		wake := waitOn(&r.wake)
 		r.mu.Unlock()
 		select {
 		case <-wake:
+			r.mu.Lock()
 		case <-ctx.Done():
-			return 0, 0, at, lost, ctx.Err()
+			r.mu.Lock() // for the deferred Unlock
+			return 0, 0, at, at - off, ctx.Err()
 		}
 	}
 }
