@@ -190,15 +190,13 @@ func (j *job) drain() {
 // first Stop of a running job starts escalate, which does not depend on that caller staying.
 func (j *job) stop(ctx context.Context) error {
 	j.mu.Lock()
-	first := !j.exitKnown && !j.stopRequested
-	j.stopRequested = j.stopRequested || !j.exitKnown // a job that already ended keeps its own state
-	if first {
+	// A job that already ended keeps its own state; a second Stop finds the escalation under way.
+	if !j.exitKnown && !j.stopRequested {
+		j.stopRequested = true
 		j.escalation.Add(1) // under mu, before finish sets exitKnown and so before it waits
-	}
-	j.mu.Unlock()
-	if first {
 		go j.escalate()
 	}
+	j.mu.Unlock()
 	select {
 	case <-j.gone:
 		return nil
