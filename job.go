@@ -77,9 +77,8 @@ func begin(sb *sandbox, owner []string, spec *jobSpec, cg *cgroupFS, cfg jobsCon
 		sb.discard()
 		return nil, err
 	}
-	j.pumps.Add(2)
-	go j.pump(stdoutStream, j.outputs[0])
-	go j.pump(stderrStream, j.outputs[1])
+	j.pumps.Go(func() { j.pump(stdoutStream, j.outputs[0]) })
+	j.pumps.Go(func() { j.pump(stderrStream, j.outputs[1]) })
 	return j, nil
 }
 
@@ -95,7 +94,6 @@ var pumpBufs = sync.Pool{New: func() any { return new([maxPumpRead]byte) }}
 // keep the small stacks goroutines start with. (A buffer local to the loop would live on the
 // goroutine's stack, 2 x 128 KiB of stack per job.)
 func (j *job) pump(s stream, f *os.File) {
-	defer j.pumps.Done()
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return
@@ -193,8 +191,7 @@ func (j *job) stop(ctx context.Context) error {
 	// A job that already ended keeps its own state; a second Stop finds the escalation under way.
 	if !j.exitKnown && !j.stopRequested {
 		j.stopRequested = true
-		j.escalation.Add(1) // under mu, before finish sets exitKnown and so before it waits
-		go j.escalate()
+		j.escalation.Go(j.escalate) // under mu, before finish sets exitKnown and so before it waits
 	}
 	j.mu.Unlock()
 	select {
@@ -209,7 +206,6 @@ func (j *job) stop(ctx context.Context) error {
 // to every process of the command's cgroup. Killing job/ and not the init lets the init report the
 // command's SIGKILL exactly.
 func (j *job) escalate() {
-	defer j.escalation.Done()
 	j.proc.signal(syscall.SIGTERM)
 	timer := time.NewTimer(j.grace)
 	defer timer.Stop()

@@ -136,13 +136,11 @@ func (m *manager) register(j *job, owner []string) error {
 		return clientErr(errClosing, "server is shutting down")
 	}
 	m.jobs[j.id] = j
-	m.watchers.Add(1)
-	m.mu.Unlock()
-	go func() {
-		defer m.watchers.Done()
+	m.watchers.Go(func() { // under mu: once shutdown has seen closing, it waits for every watcher
 		j.finish(func() { m.release(owner) })
 		m.evict()
-	}()
+	})
+	m.mu.Unlock()
 	return nil
 }
 

@@ -77,8 +77,7 @@ func newPool(cg *cgroupFS, size int, contain *containment) *pool {
 	p := &pool{cg: cg, size: size, contain: contain, wake: make(chan struct{}, 1), quit: make(chan struct{})}
 	if size > 0 {
 		p.wake <- struct{}{}
-		p.wg.Add(1)
-		go p.warm()
+		p.wg.Go(p.warm)
 	}
 	return p
 }
@@ -118,9 +117,7 @@ func (p *pool) refillAfter(gone <-chan struct{}) {
 	if p.closed || p.size == 0 {
 		return
 	}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
+	p.wg.Go(func() {
 		timer := time.NewTimer(refillDelay)
 		defer timer.Stop()
 		select {
@@ -130,12 +127,11 @@ func (p *pool) refillAfter(gone <-chan struct{}) {
 			return
 		}
 		p.refill()
-	}()
+	})
 }
 
 // warm keeps size spares ready, none older than spareMaxAge, until close.
 func (p *pool) warm() {
-	defer p.wg.Done()
 	tick := time.NewTicker(spareMaxAge / 2)
 	defer tick.Stop()
 	for {
