@@ -33,17 +33,13 @@ import (
 
 // job is one job. Fields above mu are set before the job is published and never change.
 type job struct {
-	id         string
+	*sandbox            // what it runs in (pool.go): id, cgroups, init, output pipes; only finish gives its uid back
 	owner      []string // SANs of the certificate that started it
 	command    []string
 	grace      time.Duration
 	started    time.Time
-	cg         *jobCgroup
-	proc       *proc
 	log        *ring
 	patience   time.Duration  // how long the job waits for a lossless reader that reads nothing
-	outputs    [2]*os.File    // read ends of the stdout and stderr pipes
-	release    func()         // gives the sandbox's uid back; called once the cgroup is removed
 	pumps      sync.WaitGroup // the two goroutines copying outputs into log
 	escalation sync.WaitGroup // the escalate goroutine, if a Stop started one
 	done       chan struct{}  // closed once the fields below mu are final
@@ -66,9 +62,8 @@ func begin(sb *sandbox, owner []string, spec *jobSpec, cg *cgroupFS, cfg jobsCon
 		sb.discard()
 		return nil, fmt.Errorf("prepare job cgroup: %w", err)
 	}
-	j := &job{id: sb.id, owner: owner, command: statusCommand(spec.argv), grace: spec.grace,
-		started: time.Now(), cg: sb.cg, proc: sb.proc, outputs: sb.outputs, release: sb.release, log: newRing(cfg.ringSize),
-		patience: cfg.losslessTimeout, done: make(chan struct{}), gone: make(chan struct{})}
+	j := &job{sandbox: sb, owner: owner, command: statusCommand(spec.argv), grace: spec.grace, started: time.Now(),
+		log: newRing(cfg.ringSize), patience: cfg.losslessTimeout, done: make(chan struct{}), gone: make(chan struct{})}
 	j.log.budget = b
 	if spec.holdOutput {
 		j.startHold = j.log.Hold(0) // before the command can write its first byte
