@@ -276,14 +276,12 @@ func (j *job) snapshot() snapshot {
 		log.Printf("job %s: read usage: %v", j.id, err)
 	}
 	j.mu.Lock()
-	if err != nil {
-		// Anything else (EMFILE, ENOMEM) is passing: answer at once with the last figures known.
-		use = j.lastUse
-	} else {
+	defer j.mu.Unlock()
+	// Anything else (EMFILE, ENOMEM) is passing: answer at once with the last figures known.
+	if err == nil {
 		j.lastUse = use
 	}
-	j.mu.Unlock()
-	s.running, s.use = true, use
+	s.running, s.use = true, j.lastUse
 	return s
 }
 
