@@ -16,7 +16,6 @@ import (
 	"log"
 	"maps"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -168,7 +167,7 @@ func (m *manager) list(caller []string) []*job {
 	}
 	m.mu.Unlock()
 	// By start time: an id's time is when its sandbox was made, which for a spare precedes the Start.
-	sort.Slice(js, func(a, b int) bool { return js[a].started.Before(js[b].started) })
+	slices.SortFunc(js, func(a, b *job) int { return a.started.Compare(b.started) })
 	return js
 }
 
