@@ -23,7 +23,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log"
 	"os"
 	"sync"
@@ -226,7 +225,7 @@ func (j *job) signal(sig syscall.Signal) error {
 		} else {
 			err = j.proc.signal(sig)
 		}
-		if !errors.Is(err, os.ErrProcessDone) && !errors.Is(err, fs.ErrNotExist) {
+		if !errors.Is(err, os.ErrProcessDone) && !errors.Is(err, os.ErrNotExist) {
 			return err // nil, or the server's own failure
 		}
 	}
@@ -268,7 +267,7 @@ func (j *job) snapshot() snapshot {
 	}
 	use, err := readUsage(j.cg.jobDir())
 	switch {
-	case errors.Is(err, fs.ErrNotExist):
+	case errors.Is(err, os.ErrNotExist):
 		// job/ is removed only after done is closed: the job ended since the check above.
 		<-j.done
 		return j.snapshot()

@@ -21,7 +21,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"log"
 	"os"
 	"strconv"
@@ -281,7 +280,7 @@ func newUIDRange(first, count uint32) (*uidRange, error) {
 	}
 	for _, file := range []string{"/etc/passwd", "/etc/group"} {
 		data, err := os.ReadFile(file)
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, err
 		}
 		for _, line := range strings.Split(string(data), "\n") {
