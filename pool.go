@@ -90,7 +90,7 @@ func (p *pool) take() (sb *sandbox, spare bool, err error) {
 	}
 	p.mu.Unlock()
 	if sb == nil {
-		sb, err = p.newSandbox()
+		sb, err = p.newSandbox(false)
 		return sb, false, err
 	}
 	if err := p.cg.setIdle(sb.cg, false); err != nil {
@@ -154,12 +154,7 @@ func (p *pool) fill() {
 		if full {
 			return
 		}
-		sb, err := p.newSandbox()
-		if err == nil {
-			if err = p.cg.setIdle(sb.cg, true); err != nil {
-				sb.discard()
-			}
-		}
+		sb, err := p.newSandbox(true)
 		if err != nil {
 			log.Printf("prepare a spare job sandbox: %v", err) // the next Start makes its own
 			return
@@ -204,8 +199,9 @@ func (p *pool) close() {
 	}
 }
 
-// newSandbox makes a sandbox: id, own uid if contained, cgroups, pipes, init. On error nothing is left.
-func (p *pool) newSandbox() (*sandbox, error) {
+// newSandbox makes a sandbox: id, own uid if contained, cgroups, pipes, init; a spare's cgroup then
+// goes idle. On error nothing is left.
+func (p *pool) newSandbox(spare bool) (*sandbox, error) {
 	id, err := newULID(time.Now())
 	if err != nil {
 		return nil, err
@@ -229,6 +225,9 @@ func (p *pool) newSandbox() (*sandbox, error) {
 	}
 	closeAll([]*os.File{pipes[1], pipes[3]}) // the init holds its own copies
 	sb.outputs = [2]*os.File{pipes[0], pipes[2]}
+	if err == nil && spare {
+		err = p.cg.setIdle(sb.cg, true) // only once the init has exec'd (top of this file)
+	}
 	if err != nil {
 		sb.discard()
 		return nil, err
