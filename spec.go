@@ -129,11 +129,7 @@ func jobEnv(extra []string) []string {
 // parseSignal reads a signal a client may send: a name (SIGINT or INT, any case) or a number, of the
 // signals the init forwards, or SIGKILL.
 func parseSignal(s string) (syscall.Signal, error) {
-	name := strings.ToUpper(s)
-	if !strings.HasPrefix(name, "SIG") {
-		name = "SIG" + name
-	}
-	sig := unix.SignalNum(name)
+	sig := unix.SignalNum("SIG" + strings.TrimPrefix(strings.ToUpper(s), "SIG"))
 	if n, err := strconv.Atoi(s); err == nil {
 		sig = syscall.Signal(n)
 	}
