@@ -201,11 +201,9 @@ func (j *job) stop(ctx context.Context) error {
 // command's SIGKILL exactly.
 func (j *job) escalate() {
 	j.proc.signal(syscall.SIGTERM)
-	timer := time.NewTimer(j.grace)
-	defer timer.Stop()
 	select {
 	case <-j.done:
-	case <-timer.C:
+	case <-time.After(j.grace): // an unfired timer is collected since Go 1.23, no Stop needed
 		// cgroup.kill, and the init too: a process that left the job's cgroup (only one running as
 		// host root can, -unsafe_uncontained_jobs) is still in the job's PID namespace, and the kernel
 		// kills all of it when its init dies (pid_namespaces(7)). So Stop ends whatever the job did.

@@ -117,11 +117,9 @@ func (p *pool) refillAfter(gone <-chan struct{}) {
 		return
 	}
 	p.wg.Go(func() {
-		timer := time.NewTimer(refillDelay)
-		defer timer.Stop()
 		select {
 		case <-gone:
-		case <-timer.C:
+		case <-time.After(refillDelay): // an unfired timer is collected since Go 1.23, no Stop needed
 		case <-p.quit:
 			return
 		}
