@@ -47,9 +47,7 @@ func (b *budget) take(n int64, force bool) bool {
 		b.finished = b.finished[1:]
 		b.mu.Unlock()
 		if !victim.giveUp(false) { // a lossless reader still reads it: keep it, try the next
-			b.mu.Lock()
-			b.finished = append(b.finished, victim)
-			b.mu.Unlock()
+			b.closed(victim) // back at the end of the finished rings
 			kept++
 		}
 	}
