@@ -100,12 +100,7 @@ func asciiLower(s string) string {
 
 // sharesIdentity reports whether the caller shares at least one name with the owner.
 func sharesIdentity(owner, caller []string) bool {
-	for _, c := range caller {
-		if slices.Contains(owner, c) {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(caller, func(c string) bool { return slices.Contains(owner, c) })
 }
 
 // identityKey names one client certificate's set of SANs, for per-client bounds: sorted, and quoted so

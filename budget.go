@@ -17,12 +17,12 @@ import (
 )
 
 type budget struct {
-	max int64 // bytes; read-only
+	max     int64     // bytes; read-only
+	logFull sync.Once // logs the first time the budget is full
 
 	mu       sync.Mutex // guards the fields below
 	used     int64      // bytes the rings hold
 	finished []*ring    // closed rings that may be given up, oldest first
-	filled   bool       // the budget has been full once (logged)
 }
 
 // take accounts n more bytes for a live ring, giving up finished rings as needed. With force it always
@@ -38,7 +38,10 @@ func (b *budget) take(n int64, force bool) bool {
 			b.mu.Unlock()
 			return true
 		}
-		b.fillOnce()
+		b.logFull.Do(func() {
+			log.Printf("output budget of %d MiB is full: finished jobs' output is given up, oldest first, "+
+				"then live jobs' rings stop growing (-output_budget)", b.max>>20)
+		})
 		if len(b.finished) == kept {
 			b.mu.Unlock()
 			return false
@@ -47,20 +50,9 @@ func (b *budget) take(n int64, force bool) bool {
 		b.finished = b.finished[1:]
 		b.mu.Unlock()
 		if !victim.giveUp(false) { // a lossless reader still reads it: keep it, try the next
-			b.mu.Lock()
-			b.finished = append(b.finished, victim)
-			b.mu.Unlock()
+			b.closed(victim) // back at the end of the finished rings
 			kept++
 		}
-	}
-}
-
-// fillOnce logs the first time the budget is full. Caller holds b.mu.
-func (b *budget) fillOnce() {
-	if !b.filled {
-		b.filled = true
-		log.Printf("output budget of %d MiB is full: finished jobs' output is given up, oldest first, "+
-			"then live jobs' rings stop growing (-output_budget)", b.max>>20)
 	}
 }
 

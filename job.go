@@ -23,7 +23,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log"
 	"os"
 	"sync"
@@ -33,17 +32,13 @@ import (
 
 // job is one job. Fields above mu are set before the job is published and never change.
 type job struct {
-	id         string
+	*sandbox            // what it runs in (pool.go): id, cgroups, init, output pipes; only finish gives its uid back
 	owner      []string // SANs of the certificate that started it
 	command    []string
 	grace      time.Duration
 	started    time.Time
-	cg         *jobCgroup
-	proc       *proc
 	log        *ring
 	patience   time.Duration  // how long the job waits for a lossless reader that reads nothing
-	outputs    [2]*os.File    // read ends of the stdout and stderr pipes
-	release    func()         // gives the sandbox's uid back; called once the cgroup is removed
 	pumps      sync.WaitGroup // the two goroutines copying outputs into log
 	escalation sync.WaitGroup // the escalate goroutine, if a Stop started one
 	done       chan struct{}  // closed once the fields below mu are final
@@ -66,9 +61,8 @@ func begin(sb *sandbox, owner []string, spec *jobSpec, cg *cgroupFS, cfg jobsCon
 		sb.discard()
 		return nil, fmt.Errorf("prepare job cgroup: %w", err)
 	}
-	j := &job{id: sb.id, owner: owner, command: statusCommand(spec.argv), grace: spec.grace,
-		started: time.Now(), cg: sb.cg, proc: sb.proc, outputs: sb.outputs, release: sb.release, log: newRing(cfg.ringSize),
-		patience: cfg.losslessTimeout, done: make(chan struct{}), gone: make(chan struct{})}
+	j := &job{sandbox: sb, owner: owner, command: statusCommand(spec.argv), grace: spec.grace, started: time.Now(),
+		log: newRing(cfg.ringSize), patience: cfg.losslessTimeout, done: make(chan struct{}), gone: make(chan struct{})}
 	j.log.budget = b
 	if spec.holdOutput {
 		j.startHold = j.log.Hold(0) // before the command can write its first byte
@@ -77,9 +71,8 @@ func begin(sb *sandbox, owner []string, spec *jobSpec, cg *cgroupFS, cfg jobsCon
 		sb.discard()
 		return nil, err
 	}
-	j.pumps.Add(2)
-	go j.pump(stdoutStream, j.outputs[0])
-	go j.pump(stderrStream, j.outputs[1])
+	j.pumps.Go(func() { j.pump(stdoutStream, j.outputs[0]) })
+	j.pumps.Go(func() { j.pump(stderrStream, j.outputs[1]) })
 	return j, nil
 }
 
@@ -95,7 +88,6 @@ var pumpBufs = sync.Pool{New: func() any { return new([maxPumpRead]byte) }}
 // keep the small stacks goroutines start with. (A buffer local to the loop would live on the
 // goroutine's stack, 2 x 128 KiB of stack per job.)
 func (j *job) pump(s stream, f *os.File) {
-	defer j.pumps.Done()
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return
@@ -190,15 +182,12 @@ func (j *job) drain() {
 // first Stop of a running job starts escalate, which does not depend on that caller staying.
 func (j *job) stop(ctx context.Context) error {
 	j.mu.Lock()
-	first := !j.exitKnown && !j.stopRequested
-	j.stopRequested = j.stopRequested || !j.exitKnown // a job that already ended keeps its own state
-	if first {
-		j.escalation.Add(1) // under mu, before finish sets exitKnown and so before it waits
+	// A job that already ended keeps its own state; a second Stop finds the escalation under way.
+	if !j.exitKnown && !j.stopRequested {
+		j.stopRequested = true
+		j.escalation.Go(j.escalate) // under mu, before finish sets exitKnown and so before it waits
 	}
 	j.mu.Unlock()
-	if first {
-		go j.escalate()
-	}
 	select {
 	case <-j.gone:
 		return nil
@@ -211,13 +200,10 @@ func (j *job) stop(ctx context.Context) error {
 // to every process of the command's cgroup. Killing job/ and not the init lets the init report the
 // command's SIGKILL exactly.
 func (j *job) escalate() {
-	defer j.escalation.Done()
 	j.proc.signal(syscall.SIGTERM)
-	timer := time.NewTimer(j.grace)
-	defer timer.Stop()
 	select {
 	case <-j.done:
-	case <-timer.C:
+	case <-time.After(j.grace): // an unfired timer is collected since Go 1.23, no Stop needed
 		// cgroup.kill, and the init too: a process that left the job's cgroup (only one running as
 		// host root can, -unsafe_uncontained_jobs) is still in the job's PID namespace, and the kernel
 		// kills all of it when its init dies (pid_namespaces(7)). So Stop ends whatever the job did.
@@ -237,7 +223,7 @@ func (j *job) signal(sig syscall.Signal) error {
 		} else {
 			err = j.proc.signal(sig)
 		}
-		if !errors.Is(err, os.ErrProcessDone) && !errors.Is(err, fs.ErrNotExist) {
+		if !errors.Is(err, os.ErrProcessDone) && !errors.Is(err, os.ErrNotExist) {
 			return err // nil, or the server's own failure
 		}
 	}
@@ -279,7 +265,7 @@ func (j *job) snapshot() snapshot {
 	}
 	use, err := readUsage(j.cg.jobDir())
 	switch {
-	case errors.Is(err, fs.ErrNotExist):
+	case errors.Is(err, os.ErrNotExist):
 		// job/ is removed only after done is closed: the job ended since the check above.
 		<-j.done
 		return j.snapshot()
@@ -287,14 +273,12 @@ func (j *job) snapshot() snapshot {
 		log.Printf("job %s: read usage: %v", j.id, err)
 	}
 	j.mu.Lock()
-	if err != nil {
-		// Anything else (EMFILE, ENOMEM) is passing: answer at once with the last figures known.
-		use = j.lastUse
-	} else {
+	defer j.mu.Unlock()
+	// Anything else (EMFILE, ENOMEM) is passing: answer at once with the last figures known.
+	if err == nil {
 		j.lastUse = use
 	}
-	j.mu.Unlock()
-	s.running, s.use = true, use
+	s.running, s.use = true, j.lastUse
 	return s
 }
 

@@ -16,7 +16,6 @@ import (
 	"log"
 	"maps"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -136,13 +135,11 @@ func (m *manager) register(j *job, owner []string) error {
 		return clientErr(errClosing, "server is shutting down")
 	}
 	m.jobs[j.id] = j
-	m.watchers.Add(1)
-	m.mu.Unlock()
-	go func() {
-		defer m.watchers.Done()
+	m.watchers.Go(func() { // under mu: once shutdown has seen closing, it waits for every watcher
 		j.finish(func() { m.release(owner) })
 		m.evict()
-	}()
+	})
+	m.mu.Unlock()
 	return nil
 }
 
@@ -170,7 +167,7 @@ func (m *manager) list(caller []string) []*job {
 	}
 	m.mu.Unlock()
 	// By start time: an id's time is when its sandbox was made, which for a spare precedes the Start.
-	sort.Slice(js, func(a, b int) bool { return js[a].started.Before(js[b].started) })
+	slices.SortFunc(js, func(a, b *job) int { return a.started.Compare(b.started) })
 	return js
 }
 

@@ -21,7 +21,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"log"
 	"os"
 	"strconv"
@@ -77,8 +76,7 @@ func newPool(cg *cgroupFS, size int, contain *containment) *pool {
 	p := &pool{cg: cg, size: size, contain: contain, wake: make(chan struct{}, 1), quit: make(chan struct{})}
 	if size > 0 {
 		p.wake <- struct{}{}
-		p.wg.Add(1)
-		go p.warm()
+		p.wg.Go(p.warm)
 	}
 	return p
 }
@@ -92,7 +90,7 @@ func (p *pool) take() (sb *sandbox, spare bool, err error) {
 	}
 	p.mu.Unlock()
 	if sb == nil {
-		sb, err = p.newSandbox()
+		sb, err = p.newSandbox(false)
 		return sb, false, err
 	}
 	if err := p.cg.setIdle(sb.cg, false); err != nil {
@@ -118,24 +116,19 @@ func (p *pool) refillAfter(gone <-chan struct{}) {
 	if p.closed || p.size == 0 {
 		return
 	}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		timer := time.NewTimer(refillDelay)
-		defer timer.Stop()
+	p.wg.Go(func() {
 		select {
 		case <-gone:
-		case <-timer.C:
+		case <-time.After(refillDelay): // an unfired timer is collected since Go 1.23, no Stop needed
 		case <-p.quit:
 			return
 		}
 		p.refill()
-	}()
+	})
 }
 
 // warm keeps size spares ready, none older than spareMaxAge, until close.
 func (p *pool) warm() {
-	defer p.wg.Done()
 	tick := time.NewTicker(spareMaxAge / 2)
 	defer tick.Stop()
 	for {
@@ -159,12 +152,7 @@ func (p *pool) fill() {
 		if full {
 			return
 		}
-		sb, err := p.newSandbox()
-		if err == nil {
-			if err = p.cg.setIdle(sb.cg, true); err != nil {
-				sb.discard()
-			}
-		}
+		sb, err := p.newSandbox(true)
 		if err != nil {
 			log.Printf("prepare a spare job sandbox: %v", err) // the next Start makes its own
 			return
@@ -209,8 +197,9 @@ func (p *pool) close() {
 	}
 }
 
-// newSandbox makes a sandbox: id, own uid if contained, cgroups, pipes, init. On error nothing is left.
-func (p *pool) newSandbox() (*sandbox, error) {
+// newSandbox makes a sandbox: id, own uid if contained, cgroups, pipes, init; a spare's cgroup then
+// goes idle. On error nothing is left.
+func (p *pool) newSandbox(spare bool) (*sandbox, error) {
 	id, err := newULID(time.Now())
 	if err != nil {
 		return nil, err
@@ -234,6 +223,9 @@ func (p *pool) newSandbox() (*sandbox, error) {
 	}
 	closeAll([]*os.File{pipes[1], pipes[3]}) // the init holds its own copies
 	sb.outputs = [2]*os.File{pipes[0], pipes[2]}
+	if err == nil && spare {
+		err = p.cg.setIdle(sb.cg, true) // only once the init has exec'd (top of this file)
+	}
 	if err != nil {
 		sb.discard()
 		return nil, err
@@ -285,7 +277,7 @@ func newUIDRange(first, count uint32) (*uidRange, error) {
 	}
 	for _, file := range []string{"/etc/passwd", "/etc/group"} {
 		data, err := os.ReadFile(file)
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, err
 		}
 		for _, line := range strings.Split(string(data), "\n") {

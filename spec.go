@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -104,8 +103,8 @@ func validateLimits(lim limits) error {
 
 // physicalMemory is the host's RAM in bytes; a memory limit above it would limit nothing.
 func physicalMemory() uint64 {
-	var si syscall.Sysinfo_t
-	if syscall.Sysinfo(&si) != nil {
+	var si unix.Sysinfo_t
+	if unix.Sysinfo(&si) != nil {
 		return 1 << 62
 	}
 	return uint64(si.Totalram) * uint64(si.Unit) // Totalram is 32 bits on 32-bit arches
@@ -128,21 +127,17 @@ func jobEnv(extra []string) []string {
 
 // parseSignal reads a signal a client may send: a name (SIGINT or INT, any case) or a number, of the
 // signals the init forwards, or SIGKILL.
-func parseSignal(s string) (syscall.Signal, error) {
-	name := strings.ToUpper(s)
-	if !strings.HasPrefix(name, "SIG") {
-		name = "SIG" + name
-	}
-	sig := unix.SignalNum(name)
+func parseSignal(s string) (unix.Signal, error) {
+	sig := unix.SignalNum("SIG" + strings.TrimPrefix(strings.ToUpper(s), "SIG"))
 	if n, err := strconv.Atoi(s); err == nil {
-		sig = syscall.Signal(n)
+		sig = unix.Signal(n)
 	}
-	if sig == syscall.SIGKILL || slices.Contains(forwardedSignals, os.Signal(sig)) {
+	if sig == unix.SIGKILL || slices.Contains(forwardedSignals, os.Signal(sig)) {
 		return sig, nil
 	}
 	var names []string
-	for _, f := range append(forwardedSignals, syscall.SIGKILL) {
-		names = append(names, unix.SignalName(f.(syscall.Signal)))
+	for _, f := range append(forwardedSignals, unix.SIGKILL) {
+		names = append(names, unix.SignalName(f.(unix.Signal)))
 	}
 	return 0, clientErr(errInvalid, "signal %.20q is not one a job may be sent (%s, or their numbers)", s, strings.Join(names, " "))
 }
