@@ -92,7 +92,7 @@ func newCLIEnv(t *testing.T, ts *testServer, rund string) *cliEnv {
 	}
 	e.vars = map[string]string{"WORK": e.dir, "ADDR": ts.addr, "CERTS": certs, "RUND": rund}
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "RUND_") && !strings.HasPrefix(kv, "XDG_CONFIG_HOME=") && !strings.HasPrefix(kv, "COLUMNS=") {
+		if !strings.HasPrefix(kv, "RUND_") && !strings.HasPrefix(kv, "XDG_CONFIG_HOME=") {
 			e.env = append(e.env, kv)
 		}
 	}

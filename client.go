@@ -7,7 +7,6 @@ package main
 // many on stderr and exit with exitLost unless the job's own code is non-zero.
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -117,8 +116,10 @@ func clientCommand(cmd string, args []string, out clientIO) (int, error) {
 	o, build := clientFlags(cmd, fs)
 	head := fmt.Sprintf("usage: rund client %s %s\n\n%s.\n\nexample:\n  rund client %s", cmd, spec[1], spec[2], spec[3])
 	pos, err := parseInterspersed(fs, args, head, out.stdout, build == nil)
-	if err != nil {
-		return exitCode(err), ignoreHelp(err)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0, nil
+	} else if err != nil {
+		return 2, err
 	}
 	if want := strings.Count(spec[1], "ID") + strings.Count(spec[1], "SIGNAL"); build == nil && len(pos) != want {
 		return 2, fmt.Errorf("want %d argument(s) (%s), got %d; rund client %s -h for help", want, spec[1][8:], len(pos), cmd)
@@ -325,7 +326,7 @@ func (out clientIO) printJSON(m proto.Message, err error) (int, error) {
 }
 
 // printList prints the jobs that -state selects, oldest first: their ids (-q), their status as JSON
-// (-json), or a table whose command column is cut to fit the terminal (COLUMNS, else the tty's width).
+// (-json), or a table with the command cut at 40 characters (as docker ps cuts it).
 func (out clientIO) printList(l *rpcpb.JobList, o *clientOpts, now time.Time) (int, error) {
 	l.Jobs = slices.DeleteFunc(l.Jobs, func(j *rpcpb.JobStatus) bool {
 		switch o.state {
@@ -337,20 +338,19 @@ func (out clientIO) printList(l *rpcpb.JobList, o *clientOpts, now time.Time) (i
 		return j.State.String() != "STATE_"+strings.ToUpper(o.state)
 	})
 	slices.SortFunc(l.Jobs, func(a, b *rpcpb.JobStatus) int { return strings.Compare(a.Ulid, b.Ulid) }) // ULIDs sort by time
-	switch {
-	case o.json:
+	if o.json {
 		return out.printJSON(l, nil)
-	case o.idOnly:
-		for _, j := range l.Jobs {
-			fmt.Fprintln(out.stdout, j.Ulid)
-		}
-		return 0, nil
 	}
-	var b bytes.Buffer
-	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTATE\tEXIT\tSTARTED\tRUN TIME\tCPU\tMEM PEAK\t")
+	tw := tabwriter.NewWriter(out.stdout, 0, 0, 2, ' ', 0)
+	if !o.idOnly {
+		fmt.Fprintln(tw, "ID\tSTATE\tEXIT\tSTARTED\tRUN TIME\tCPU\tMEM PEAK\tCOMMAND")
+	}
 	for _, j := range l.Jobs {
-		exit, end := "-", now
+		if o.idOnly {
+			fmt.Fprintln(tw, j.Ulid)
+			continue
+		}
+		exit, end, start := "-", now, j.StartTime.AsTime()
 		if j.ExitCode != nil {
 			exit = strconv.Itoa(int(j.ExitCode.Value))
 		} else if j.Signal != nil {
@@ -359,38 +359,15 @@ func (out clientIO) printList(l *rpcpb.JobList, o *clientOpts, now time.Time) (i
 		if j.EndTime != nil {
 			end = j.EndTime.AsTime()
 		}
-		start := j.StartTime.AsTime()
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s ago\t%s\t%s\t%s\t\n", j.Ulid, strings.ToLower(strings.TrimPrefix(j.State.String(), "STATE_")),
+		command := strings.Join(j.Command, " ")
+		if len(command) > 40 {
+			command = command[:37] + "..."
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s ago\t%s\t%s\t%s\t%s\n", j.Ulid, strings.ToLower(strings.TrimPrefix(j.State.String(), "STATE_")),
 			exit, humanDuration(now.Sub(start)), humanDuration(end.Sub(start)),
-			humanDuration(j.UserTime.AsDuration()+j.SystemTime.AsDuration()), humanBytes(j.MemoryPeak))
+			humanDuration(j.UserTime.AsDuration()+j.SystemTime.AsDuration()), humanBytes(j.MemoryPeak), command)
 	}
-	tw.Flush()
-	lines := strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n")
-	width := terminalWidth(out.stdout)
-	for i, line := range lines {
-		command := "COMMAND"
-		if i > 0 {
-			command = strings.Join(l.Jobs[i-1].Command, " ")
-		}
-		if room := width - len(line); width > 0 && len(command) > max(room, 8) {
-			command = command[:max(room, 8)-3] + "..."
-		}
-		fmt.Fprintf(out.stdout, "%s%s\n", line, command)
-	}
-	return 0, nil
-}
-
-// terminalWidth is $COLUMNS, else the width of w if it is a terminal, else 0 (no limit).
-func terminalWidth(w io.Writer) int {
-	if n, err := strconv.Atoi(os.Getenv("COLUMNS")); err == nil {
-		return n
-	}
-	if f, ok := w.(*os.File); ok {
-		if ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ); err == nil {
-			return int(ws.Col)
-		}
-	}
-	return 0
+	return exitOnErr(tw.Flush())
 }
 
 // streamLog writes a job's output until the stream ends, moving req.Offset past each byte written, so

@@ -245,8 +245,8 @@ func sanitize(s string) string {
 func serveInProcess(tb testing.TB, prefix string, opts ...serverOpt) (ts *testServer, stop func()) {
 	requireRoot(tb)
 	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
-	c := serveConfig{ringSize: 1 << 20, retainJobs: 1000, retainFor: time.Hour, maxJobs: 1000,
-		maxJobsPerClient: 1000, maxStreamsPerClient: 1000, spareInits: 2, losslessTimeout: 30 * time.Second, outputBudget: 1 << 30,
+	c := serveConfig{jobsConfig: jobsConfig{ringSize: 1 << 20, retainJobs: 1000, retainFor: time.Hour, maxJobs: 1000,
+		maxJobsPerClient: 1000, spareInits: 2, losslessTimeout: 30 * time.Second, outputBudget: 1 << 30}, maxStreamsPerClient: 1000,
 		conns:        connBounds{maxConns: 100000, maxPending: 100000, maxPendingPerIP: 100000, maxInflight: 100000, maxInflightPerClient: 100000},
 		cgroupParent: filepath.Join(mount, fmt.Sprintf("%s-%d-%s", prefix, os.Getpid(), sanitize(tb.Name())))}
 	// Contained, as by default, with a uid range of its own beyond the default one.
@@ -263,13 +263,13 @@ func serveInProcess(tb testing.TB, prefix string, opts ...serverOpt) (ts *testSe
 	if ts.cg, err = setupCgroups(c.cgroupParent, c.ioDevices); err != nil {
 		tb.Fatal(err)
 	}
-	ts.m = newManager(ts.cg, coreConfig(c))
+	ts.m = newManager(ts.cg, c.jobsConfig)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}
 	ts.addr = lis.Addr().String()
-	srv := newGRPCServer(tlsCfg, ts.m, c)
+	srv, _ := newGRPCServer(tlsCfg, ts.m, c)
 	lis = newConnLimiter(lis, c.conns)
 	served := make(chan struct{})
 	go func() { srv.Serve(lis); close(served) }()

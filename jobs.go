@@ -21,7 +21,7 @@ import (
 	"time"
 )
 
-// jobsConfig is what the job table is told by the server (server.go coreConfig); read-only.
+// jobsConfig is what the job table is told by the server (part of main.go serveConfig); read-only.
 type jobsConfig struct {
 	ringSize         int           // bytes of output kept per job
 	retainJobs       int           // finished jobs kept per client

@@ -80,26 +80,13 @@ func parseArgs(fs *flag.FlagSet, args []string, head string) (code int, ok bool)
 	if err == nil && fs.NArg() > 0 {
 		err = fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	if err != nil && !errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintf(os.Stderr, "%s: %v\n", fs.Name(), err)
-	}
-	return exitCode(err), err == nil
-}
-
-// exitCode is 0 for no error and for -h, which is a request, and 2 for any other usage error.
-func exitCode(err error) int {
-	if err == nil || errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	return 2
-}
-
-// ignoreHelp drops flag.ErrHelp, which is not an error to print.
-func ignoreHelp(err error) error {
 	if errors.Is(err, flag.ErrHelp) {
-		return nil
+		return 0, false
+	} else if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", fs.Name(), err)
+		return 2, false
 	}
-	return err
+	return 0, true
 }
 
 // unknownCommand says that name is none of names, and which one it is nearest to.
@@ -108,7 +95,7 @@ func unknownCommand(name string, names []string) error {
 	for _, n := range names {
 		d := editDistance(name, n)
 		if strings.HasPrefix(n, name) {
-			d = 0 // stat: status
+			d = 0 // "stat" is nearest to "status", though "start" is one edit away
 		}
 		if d < dist {
 			best, dist = n, d
@@ -178,23 +165,14 @@ func versionLine() string {
 	return fmt.Sprintf("rund %s (revision %s, %s)", v, rev, gover)
 }
 
-// serveConfig is everything "rund serve" takes from its flags.
+// serveConfig is everything "rund serve" takes from its flags: its own, and the job table's.
 type serveConfig struct {
 	addr, ca, cert, key string
 	cgroupParent        string
 	ioDevices           []string
-	ringSize            int
-	retainJobs          int
-	retainFor           time.Duration
-	maxJobs             int          // live jobs in all
-	maxJobsPerClient    int          // live jobs per client identity
-	maxStreamsPerClient int          // concurrent Log streams per client identity
-	spareInits          int          // job sandboxes kept ready ahead of Starts
-	jobUser             *jobUser     // run commands as this uid:gid; nil: as root
-	contain             *containment // nil: -unsafe_uncontained_jobs
-	losslessTimeout     time.Duration
-	outputBudget        int64 // bytes all jobs' output may take together
+	maxStreamsPerClient int // concurrent Log streams per client identity
 	conns               connBounds
+	jobsConfig
 }
 
 const serveHead = `usage: rund serve [flags]
@@ -317,8 +295,8 @@ func serve(c serveConfig) error {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(c.outputBudget + 48<<20)
 	}
-	m := newManager(cg, coreConfig(c))
-	srv := newGRPCServer(certs.config(), m, c)
+	m := newManager(cg, c.jobsConfig)
+	srv, health := newGRPCServer(certs.config(), m, c)
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
@@ -341,6 +319,7 @@ func serve(c serveConfig) error {
 			}
 		}
 	}
+	health.Shutdown() // NOT_SERVING to every watcher
 	stopped := make(chan struct{})
 	go func() { srv.GracefulStop(); close(stopped) }() // refuses new calls at once
 	m.shutdown()

@@ -20,6 +20,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -29,19 +32,14 @@ import (
 	"rund/rpcpb"
 )
 
-// coreConfig is the part of the serve flags the job table reads.
-func coreConfig(c serveConfig) jobsConfig {
-	return jobsConfig{ringSize: c.ringSize, retainJobs: c.retainJobs, retainFor: c.retainFor, maxJobs: c.maxJobs,
-		maxJobsPerClient: c.maxJobsPerClient, spareInits: c.spareInits, jobUser: c.jobUser, contain: c.contain,
-		losslessTimeout: c.losslessTimeout, outputBudget: c.outputBudget}
-}
-
 // newGRPCServer serves the job API over mutual TLS, within the bounds of conns.go: a connection has 5 s
 // for its handshake, and its requests are counted from their headers. The largest valid request is a
 // Start of maxCommandBytes plus a few bytes of framing per string, so grpc-go refuses anything over
 // maxRequestBytes with ResourceExhausted before it is decoded. Every handler's error goes through
-// publicError.
-func newGRPCServer(tlsCfg *tls.Config, m *manager, c serveConfig) *grpc.Server {
+// publicError. Beside the job API: the standard health service (grpc_health_probe, load balancers),
+// whose Shutdown the caller calls when the server's shutdown starts, and server reflection (grpcurl
+// without the .proto), under the same mTLS and bounds.
+func newGRPCServer(tlsCfg *tls.Config, m *manager, c serveConfig) (*grpc.Server, *health.Server) {
 	f := &inflight{b: c.conns, byClient: map[string]int{}}
 	srv := grpc.NewServer(grpc.Creds(boundedCreds{credentials.NewTLS(tlsCfg)}), grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.MaxConcurrentStreams(256), grpc.ConnectionTimeout(5*time.Second),
@@ -60,7 +58,11 @@ func newGRPCServer(tlsCfg *tls.Config, m *manager, c serveConfig) *grpc.Server {
 			return publicError(info.FullMethod, h(srv, ss))
 		}))
 	rpcpb.RegisterJobControllerServer(srv, &server{m: m, maxStreams: c.maxStreamsPerClient, streams: map[string]int{}})
-	return srv
+	hs := health.NewServer() // the whole server ("") is SERVING until Shutdown; so is the job API
+	hs.SetServingStatus(rpcpb.JobController_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(srv, hs)
+	reflection.Register(srv)
+	return srv, hs
 }
 
 type server struct {
