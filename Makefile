@@ -6,7 +6,7 @@ PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 TOOLS     := $(CURDIR)/.cache/tools
 
-.PHONY: build run certs test fuzz e2e bench check proto proto-check clean release release-check release-sizes
+.PHONY: build run certs test fuzz e2e e2e-arm64 bench check proto proto-check clean release release-check release-sizes
 
 # grpcnotrace leaves out grpc's golang.org/x/net/trace support (rund never enables it) and with it
 # html/template and more: 2 MB less binary, and every job's init starts ~1.5 ms faster (BENCHMARKS.md).
@@ -68,7 +68,13 @@ fuzz:
 # e2e boots a throwaway VM (qemu under TCG, Debian's cloud kernel, cgroup_no_v1=all) and proves there
 # that every limit is enforced (vm_test.go, e2e_guest_test.go). As root; `make test` runs it too.
 e2e:
-	$(GO) test -count=1 -run TestVM -v .
+	$(GO) test -count=1 -run '^TestVM$$' -v .
+
+# e2e-arm64 runs the same guest suite in an emulated arm64 VM (qemu-system-aarch64, Debian's arm64
+# cloud kernel, the binaries cross-compiled). As root; not part of test, as emulating arm64 takes
+# minutes: .ci/run calls it after test.
+e2e-arm64:
+	RUND_E2E_ARM64=1 $(GO) test -count=1 -run '^TestVMArm64$$' -v -timeout 20m .
 
 # bench measures rund against a raw baseline for each figure, in one run, and rewrites BENCHMARKS.md
 # (bench_test.go). As root; about 5 minutes. Not part of test, and never under -race, which would

@@ -7,9 +7,14 @@ package main
 // TestE2EGuest (e2e_guest_test.go), which prints one "E2E <check> PASS|FAIL <figures>" line per check
 // on the serial console; here each becomes a subtest, and a missing line fails too.
 //
+// TestVMArm64 does the same on arm64 (qemu-system-aarch64's virt machine, Debian's arm64 cloud
+// kernel and busybox, the binaries cross-compiled): one code path, vmSuite, with the two
+// architectures' differences in a vmArch each. It runs only when asked (RUND_E2E_ARM64=1, which
+// make e2e-arm64 sets), as emulating arm64 costs minutes that make test should not.
+//
 // What it needs (qemu, the kernel and busybox packages) .ci/vm-assets.sh installs or fetches into
-// .cache/vm/. With CI=true anything missing fails the test; elsewhere, it skips without root or when
-// qemu cannot be had.
+// .cache/vm/ (.cache/vm-arm64/ for arm64). With CI=true anything missing fails the test; elsewhere,
+// it skips without root or when qemu cannot be had.
 
 import (
 	"bufio"
@@ -32,13 +37,55 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// vmModules are the modules the guest loads (with their dependencies) to see its virtio disk.
+// vmModules are the modules the guest loads (with their dependencies) to see its virtio disk. Both
+// arches' cloud kernels build virtio, virtio_pci and virtio_blk as modules, and qemu makes an
+// if=virtio drive a virtio-blk-pci device on the pc and the virt machines alike.
 var vmModules = []string{"virtio_pci", "virtio_blk"}
 
-// vmTimeout bounds the VM's whole run; the guest suite itself takes about a minute and a half.
+// vmArch is what differs between the architectures the VM suite boots.
+type vmArch struct {
+	goarch  string   // the guest binaries' GOARCH, and the architecture .ci/vm-assets.sh fetches for
+	qemu    string   // the system emulator
+	machine []string // qemu's machine and CPU
+	console string   // the serial port the kernel's console is on
+	cache   string   // where .ci/vm-assets.sh keeps the kernel and busybox
+	// slow scales the suite's deadlines (the boot, the whole run, the guest test's -test.timeout),
+	// which only a hang should reach. With pauth-impdef (below) the arm64 guest runs about as fast as
+	// the x86-64 one here, but TCG's arm64 emulation is the less tuned of the two and slower without
+	// it, so arm64 gets a margin of its own. The guest checks' own deadlines are not scaled: they
+	// hold on both, and what they measure (cgroup files, the jobs' own clocks) is in the guest's time.
+	slow int
+}
+
+// scale is d stretched for arch's speed under TCG.
+func (arch vmArch) scale(d time.Duration) time.Duration { return d * time.Duration(arch.slow) }
+
+var (
+	vmAMD64 = vmArch{goarch: "amd64", qemu: "qemu-system-x86_64", machine: []string{"-M", "pc", "-cpu", "max"},
+		console: "ttyS0", cache: ".cache/vm", slow: 1}
+	// -cpu max emulates pointer authentication, which the kernel applies on its function returns
+	// (CONFIG_ARM64_PTR_AUTH_KERNEL), with the architected QARMA cipher, costly under TCG;
+	// pauth-impdef=on has qemu use its cheaper implementation-defined algorithm instead (qemu's
+	// docs/system/arm/cpu-features.rst): pointer authentication works the same for the guest, only
+	// its signatures differ.
+	vmARM64 = vmArch{goarch: "arm64", qemu: "qemu-system-aarch64", machine: []string{"-M", "virt", "-cpu", "max,pauth-impdef=on"},
+		console: "ttyAMA0", cache: ".cache/vm-arm64", slow: 2}
+)
+
+// vmTimeout bounds the VM's whole run on x86-64; the guest suite itself takes about a minute and a half.
 const vmTimeout = 4 * time.Minute
 
-func TestVM(t *testing.T) {
+func TestVM(t *testing.T) { vmSuite(t, vmAMD64) }
+
+func TestVMArm64(t *testing.T) {
+	if os.Getenv("RUND_E2E_ARM64") != "1" {
+		t.Skip("the arm64 VM suite runs with RUND_E2E_ARM64=1 (make e2e-arm64, which .ci/run calls): it takes minutes longer than make test should")
+	}
+	vmSuite(t, vmARM64)
+}
+
+// vmSuite boots arch's VM, runs the guest suite in it and turns its lines into subtests.
+func vmSuite(t *testing.T, arch vmArch) {
 	ci := os.Getenv("CI") == "true"
 	// missing skips, or fails loudly in CI, where the suite must run.
 	missing := func(format string, args ...any) {
@@ -58,27 +105,27 @@ func TestVM(t *testing.T) {
 		missing("needs root: it installs qemu with apt (.ci/vm-assets.sh) and boots a VM")
 	}
 	begin := time.Now()
-	cache, err := filepath.Abs(".cache/vm")
+	cache, err := filepath.Abs(arch.cache)
 	if err != nil {
 		t.Fatal(err)
 	}
-	assets, err := vmAssets(cache)
+	assets, err := vmAssets(cache, arch.goarch)
 	if err != nil {
-		if _, lerr := exec.LookPath("qemu-system-x86_64"); lerr != nil {
-			missing("qemu-system-x86_64 is not installed and .ci/vm-assets.sh could not install it: %v", err)
+		if _, lerr := exec.LookPath(arch.qemu); lerr != nil {
+			missing("%s is not installed and .ci/vm-assets.sh could not install it: %v", arch.qemu, err)
 		}
 		t.Fatalf("prepare the VM's kernel and busybox: %v", err)
 	}
 	dir := t.TempDir()
 	rund, rundTest := filepath.Join(dir, "rund"), filepath.Join(dir, "rund.test")
-	if err := goBuildStatic("build", "-trimpath", "-tags", "grpcnotrace", "-o", rund, "."); err != nil {
+	if err := goBuildStatic(arch.goarch, "build", "-trimpath", "-tags", "grpcnotrace", "-o", rund, "."); err != nil {
 		t.Fatal(err)
 	}
-	if err := goBuildStatic("test", "-c", "-o", rundTest, "."); err != nil {
+	if err := goBuildStatic(arch.goarch, "test", "-c", "-o", rundTest, "."); err != nil {
 		t.Fatal(err)
 	}
 	initrd := filepath.Join(dir, "initramfs.cpio")
-	if err := writeInitramfs(initrd, assets, rund, rundTest); err != nil {
+	if err := writeInitramfs(initrd, assets, rund, rundTest, arch); err != nil {
 		t.Fatalf("initramfs: %v", err)
 	}
 	disk := filepath.Join(dir, "disk.img")
@@ -91,15 +138,15 @@ func TestVM(t *testing.T) {
 	prepared := time.Since(begin)
 
 	logPath := filepath.Join(cache, "last-console.log")
-	results, done, booted, err := runVM(assets, initrd, disk, logPath)
+	results, done, booted, err := runVM(arch, assets, initrd, disk, logPath)
 	if errors.Is(err, errVMNoBoot) {
 		// Seen once under TCG: the kernel stalled before /init, with nothing of ours running yet.
 		t.Logf("%v; booting it once more", err)
-		results, done, booted, err = runVM(assets, initrd, disk, logPath)
+		results, done, booted, err = runVM(arch, assets, initrd, disk, logPath)
 	}
 	elapsed := time.Since(begin)
-	t.Logf("VM suite: %.1fs in all (%.1fs to build and prepare, guest suite started %.1fs after qemu); console log: %s",
-		elapsed.Seconds(), prepared.Seconds(), booted.Seconds(), logPath)
+	t.Logf("%s VM suite: %.1fs in all (%.1fs to build and prepare, guest suite started %.1fs after qemu); console log: %s",
+		arch.goarch, elapsed.Seconds(), prepared.Seconds(), booted.Seconds(), logPath)
 	if err != nil {
 		t.Errorf("qemu: %v\nlast console lines:\n%s", err, consoleTail(logPath, 40))
 	}
@@ -126,9 +173,10 @@ func TestVM(t *testing.T) {
 	}
 }
 
-// vmAssets runs .ci/vm-assets.sh and returns its key=value lines: qemu, kernel, modules, busybox.
-func vmAssets(cache string) (map[string]string, error) {
-	cmd := exec.Command("bash", ".ci/vm-assets.sh", cache)
+// vmAssets runs .ci/vm-assets.sh for goarch and returns its key=value lines: qemu, kernel, modules,
+// busybox.
+func vmAssets(cache, goarch string) (map[string]string, error) {
+	cmd := exec.Command("bash", ".ci/vm-assets.sh", cache, goarch)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -149,19 +197,23 @@ func vmAssets(cache string) (map[string]string, error) {
 	return assets, nil
 }
 
-// goBuildStatic runs the go command with cgo off: the binaries must run in an initramfs without libc.
-// No -race: the guest runs plain builds even when the host suite runs under the race detector.
-func goBuildStatic(args ...string) error {
+// goBuildStatic runs the go command for goarch with cgo off: the binaries must run in an initramfs
+// without libc. No -race: the guest runs plain builds even when the host suite runs under the race
+// detector.
+func goBuildStatic(goarch string, args ...string) error {
 	cmd := exec.Command("go", args...)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOARCH="+goarch)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return nil
 }
 
-// vmInit is the guest's /init: mounts, the virtio disk, then the suite, then power off.
+// vmInit is the guest's /init: busybox's applets, mounts, the virtio disk, then the suite (its
+// -test.timeout is the one verb), then power off. The applets' links are made in the guest, by the
+// guest's own busybox, which the host may not be able to run.
 const vmInit = `#!/bin/sh
+/bin/busybox --install -s
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -183,14 +235,14 @@ fi
 chmod 666 /dev/vda
 echo "E2E-INIT kernel $(uname -r); cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers); vda $(cat /sys/block/vda/dev 2>&1)"
 cd /
-RUND_E2E_GUEST=1 /bin/rund.test -test.run '^TestE2EGuest$' -test.v -test.timeout 200s
+RUND_E2E_GUEST=1 /bin/rund.test -test.run '^TestE2EGuest$' -test.v -test.timeout %v
 echo "E2E-DONE exit=$?"
 poweroff -f
 `
 
 // writeInitramfs writes the guest's root filesystem as a newc cpio archive (the kernel's initramfs
 // format), uncompressed.
-func writeInitramfs(path string, assets map[string]string, rund, rundTest string) error {
+func writeInitramfs(path string, assets map[string]string, rund, rundTest string, arch vmArch) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err
@@ -203,7 +255,8 @@ func writeInitramfs(path string, assets map[string]string, rund, rundTest string
 	}
 	w.add("dev/console", 0o020600, nil, 5, 1) // the kernel opens it for /init's stdio
 	w.add("dev/null", 0o020666, nil, 1, 3)
-	w.add("init", 0o100755, []byte(vmInit), 0, 0)
+	w.add("init", 0o100755, []byte(fmt.Sprintf(vmInit, arch.scale(vmGuestTimeout))), 0, 0)
+	w.add("bin/sh", 0o120777, []byte("busybox"), 0, 0) // for /init's #!, before it installs the rest
 	w.add("etc/hosts", 0o100644, []byte("127.0.0.1 localhost\n::1 localhost\n"), 0, 0)
 	for _, file := range []struct{ src, dst string }{
 		{assets["busybox"], "bin/busybox"}, {rund, "bin/rund"}, {rundTest, "bin/rund.test"},
@@ -213,15 +266,6 @@ func writeInitramfs(path string, assets map[string]string, rund, rundTest string
 			return err
 		}
 		w.add(file.dst, 0o100755, data, 0, 0)
-	}
-	applets, err := exec.Command(assets["busybox"], "--list-full").Output()
-	if err != nil {
-		return fmt.Errorf("busybox --list-full: %w", err)
-	}
-	for _, a := range strings.Fields(string(applets)) {
-		if a != "bin/busybox" {
-			w.add(a, 0o120777, []byte("/bin/busybox"), 0, 0)
-		}
 	}
 	mods, err := moduleLoadOrder(assets["modules"], vmModules)
 	if err != nil {
@@ -392,15 +436,16 @@ type vmResult struct {
 	detail string
 }
 
-// vmBootTimeout bounds the boot, from qemu's start to the guest's /init reporting in (a few seconds
-// when all is well); errVMNoBoot says it passed.
-const vmBootTimeout = 90 * time.Second
+// vmBootTimeout bounds the boot on x86-64, from qemu's start to the guest's /init reporting in (a few
+// seconds when all is well); errVMNoBoot says it passed. vmGuestTimeout is the guest suite's
+// -test.timeout on x86-64.
+const vmBootTimeout, vmGuestTimeout = 90 * time.Second, 200 * time.Second
 
 var errVMNoBoot = errors.New("the VM's /init did not report in")
 
 // runVM boots the guest and collects its E2E lines. It returns the results by check name, the
 // "E2E-DONE" status, and how long after qemu's start the guest's /init reported in.
-func runVM(assets map[string]string, initrd, disk, logPath string) (map[string]vmResult, string, time.Duration, error) {
+func runVM(arch vmArch, assets map[string]string, initrd, disk, logPath string) (map[string]vmResult, string, time.Duration, error) {
 	// cache=none opens the image with O_DIRECT, so that the host's page cache does not blur the
 	// guest's io figures; a filesystem without O_DIRECT gets writeback.
 	cacheMode := "none"
@@ -409,14 +454,14 @@ func runVM(assets map[string]string, initrd, disk, logPath string) (map[string]v
 	} else {
 		unix.Close(fd)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), arch.scale(vmTimeout))
 	defer cancel()
-	cmd := exec.CommandContext(ctx, assets["qemu"],
-		"-M", "pc", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "1024",
+	args := append(slices.Clone(arch.machine), "-accel", "tcg,thread=multi", "-smp", "2", "-m", "1024",
 		"-nographic", "-no-reboot", "-nic", "none",
 		"-kernel", assets["kernel"], "-initrd", initrd,
-		"-append", "console=ttyS0 cgroup_no_v1=all panic=-1 loglevel=3",
+		"-append", "console="+arch.console+" cgroup_no_v1=all panic=-1 loglevel=3",
 		"-drive", "file="+disk+",if=virtio,format=raw,cache="+cacheMode)
+	cmd := exec.CommandContext(ctx, assets["qemu"], args...)
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, "", 0, err
@@ -435,7 +480,7 @@ func runVM(assets map[string]string, initrd, disk, logPath string) (map[string]v
 		waited <- err
 	}()
 	var reported, noBoot atomic.Bool
-	watchdog := time.AfterFunc(vmBootTimeout, func() {
+	watchdog := time.AfterFunc(arch.scale(vmBootTimeout), func() {
 		if !reported.Load() {
 			noBoot.Store(true)
 			cancel()
@@ -474,10 +519,10 @@ func runVM(assets map[string]string, initrd, disk, logPath string) (map[string]v
 	io.Copy(io.Discard, pr)
 	err = <-waited
 	if noBoot.Load() {
-		return nil, "", 0, fmt.Errorf("%w within %v", errVMNoBoot, vmBootTimeout)
+		return nil, "", 0, fmt.Errorf("%w within %v", errVMNoBoot, arch.scale(vmBootTimeout))
 	}
 	if ctx.Err() != nil {
-		err = fmt.Errorf("the VM did not power off within %v: %w", vmTimeout, ctx.Err())
+		err = fmt.Errorf("the VM did not power off within %v: %w", arch.scale(vmTimeout), ctx.Err())
 	}
 	return results, done, booted, err
 }

@@ -1,41 +1,64 @@
 #!/usr/bin/env bash
-# vm-assets.sh CACHE_DIR: what TestVM (vm_test.go) needs to boot its throwaway VM, made ready on a
-# fresh Debian machine, as root:
-#   - qemu-system-x86 installed with apt (no recommends: no GUI);
-#   - busybox-static and Debian's cloud kernel (linux-image-cloud-amd64's current image package)
-#     fetched with apt-get download and unpacked with dpkg -x into CACHE_DIR, which keeps them: the
+# vm-assets.sh CACHE_DIR [ARCH]: what TestVM (vm_test.go) needs to boot its throwaway VM for ARCH
+# (amd64, the default, or arm64), made ready on a fresh Debian machine, as root:
+#   - the system emulator installed with apt (no recommends: no GUI): qemu-system-x86 for amd64,
+#     qemu-system-arm (qemu-system-aarch64) for arm64;
+#   - busybox-static and Debian's cloud kernel (linux-image-cloud-ARCH's current image package) for
+#     ARCH, fetched with apt-get download and unpacked with dpkg -x into CACHE_DIR, which keeps them: the
 #     next run only asks apt which version is current, and works offline from the cache.
+# A foreign ARCH's packages come through a private apt state in CACHE_DIR/apt (its own package lists,
+# an empty dpkg status), so the host's dpkg gets no foreign architecture (no dpkg --add-architecture)
+# and its own apt-get update stays as it was. Those lists are fetched again when a week old.
 # It prints where things are, one key=value per line on stdout; everything else goes to stderr.
 set -euo pipefail
-cache=${1:?usage: vm-assets.sh CACHE_DIR}
+cache=${1:?usage: vm-assets.sh CACHE_DIR [ARCH]}
+arch=${2:-amd64}
+case $arch in
+amd64) qemu=qemu-system-x86_64 qemu_pkg=qemu-system-x86 ;;
+arm64) qemu=qemu-system-aarch64 qemu_pkg=qemu-system-arm ;;
+*) echo "vm-assets: no VM for architecture $arch (amd64 or arm64)" >&2; exit 1 ;;
+esac
 export DEBIAN_FRONTEND=noninteractive
 mkdir -p "$cache/debs"
 cache=$(cd "$cache" && pwd)
 
-updated=
+# apt_update [OPTIONS]: apt-get update, once per set of options. Offline, this fails; what is cached
+# is then used.
+declare -A updated
 apt_update() {
-	# Offline, this fails; what is cached is then used.
-	[ -n "$updated" ] || apt-get update -q >&2 || echo "vm-assets: apt-get update failed" >&2
-	updated=1
+	[ -n "${updated[x$*]:-}" ] || apt-get "$@" update -q >&2 || echo "vm-assets: apt-get update $* failed" >&2
+	updated[x$*]=1
 }
 
-if ! command -v qemu-system-x86_64 >/dev/null; then
+if ! command -v $qemu >/dev/null; then
 	apt_update
-	apt-get install -y -q --no-install-recommends qemu-system-x86 >&2
+	apt-get install -y -q --no-install-recommends $qemu_pkg >&2
 fi
 
-# The kernel: the image package that linux-image-cloud-amd64 depends on now.
+# guest: the options that make apt-get and apt-cache see ARCH's packages.
+guest=()
+if [ "$arch" != "$(dpkg --print-architecture)" ]; then
+	mkdir -p "$cache/apt/state/lists/partial" "$cache/apt/cache/archives/partial"
+	touch "$cache/apt/status"
+	guest=(-o Dir::State="$cache/apt/state" -o Dir::State::status="$cache/apt/status" -o Dir::Cache="$cache/apt/cache"
+		-o APT::Architecture="$arch" -o APT::Architectures="$arch" -o APT::Sandbox::User=root)
+	if [ -z "$(find "$cache/apt/state/lists" -maxdepth 1 -name '*InRelease' -mtime -7)" ]; then
+		apt_update "${guest[@]}"
+	fi
+fi
+
+# The kernel: the image package that linux-image-cloud-ARCH depends on now.
 kernel_pkg() {
-	apt-cache depends linux-image-cloud-amd64 2>/dev/null |
-		awk '$1 == "Depends:" && $2 ~ /^linux-image-.*-cloud-amd64$/ { print $2; exit }' || true
+	apt-cache "${guest[@]}" depends linux-image-cloud-$arch 2>/dev/null |
+		awk -v re="^linux-image-.*-cloud-$arch\$" '$1 == "Depends:" && $2 ~ re { print $2; exit }' || true
 }
 kpkg=$(kernel_pkg)
 if [ -z "$kpkg" ]; then
-	apt_update
+	apt_update "${guest[@]}"
 	kpkg=$(kernel_pkg)
 fi
 # Candidate versions, "pkg version" lines, in one (slow) apt-cache call.
-versions=$(apt-cache policy $kpkg busybox-static 2>/dev/null |
+versions=$(apt-cache "${guest[@]}" policy $kpkg busybox-static 2>/dev/null |
 	awk '/^[^ ].*:$/ { p = substr($1, 1, length($1) - 1) } $1 == "Candidate:" && $2 != "(none)" { print p, $2 }' || true)
 
 # unpack PKG PATTERN: download and unpack PKG's candidate version (once) and print its directory. When
@@ -53,7 +76,7 @@ unpack() {
 	dir="$cache/${1}_${ver//:/%3a}"
 	if [ ! -d "$dir" ]; then
 		rm -f "$cache/debs/${1}_"*.deb
-		(cd "$cache/debs" && apt-get download -q -o APT::Sandbox::User=root "$1=$ver" >&2)
+		(cd "$cache/debs" && apt-get "${guest[@]}" download -q -o APT::Sandbox::User=root "$1=$ver" >&2)
 		deb=$(ls "$cache/debs/${1}_"*.deb | head -1)
 		rm -rf "$dir.tmp"
 		dpkg -x "$deb" "$dir.tmp"
@@ -63,7 +86,7 @@ unpack() {
 	echo "$dir"
 }
 
-kdir=$(unpack "$kpkg" 'linux-image-*-cloud-amd64_*')
+kdir=$(unpack "$kpkg" "linux-image-*-cloud-${arch}_*")
 bdir=$(unpack busybox-static 'busybox-static_*')
 
 kernel=$(ls "$kdir"/boot/vmlinuz-* | head -1)
@@ -71,7 +94,7 @@ modules=$(ls -d "$kdir"/lib/modules/* | head -1)
 [ -f "$kernel" ] && [ -d "$modules" ] || { echo "vm-assets: no kernel or modules in $kdir" >&2; exit 1; }
 [ -x "$bdir/bin/busybox" ] || { echo "vm-assets: no busybox in $bdir" >&2; exit 1; }
 
-echo "qemu=$(command -v qemu-system-x86_64)"
+echo "qemu=$(command -v $qemu)"
 echo "kernel=$kernel"
 echo "modules=$modules"
 echo "busybox=$bdir/bin/busybox"
