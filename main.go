@@ -3,6 +3,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -150,19 +151,14 @@ func configDir() string {
 var version string
 
 func versionLine() string {
-	v, rev, gover := version, "unknown", "unknown"
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		gover = bi.GoVersion
-		if v == "" {
-			v = bi.Main.Version
-		}
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" {
-				rev = s.Value
-			}
+	bi, _ := debug.ReadBuildInfo() // there is one: rund is built in module mode
+	rev := "unknown"
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" {
+			rev = s.Value
 		}
 	}
-	return fmt.Sprintf("rund %s (revision %s, %s)", v, rev, gover)
+	return fmt.Sprintf("rund %s (revision %s, %s)", cmp.Or(version, bi.Main.Version), rev, bi.GoVersion)
 }
 
 // serveConfig is everything "rund serve" takes from its flags: its own, and the job table's.
