@@ -173,8 +173,7 @@ type serveConfig struct {
 
 const serveHead = `usage: rund serve [flags]
 
-Serve jobs to clients that present a certificate signed by -ca, each job contained (see README,
-"What a job can do"). Sizes are bytes; durations are Go's (30s, 2m, 24h).
+Serve jobs to clients with a certificate signed by -ca. Sizes are bytes; durations 30s, 2m, 24h.
 
 example:
   rund serve -addr :8000 -max_jobs_per_client 10`
