@@ -269,7 +269,7 @@ func serve(c serveConfig) error {
 	if err := checkHost(c.contain != nil); err != nil {
 		return err
 	}
-	certs, err := newCertStore(c.ca, c.cert, c.key)
+	tlsCfg, reload, err := rotatingTLS(c.ca, c.cert, c.key)
 	if err != nil {
 		return err
 	}
@@ -291,7 +291,7 @@ func serve(c serveConfig) error {
 		debug.SetMemoryLimit(c.outputBudget + 48<<20)
 	}
 	m := newManager(cg, c.jobsConfig)
-	srv, health := newGRPCServer(certs.config(), m, c)
+	srv, health := newGRPCServer(tlsCfg, m, c)
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
@@ -307,7 +307,7 @@ func serve(c serveConfig) error {
 			if s != syscall.SIGHUP {
 				log.Printf("%v: stopping every job", s)
 				stop = true
-			} else if rerr := certs.reload(); rerr != nil {
+			} else if rerr := reload(); rerr != nil {
 				log.Printf("SIGHUP: keeping the old certificates: %v", rerr)
 			} else {
 				log.Printf("SIGHUP: reloaded %s, %s and %s", c.ca, c.cert, c.key)

@@ -73,7 +73,7 @@ func serverTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
 		return nil, err
 	}
 	own := cfg.Certificates[0].Certificate[0]
-	cfg.NextProtos = []string{"h2"} // set here too, as certStore hands this config out directly
+	cfg.NextProtos = []string{"h2"} // set here too, as rotatingTLS hands this config out directly
 	cfg.ClientAuth = tls.RequireAndVerifyClientCert
 	cfg.ClientCAs = pool
 	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
@@ -86,36 +86,20 @@ func serverTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
 	return cfg, nil
 }
 
-// certStore holds the server's current TLS configuration, so that certificates can be rotated without
-// a restart: reload re-reads the files, and new connections get the new configuration while open ones
-// (and the jobs and streams on them) carry on.
-type certStore struct {
-	ca, cert, key string
-	current       atomic.Pointer[tls.Config]
-}
-
-func newCertStore(ca, cert, key string) (*certStore, error) {
-	s := &certStore{ca: ca, cert: cert, key: key}
-	return s, s.reload()
-}
-
-// reload swaps in the configuration read from the files now, or keeps the old one if they are bad.
-func (s *certStore) reload() error {
-	cfg, err := serverTLS(s.ca, s.cert, s.key)
-	if err == nil {
-		s.current.Store(cfg)
+// rotatingTLS is the listener's configuration, and reload, which re-reads the files: each handshake
+// takes the configuration last read, so certificates can be rotated without a restart while open
+// connections (and the jobs and streams on them) carry on. A reload that fails keeps the old one.
+func rotatingTLS(ca, cert, key string) (listen *tls.Config, reload func() error, err error) {
+	var current atomic.Pointer[tls.Config]
+	reload = func() error {
+		cfg, err := serverTLS(ca, cert, key)
+		if err == nil {
+			current.Store(cfg)
+		}
+		return err
 	}
-	return err
-}
-
-// config is the listener's configuration: each handshake takes the current one.
-func (s *certStore) config() *tls.Config {
-	return &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
-			return s.current.Load(), nil
-		},
-	}
+	get := func(*tls.ClientHelloInfo) (*tls.Config, error) { return current.Load(), nil }
+	return &tls.Config{MinVersion: tls.VersionTLS13, GetConfigForClient: get}, reload, reload()
 }
 
 // clientTLS is the client's configuration: it trusts only caFile and wants the ServerAuth EKU.
