@@ -90,42 +90,23 @@ func parseArgs(fs *flag.FlagSet, args []string, head string) (code int, ok bool)
 	return 0, true
 }
 
-// unknownCommand says that name is none of names, and which one it is nearest to.
+// unknownCommand says that name is none of names, and which one it is nearest to: the one that starts
+// with the most of it, two letters at least.
 func unknownCommand(name string, names []string) error {
-	best, dist := "", 3 // suggest nothing more than two edits away
+	best, most := "", 1
 	for _, n := range names {
-		d := editDistance(name, n)
-		if strings.HasPrefix(n, name) {
-			d = 0 // "stat" is nearest to "status", though "start" is one edit away
+		k := 0
+		for k < min(len(n), len(name)) && n[k] == name[k] {
+			k++
 		}
-		if d < dist {
-			best, dist = n, d
+		if k > most {
+			best, most = n, k
 		}
 	}
 	if best != "" {
 		return fmt.Errorf("unknown command %q; did you mean %q?", name, best)
 	}
 	return fmt.Errorf("unknown command %q; the commands are %s", name, strings.Join(names, ", "))
-}
-
-// editDistance is the Levenshtein distance between a and b, computed a row at a time.
-func editDistance(a, b string) int {
-	row := make([]int, len(b)+1)
-	for j := range row {
-		row[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		diag := row[0]
-		row[0] = i
-		for j := 1; j <= len(b); j++ {
-			sub := diag
-			if a[i-1] != b[j-1] {
-				sub++
-			}
-			diag, row[j] = row[j], min(row[j]+1, row[j-1]+1, sub)
-		}
-	}
-	return row[len(b)]
 }
 
 // defaultFile is where a certificate or key is looked for when no flag or variable names it:
