@@ -4,8 +4,9 @@ package main
 // owner only, retention of finished jobs, and shutdown. One job's life is in job.go, the sandboxes it
 // runs in come from the pool (pool.go).
 //
-// Goroutines: one watcher per registered job (start), which runs the job's finish and then evicts old
-// records; it ends once the job is gone, and shutdown waits for every one (m.watchers).
+// Goroutines: one watcher per registered job (start), which runs the job's finish, nudges the pool to
+// refill and then evicts old records; it ends once the job is gone, and shutdown waits for every one
+// (m.watchers). One refill timer per started job (time.AfterFunc, pool.go).
 //
 // Lock order: manager.mu before job.mu, a ring's mu and budget.mu. manager.mu is never held while a job
 // is started or stopped.
@@ -73,7 +74,7 @@ func (m *manager) start(owner []string, spec *jobSpec) (*job, error) {
 		m.pool.refill()
 		return nil, err
 	}
-	m.pool.refillAfter(j.gone)
+	time.AfterFunc(refillDelay, m.pool.refill) // or sooner, once the job is gone (register)
 	return j, nil
 }
 
@@ -137,6 +138,7 @@ func (m *manager) register(j *job, owner []string) error {
 	m.jobs[j.id] = j
 	m.watchers.Go(func() { // under mu: once shutdown has seen closing, it waits for every watcher
 		j.finish(func() { m.release(owner) })
+		m.pool.refill() // the job that took a spare is gone
 		m.evict()
 	})
 	m.mu.Unlock()

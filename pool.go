@@ -13,8 +13,8 @@ package main
 //
 // Goroutines (who starts, what ends, who waits):
 //   - warm: started by newPool when size > 0; ends when close closes quit; close waits (p.wg).
-//   - one refill timer per taken spare (refillAfter): ends when the job that took it is gone, after
-//     refillDelay, or at close; close waits (p.wg).
+//   - one refill timer per started job (time.AfterFunc, jobs.go start): after refillDelay it runs
+//     refill, which never blocks, and ends; nothing waits for it. A nudge after close is never read.
 //
 // p.mu is never held with another lock, nor across a sandbox's making or removal.
 
@@ -54,18 +54,19 @@ type pool struct {
 
 	mu     sync.Mutex // guards spares and closed
 	spares []*sandbox // ready for a Start, oldest first; at most size
-	closed bool       // close has begun: nothing is added to spares, and p.wg takes no new goroutine
+	closed bool       // close has begun: nothing is added to spares
 
 	wake chan struct{}  // a nudge to warm to refill; buffered, one pending nudge is enough
 	quit chan struct{}  // closed by close
-	wg   sync.WaitGroup // warm and the refill timers
+	wg   sync.WaitGroup // warm
 }
 
 // spareMaxAge bounds how old a spare gets (checked every spareMaxAge/2): a job id is minted with its
 // sandbox, and its time should stay within a minute of the job's start.
 var spareMaxAge = 40 * time.Second
 
-// refillDelay is how long a taken spare's replacement waits for the job that took it to be gone.
+// refillDelay is how long a taken spare's replacement waits for the job that took it to be gone (its
+// watcher refills then too, if that comes first).
 // Making a sandbox (a clone with five new namespaces, an exec, a Go runtime's start) competes with the
 // job's own start where spares cannot start idle (no cpu controller), and with the teardown of its
 // sandbox and the client reading its end (BENCHMARKS.md, "Where a Start's time goes"). With two
@@ -106,25 +107,6 @@ func (p *pool) refill() {
 	case p.wake <- struct{}{}:
 	default: // a nudge is pending already
 	}
-}
-
-// refillAfter refills once gone is closed (the job that took a spare is gone) or refillDelay has
-// passed, whichever comes first.
-func (p *pool) refillAfter(gone <-chan struct{}) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed || p.size == 0 {
-		return
-	}
-	p.wg.Go(func() {
-		select {
-		case <-gone:
-		case <-time.After(refillDelay): // an unfired timer is collected since Go 1.23, no Stop needed
-		case <-p.quit:
-			return
-		}
-		p.refill()
-	})
 }
 
 // warm keeps size spares ready, none older than spareMaxAge, until close.
