@@ -376,9 +376,6 @@ func setupNamespaces(s initSetup) error {
 	return loopbackUp()
 }
 
-// atRecursive is AT_RECURSIVE of linux/fcntl.h, for mount_setattr(2); x/sys has no name for it.
-const atRecursive = 0x8000
-
 // setupMounts makes a contained job's view of the host's files: every mount read-only (mount_setattr(2),
 // AT_RECURSIVE), fresh tmpfs on /tmp, /var/tmp and /dev/shm where the host has those directories
 // (charged to the memory cgroup of the job, which writes them), and on the cgroup2 mount the job's own
@@ -386,7 +383,7 @@ const atRecursive = 0x8000
 // flags; the job's user owns none of their files.
 func setupMounts(s initSetup) error {
 	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
-	if err := unix.MountSetattr(unix.AT_FDCWD, "/", atRecursive, attr); err != nil {
+	if err := unix.MountSetattr(unix.AT_FDCWD, "/", unix.AT_RECURSIVE, attr); err != nil {
 		return fmt.Errorf("make mounts read-only: %w", err)
 	}
 	for _, dir := range []string{"/tmp", "/var/tmp", "/dev/shm"} {
