@@ -295,10 +295,3 @@ func (j *job) attachLossless(off int64) *hold {
 	}
 	return h
 }
-
-// endedAt is when the job ended, and whether it has.
-func (j *job) endedAt() (time.Time, bool) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.ended, !j.ended.IsZero()
-}

@@ -190,7 +190,6 @@ func runServe(args []string) int {
 	io := fs.String("io_devices", "", "comma-separated MAJ:MIN block devices for io limits (default: the disk behind /)")
 	fs.IntVar(&c.ringSize, "log_buffer", 1<<20, "bytes of output kept per job")
 	fs.IntVar(&c.retainJobs, "retain_jobs", 1000, "finished jobs kept for status and log, per client")
-	fs.DurationVar(&c.retainFor, "retain_for", 24*time.Hour, "finished jobs older than this are forgotten")
 	fs.IntVar(&c.maxJobs, "max_jobs", 1000, "live jobs the server runs at most")
 	fs.IntVar(&c.maxJobsPerClient, "max_jobs_per_client", 100, "live jobs one client identity runs at most")
 	fs.IntVar(&c.maxStreamsPerClient, "max_streams_per_client", 100, "concurrent log streams per client identity")

@@ -274,7 +274,7 @@ func (r *ring) Write(s stream, p []byte) {
 func (r *ring) Close() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if !r.closed {
+	if !r.closed && !r.gone { // a ring forgotten before its Close (retire) is not offered
 		before := r.allocated()
 		r.shrink()
 		r.budget.release(before - r.allocated())
