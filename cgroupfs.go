@@ -302,23 +302,6 @@ func (cg *cgroupFS) writeLimits(dir string, lim limits) error {
 	return nil
 }
 
-// setIdle sets the job's cgroup's cpu.idle (cgroup v2, Linux 5.15): 1 makes the whole subtree
-// SCHED_IDLE to the scheduler against its peers, the other jobs. Without the cpu controller, or on an
-// older kernel, there is no such file and nothing to undo.
-func (cg *cgroupFS) setIdle(j *jobCgroup, idle bool) error {
-	if !cg.available["cpu"] {
-		return nil
-	}
-	v := "0"
-	if idle {
-		v = "1"
-	}
-	if err := writeFile(filepath.Join(j.dir, "cpu.idle"), v); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
-}
-
 // ioMaxValue formats the keys of one io.max line (" rbps=N wbps=N"), or "" when no io limit is set.
 func ioMaxValue(lim limits) string {
 	var b strings.Builder

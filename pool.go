@@ -7,10 +7,6 @@ package main
 // (BENCHMARKS.md, "Where a Start's time goes"), so the pool keeps size sandboxes ready; an unused one
 // costs one waiting init process and three empty cgroups. With size 0 every take makes a fresh one.
 //
-// A spare waits with its cgroup's cpu.idle set, so that its init's start-up takes only CPU time that
-// jobs leave over; take clears it. It is set only once the init has exec'd: the server waits for the
-// exec holding the process-wide fork lock, which an idle exec could then hold for long.
-//
 // Goroutines (who starts, what ends, who waits):
 //   - warm: started by newPool when size > 0; ends when close closes quit; close waits (p.wg).
 //   - one refill timer per started job (time.AfterFunc, jobs.go start): after refillDelay it runs
@@ -66,9 +62,8 @@ type pool struct {
 var spareMaxAge = 40 * time.Second
 
 // refillDelay is how long a taken spare's replacement waits for the job that took it to be gone (its
-// watcher refills then too, if that comes first).
-// Making a sandbox (a clone with five new namespaces, an exec, a Go runtime's start) competes with the
-// job's own start where spares cannot start idle (no cpu controller), and with the teardown of its
+// watcher refills then too, if that comes first). Making a sandbox (a clone with five new namespaces,
+// an exec, a Go runtime's start) competes with the job's own start, and with the teardown of its
 // sandbox and the client reading its end (BENCHMARKS.md, "Where a Start's time goes"). With two
 // spares the next Start still finds one.
 const refillDelay = 100 * time.Millisecond
@@ -91,12 +86,8 @@ func (p *pool) take() (sb *sandbox, spare bool, err error) {
 	}
 	p.mu.Unlock()
 	if sb == nil {
-		sb, err = p.newSandbox(false)
+		sb, err = p.newSandbox()
 		return sb, false, err
-	}
-	if err := p.cg.setIdle(sb.cg, false); err != nil {
-		sb.discard()
-		return nil, true, fmt.Errorf("prepare job cgroup: %w", err)
 	}
 	return sb, true, nil
 }
@@ -134,7 +125,7 @@ func (p *pool) fill() {
 		if full {
 			return
 		}
-		sb, err := p.newSandbox(true)
+		sb, err := p.newSandbox()
 		if err != nil {
 			log.Printf("prepare a spare job sandbox: %v", err) // the next Start makes its own
 			return
@@ -179,9 +170,8 @@ func (p *pool) close() {
 	}
 }
 
-// newSandbox makes a sandbox: id, own uid if contained, cgroups, pipes, init; a spare's cgroup then
-// goes idle. On error nothing is left.
-func (p *pool) newSandbox(spare bool) (*sandbox, error) {
+// newSandbox makes a sandbox: id, own uid if contained, cgroups, pipes, init. On error nothing is left.
+func (p *pool) newSandbox() (*sandbox, error) {
 	id, err := newULID(time.Now())
 	if err != nil {
 		return nil, err
@@ -205,9 +195,6 @@ func (p *pool) newSandbox(spare bool) (*sandbox, error) {
 	}
 	closeAll([]*os.File{pipes[1], pipes[3]}) // the init holds its own copies
 	sb.outputs = [2]*os.File{pipes[0], pipes[2]}
-	if err == nil && spare {
-		err = p.cg.setIdle(sb.cg, true) // only once the init has exec'd (top of this file)
-	}
 	if err != nil {
 		sb.discard()
 		return nil, err
