@@ -13,8 +13,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"log"
 	"maps"
 	"slices"
 	"strings"
@@ -65,7 +63,11 @@ func (m *manager) start(owner []string, spec *jobSpec) (*job, error) {
 	if err := m.reserve(owner); err != nil {
 		return nil, err
 	}
-	j, err := m.startInSandbox(owner, spec)
+	sb, err := m.pool.take()
+	var j *job
+	if err == nil {
+		j, err = begin(sb, owner, spec, m.cg, m.cfg, m.budget)
+	}
 	if err == nil {
 		err = m.register(j, owner)
 	}
@@ -101,26 +103,6 @@ func (m *manager) release(owner []string) {
 	defer m.mu.Unlock()
 	decCount(m.running, identityKey(owner))
 	m.live--
-}
-
-// startInSandbox starts the job in the pool's oldest spare sandbox, or in a new one.
-func (m *manager) startInSandbox(owner []string, spec *jobSpec) (*job, error) {
-	for attempt := 0; ; attempt++ {
-		sb, spare, err := m.pool.take()
-		var j *job
-		id := "?"
-		if err == nil {
-			id = sb.id
-			j, err = begin(sb, owner, spec, m.cg, m.cfg, m.budget)
-		}
-		var ce *clientError // the command's own failure: another sandbox would fail it the same way
-		if err == nil || !spare || attempt > 0 || errors.As(err, &ce) {
-			return j, err
-		}
-		// A spare's init can die while it waits (the OOM killer, an operator): the job goes into
-		// another sandbox, once.
-		log.Printf("spare sandbox %s: %v; trying another", id, err)
-	}
 }
 
 // register publishes a started job and starts its watcher. Registering and the closing check happen

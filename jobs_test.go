@@ -707,19 +707,23 @@ func readySpares(t *testing.T, m *manager) []*sandbox {
 	}
 }
 
-// TestDeadSpareIsSkipped: a spare whose init died while it waited (the OOM killer, an operator) costs
-// the client nothing: its Start runs in another sandbox, and the dead one is cleaned up.
-func TestDeadSpareIsSkipped(t *testing.T) {
+// TestDeadSpareFailsOneStart: a spare whose init died while it waited (the OOM killer, an operator)
+// fails the one Start that takes it, as the server's own failure (Internal), and is cleaned up; the
+// next Start runs in another sandbox.
+func TestDeadSpareFailsOneStart(t *testing.T) {
 	ts := startServer(t)
 	a := ts.dialAs(t, "a")
 	dead := readySpares(t, ts.m)[0]
 	dead.proc.cmd.Process.Kill()
-	id := startJob(t, a, cmd("true"))
-	if st := waitDone(t, a, id); id == dead.id || st.GetExitCode().GetValue() != 0 {
-		t.Errorf("job %s (%v); want it in a live sandbox, not %s, and exit 0", id, st, dead.id)
+	if _, err := a.Start(ctx(t), cmd("true")); status.Code(err) != codes.Internal {
+		t.Errorf("Start in the dead spare: %v, want Internal", err)
 	}
 	if _, err := os.Stat(filepath.Join(ts.cg.parent, dead.id)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the dead spare's cgroup is still there: %v", err)
+	}
+	id := startJob(t, a, cmd("true"))
+	if st := waitDone(t, a, id); id == dead.id || st.GetExitCode().GetValue() != 0 {
+		t.Errorf("job %s (%v); want it in a live sandbox, not %s, and exit 0", id, st, dead.id)
 	}
 }
 

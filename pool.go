@@ -77,9 +77,9 @@ func newPool(cg *cgroupFS, size int, contain *containment) *pool {
 	return p
 }
 
-// take returns a sandbox for a Start: the oldest spare (spare is true), or a new one when there is
-// none. The caller owns it: it runs a job in it, or discards it.
-func (p *pool) take() (sb *sandbox, spare bool, err error) {
+// take returns a sandbox for a Start: the oldest spare, or a new one when there is none. The caller
+// owns it: it runs a job in it, or discards it.
+func (p *pool) take() (sb *sandbox, err error) {
 	p.mu.Lock()
 	if len(p.spares) > 0 {
 		sb, p.spares = p.spares[0], p.spares[1:]
@@ -87,9 +87,8 @@ func (p *pool) take() (sb *sandbox, spare bool, err error) {
 	p.mu.Unlock()
 	if sb == nil {
 		sb, err = p.newSandbox()
-		return sb, false, err
 	}
-	return sb, true, nil
+	return sb, err
 }
 
 // refill nudges warm to make up the spares.
