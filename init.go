@@ -356,7 +356,7 @@ func errnoText(err error) string {
 
 // setupNamespaces runs in the init, inside the new namespaces: mounts made slaves of the host's (so
 // nothing mounted here shows on the host, while the host's mounts and unmounts still reach the job: a
-// spare's namespace can be a minute old, and must neither miss a new mount nor pin an unmounted one;
+// spare's namespace can be old, and must neither miss a new mount nor pin an unmounted one;
 // mount_namespaces(7)), a /proc of the new PID namespace, loopback up, hostname = the job id.
 func setupNamespaces(s initSetup) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {

@@ -660,37 +660,6 @@ func schedPolicy(t *testing.T, tid int) uint32 {
 	return attr.Policy
 }
 
-// TestOldSparesAreReplaced: a job id is minted with its sandbox, so spares are remade once they are
-// spareMaxAge old, and a job's id time stays near its start.
-func TestOldSparesAreReplaced(t *testing.T) {
-	old := spareMaxAge
-	t.Cleanup(func() { spareMaxAge = old }) // registered first, so it runs after the server's cleanup
-	spareMaxAge = 300 * time.Millisecond    // before the server: its warmer reads it
-	ts := startServer(t)
-	first := readySpares(t, ts.m)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		ts.m.pool.mu.Lock()
-		kept := 0
-		for _, sb := range ts.m.pool.spares {
-			if slices.Contains(first, sb) {
-				kept++
-			}
-		}
-		ts.m.pool.mu.Unlock()
-		if kept == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of the first spares are still there after 10 s, with a maximum age of %v", kept, spareMaxAge)
-		}
-	}
-	for _, sb := range readySpares(t, ts.m) {
-		if slices.Contains(first, sb) {
-			t.Errorf("spare %s came back", sb.id)
-		}
-	}
-}
-
 // readySpares waits (bounded) until m holds all its spares and returns them.
 func readySpares(t *testing.T, m *manager) []*sandbox {
 	t.Helper()

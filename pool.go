@@ -28,7 +28,6 @@ import (
 // sandbox is a job's cgroups, pipes and init, before and while the job runs.
 type sandbox struct {
 	id      string
-	made    time.Time
 	cg      *jobCgroup
 	proc    *proc
 	outputs [2]*os.File // read ends of the stdout and stderr pipes
@@ -56,10 +55,6 @@ type pool struct {
 	quit chan struct{}  // closed by close
 	wg   sync.WaitGroup // warm
 }
-
-// spareMaxAge bounds how old a spare gets (checked every spareMaxAge/2): a job id is minted with its
-// sandbox, and its time should stay within a minute of the job's start.
-var spareMaxAge = 40 * time.Second
 
 // refillDelay is how long a taken spare's replacement waits for the job that took it to be gone (its
 // watcher refills then too, if that comes first). Making a sandbox (a clone with five new namespaces,
@@ -99,17 +94,13 @@ func (p *pool) refill() {
 	}
 }
 
-// warm keeps size spares ready, none older than spareMaxAge, until close.
+// warm keeps size spares ready until close.
 func (p *pool) warm() {
-	tick := time.NewTicker(spareMaxAge / 2)
-	defer tick.Stop()
 	for {
 		select {
 		case <-p.quit:
 			return
 		case <-p.wake:
-		case <-tick.C:
-			p.dropOld()
 		}
 		p.fill()
 	}
@@ -141,20 +132,6 @@ func (p *pool) fill() {
 	}
 }
 
-// dropOld discards the spares made more than spareMaxAge ago; fill then makes new ones.
-func (p *pool) dropOld() {
-	p.mu.Lock()
-	var old []*sandbox
-	for len(p.spares) > 0 && time.Since(p.spares[0].made) > spareMaxAge {
-		old = append(old, p.spares[0])
-		p.spares = p.spares[1:]
-	}
-	p.mu.Unlock()
-	for _, sb := range old {
-		sb.discard()
-	}
-}
-
 // close stops making spares, waits for the pool's goroutines and discards the spares.
 func (p *pool) close() {
 	p.mu.Lock()
@@ -175,7 +152,7 @@ func (p *pool) newSandbox() (*sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	sb := &sandbox{id: id.String(), made: time.Now()}
+	sb := &sandbox{id: id.String()}
 	setup := initSetup{Hostname: sb.id}
 	if c := p.contain; c != nil {
 		if sb.own, err = c.uids.take(); err != nil {
