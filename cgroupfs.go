@@ -54,7 +54,7 @@ type cgroupFS struct {
 	mount     string          // cgroup2 mount point
 	parent    string          // directory holding the job cgroups
 	available map[string]bool // controllers enabled in parent's subtree_control
-	ioDevices []string        // "MAJ:MIN" of the devices io.max limits apply to
+	ioDevices []string        // "MAJ:MIN" of the disks io.max applies to (-io_devices); none: io limits are refused
 	lock      *os.File        // parent, flock'ed: one server per parent (lockParent)
 }
 
@@ -126,12 +126,6 @@ func setupCgroups(parent string, ioDevices []string) (*cgroupFS, error) {
 	for _, c := range strings.Fields(readString(filepath.Join(parent, "cgroup.subtree_control"))) {
 		cg.available[c] = true
 	}
-	if cg.ioDevices == nil {
-		cg.ioDevices, err = rootDiskDevices("/proc/self/mountinfo")
-		if err != nil {
-			log.Printf("io.max: %v (io limits are unavailable; name devices with -io_devices)", err)
-		}
-	}
 	cg.removeStale()
 	return cg, nil
 }
@@ -201,32 +195,6 @@ func ownCgroup() (string, error) {
 	return "", errors.New("read /proc/self/cgroup: no cgroup2 entry")
 }
 
-// rootDiskDevices returns the whole disk behind the root filesystem. io.max rejects partitions, so a
-// partition is mapped to its disk through sysfs (/sys/dev/block/M:m/partition marks a partition).
-func rootDiskDevices(mountinfo string) ([]string, error) {
-	data, err := os.ReadFile(mountinfo)
-	if err != nil {
-		return nil, err
-	}
-	dev := ""
-	for _, line := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && f[4] == "/" {
-			dev = f[2] // the last mount on / is the one in effect
-		}
-	}
-	if dev == "" || strings.HasPrefix(dev, "0:") {
-		return nil, fmt.Errorf("no block device backs / (device %q)", dev)
-	}
-	sys, err := filepath.EvalSymlinks(filepath.Join("/sys/dev/block", dev))
-	if err != nil {
-		return nil, err
-	}
-	if _, err := os.Stat(filepath.Join(sys, "partition")); err == nil {
-		dev = strings.TrimSpace(readString(filepath.Join(filepath.Dir(sys), "dev")))
-	}
-	return []string{dev}, nil
-}
-
 // missing names every controller that lim needs and the hierarchy cannot give, or is empty.
 func (cg *cgroupFS) missing(lim limits) []string {
 	var out []string
@@ -236,7 +204,7 @@ func (cg *cgroupFS) missing(lim limits) []string {
 		}
 	}
 	if cg.available["io"] && lim.rbps|lim.wbps|lim.riops|lim.wiops != 0 && len(cg.ioDevices) == 0 {
-		out = append(out, "io (no block device to limit)")
+		out = append(out, "io (rund serve was given no -io_devices)")
 	}
 	return out
 }

@@ -187,7 +187,7 @@ func runServe(args []string) int {
 	fs.StringVar(&c.cert, "cert", defaultFile("server.crt"), "server certificate")
 	fs.StringVar(&c.key, "key", defaultFile("server.key"), "server private key (mode 0600)")
 	fs.StringVar(&c.cgroupParent, "cgroup", "", "cgroup2 directory for job cgroups (default <cgroup2 mount>/rund)")
-	io := fs.String("io_devices", "", "comma-separated MAJ:MIN block devices for io limits (default: the disk behind /)")
+	io := fs.String("io_devices", "", "comma-separated MAJ:MIN whole-disk block devices that io limits apply to (without them, io limits are refused)")
 	fs.IntVar(&c.ringSize, "log_buffer", 1<<20, "bytes of output kept per job")
 	fs.IntVar(&c.retainJobs, "retain_jobs", 1000, "finished jobs kept for status and log, per client")
 	fs.IntVar(&c.maxJobs, "max_jobs", 1000, "live jobs the server runs at most")
