@@ -27,7 +27,6 @@ type jobsConfig struct {
 	maxJobs          int           // live jobs in all
 	maxJobsPerClient int           // live jobs per client identity
 	spareInits       int           // sandboxes kept ready ahead of Starts
-	jobUser          *jobUser      // run commands as this uid:gid; nil: as root
 	contain          *containment  // how jobs are contained; nil: -unsafe_uncontained_jobs
 	losslessTimeout  time.Duration // a lossless reader that reads nothing this long is demoted
 	outputBudget     int64         // bytes all rings may hold together (budget.go)

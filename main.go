@@ -203,8 +203,6 @@ func runServe(args []string) int {
 	fs.IntVar(&c.conns.maxInflightPerClient, "max_requests_per_client", 64, "requests other than log streams in flight at most, per client identity")
 	fs.DurationVar(&c.losslessTimeout, "lossless_timeout", 30*time.Second,
 		"a lossless log reader (rund client run and log) that reads nothing this long no longer holds its job back")
-	fs.Func("job_user", "run job commands as UID:GID, with no_new_privs and no capabilities (default: root)",
-		func(v string) (err error) { c.jobUser, err = parseJobUser(v); return err })
 	contain := containFlags(fs)
 	if code, ok := parseArgs(fs, args, serveHead); !ok {
 		return code
@@ -224,7 +222,7 @@ func runServe(args []string) int {
 		}
 	}
 	var err error
-	if c.contain, err = contain(c.jobUser != nil); err != nil {
+	if c.contain, err = contain(); err != nil {
 		log.Printf("rund serve: %v", err)
 		return 2
 	}
@@ -240,18 +238,15 @@ func runServe(args []string) int {
 
 // containFlags registers the flags of job containment; what it returns makes the containment from
 // them once they are parsed: nil with -unsafe_uncontained_jobs.
-func containFlags(fs *flag.FlagSet) func(jobUser bool) (*containment, error) {
+func containFlags(fs *flag.FlagSet) func() (*containment, error) {
 	uncontained := fs.Bool("unsafe_uncontained_jobs", false,
-		"run jobs as host root (or -job_user), with the host's mounts, cgroups and syscalls: anyone with a client certificate owns the host")
+		"run jobs as host root, with the host's mounts, cgroups and syscalls: anyone with a client certificate owns the host")
 	uidFirst := fs.Uint("job_uid_first", 1879048192, "first host uid (and gid) of contained jobs; each live job has one of its own")
 	uidCount := fs.Uint("job_uid_count", 65536, "how many host uids from -job_uid_first contained jobs may use")
 	tmpSize := fs.Uint64("job_tmp_size", 256<<20, "bytes of each contained job's private /tmp, /var/tmp and /dev/shm (charged to its memory)")
-	return func(jobUser bool) (*containment, error) {
-		switch {
-		case *uncontained:
+	return func() (*containment, error) {
+		if *uncontained {
 			return nil, nil
-		case jobUser:
-			return nil, errors.New("-job_user needs -unsafe_uncontained_jobs: a contained job runs as a host uid of its own")
 		}
 		uids, err := newUIDRange(uint32(min(*uidFirst, 1<<32-1)), uint32(min(*uidCount, 1<<32-1)))
 		if err != nil {
