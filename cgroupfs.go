@@ -54,7 +54,7 @@ type cgroupFS struct {
 	mount     string          // cgroup2 mount point
 	parent    string          // directory holding the job cgroups
 	available map[string]bool // controllers enabled in parent's subtree_control
-	ioDevices []string        // "MAJ:MIN" of the devices io.max limits apply to
+	ioDevices []string        // "MAJ:MIN" of the disks io.max applies to (-io_devices); none: io limits are refused
 	lock      *os.File        // parent, flock'ed: one server per parent (lockParent)
 }
 
@@ -126,12 +126,6 @@ func setupCgroups(parent string, ioDevices []string) (*cgroupFS, error) {
 	for _, c := range strings.Fields(readString(filepath.Join(parent, "cgroup.subtree_control"))) {
 		cg.available[c] = true
 	}
-	if cg.ioDevices == nil {
-		cg.ioDevices, err = rootDiskDevices("/proc/self/mountinfo")
-		if err != nil {
-			log.Printf("io.max: %v (io limits are unavailable; name devices with -io_devices)", err)
-		}
-	}
 	cg.removeStale()
 	return cg, nil
 }
@@ -201,32 +195,6 @@ func ownCgroup() (string, error) {
 	return "", errors.New("read /proc/self/cgroup: no cgroup2 entry")
 }
 
-// rootDiskDevices returns the whole disk behind the root filesystem. io.max rejects partitions, so a
-// partition is mapped to its disk through sysfs (/sys/dev/block/M:m/partition marks a partition).
-func rootDiskDevices(mountinfo string) ([]string, error) {
-	data, err := os.ReadFile(mountinfo)
-	if err != nil {
-		return nil, err
-	}
-	dev := ""
-	for _, line := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && f[4] == "/" {
-			dev = f[2] // the last mount on / is the one in effect
-		}
-	}
-	if dev == "" || strings.HasPrefix(dev, "0:") {
-		return nil, fmt.Errorf("no block device backs / (device %q)", dev)
-	}
-	sys, err := filepath.EvalSymlinks(filepath.Join("/sys/dev/block", dev))
-	if err != nil {
-		return nil, err
-	}
-	if _, err := os.Stat(filepath.Join(sys, "partition")); err == nil {
-		dev = strings.TrimSpace(readString(filepath.Join(filepath.Dir(sys), "dev")))
-	}
-	return []string{dev}, nil
-}
-
 // missing names every controller that lim needs and the hierarchy cannot give, or is empty.
 func (cg *cgroupFS) missing(lim limits) []string {
 	var out []string
@@ -236,7 +204,7 @@ func (cg *cgroupFS) missing(lim limits) []string {
 		}
 	}
 	if cg.available["io"] && lim.rbps|lim.wbps|lim.riops|lim.wiops != 0 && len(cg.ioDevices) == 0 {
-		out = append(out, "io (no block device to limit)")
+		out = append(out, "io (rund serve was given no -io_devices)")
 	}
 	return out
 }
@@ -302,23 +270,6 @@ func (cg *cgroupFS) writeLimits(dir string, lim limits) error {
 	return nil
 }
 
-// setIdle sets the job's cgroup's cpu.idle (cgroup v2, Linux 5.15): 1 makes the whole subtree
-// SCHED_IDLE to the scheduler against its peers, the other jobs. Without the cpu controller, or on an
-// older kernel, there is no such file and nothing to undo.
-func (cg *cgroupFS) setIdle(j *jobCgroup, idle bool) error {
-	if !cg.available["cpu"] {
-		return nil
-	}
-	v := "0"
-	if idle {
-		v = "1"
-	}
-	if err := writeFile(filepath.Join(j.dir, "cpu.idle"), v); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
-}
-
 // ioMaxValue formats the keys of one io.max line (" rbps=N wbps=N"), or "" when no io limit is set.
 func ioMaxValue(lim limits) string {
 	var b strings.Builder
@@ -345,35 +296,17 @@ func populated(dir string) (bool, error) {
 	return keyValue(data, "populated") != 0, nil
 }
 
-// waitEmpty returns once dir holds no process. cgroup v2 says a change of cgroup.events raises a file
-// modified event, so it sleeps on inotify instead of polling.
+// waitEmpty returns once dir holds no process, polling cgroup.events with a backoff (1 ms doubling to
+// 100 ms): a killed cgroup empties within milliseconds, and a longer wait is bounded by ctx.
 func waitEmpty(ctx context.Context, dir string) error {
-	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
-	if err != nil {
-		return fmt.Errorf("inotify_init1: %w", err)
-	}
-	f := os.NewFile(uintptr(fd), "inotify") // non-blocking, so reads honour deadlines
-	defer f.Close()
-	events := filepath.Join(dir, "cgroup.events")
-	if _, err := unix.InotifyAddWatch(fd, events, unix.IN_MODIFY); err != nil {
-		return fmt.Errorf("inotify_add_watch %s: %w", events, err)
-	}
-	stop := context.AfterFunc(ctx, func() { f.SetReadDeadline(time.Now()) }) // wake the read on cancel
-	defer stop()
-	buf := make([]byte, 4096)
-	for {
-		busy, err := populated(dir)
-		if err != nil || !busy {
+	for delay := time.Millisecond; ; delay = min(2*delay, 100*time.Millisecond) {
+		if busy, err := populated(dir); err != nil || !busy {
 			return err
 		}
-		// Re-check at least every second; set before the ctx check, so a cancel in between still
-		// reaches the read through AfterFunc's deadline.
-		f.SetReadDeadline(time.Now().Add(time.Second))
-		if ctx.Err() != nil {
+		select {
+		case <-ctx.Done():
 			return fmt.Errorf("wait for %s to empty: %w", dir, ctx.Err())
-		}
-		if _, err := f.Read(buf); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-			return err
+		case <-time.After(delay): // an unfired timer is collected since Go 1.23, no Stop needed
 		}
 	}
 }

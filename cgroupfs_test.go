@@ -295,54 +295,19 @@ func TestLimitsControllers(t *testing.T) {
 	}
 }
 
-func TestRootDiskDevicesWithoutBlockDevice(t *testing.T) {
-	cases := []struct{ name, mountinfo string }{
-		{"/ on an anonymous device (overlay, tmpfs, btrfs subvolume)",
-			"20 1 0:21 / / rw,relatime - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w\n" + miCgroup2},
-		{"the last mount on / is the one in effect", miRoot + "50 26 0:45 / / rw - tmpfs tmpfs rw\n"},
-		{"nothing mounted on /", miTmpfs + miCgroup2},
-		{"empty", ""},
+// TestIOLimitNeedsDevices: with the io controller on but no -io_devices, an io limit is refused, naming
+// the flag; with devices, or without an io limit, nothing is missing.
+func TestIOLimitNeedsDevices(t *testing.T) {
+	cg := &cgroupFS{available: map[string]bool{"cpu": true, "io": true}}
+	if got := cg.missing(limits{rbps: 1, cpuQuota: 1}); len(got) != 1 || !strings.Contains(got[0], "-io_devices") {
+		t.Errorf("io limit without -io_devices: missing %q, want one entry naming -io_devices", got)
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			if devs, err := rootDiskDevices(writeTemp(t, "mountinfo", tc.mountinfo)); err == nil {
-				t.Errorf("rootDiskDevices = %v, want an error", devs)
-			}
-		})
+	if got := cg.missing(limits{cpuQuota: 1}); len(got) != 0 {
+		t.Errorf("cpu limit: missing %q, want none", got)
 	}
-	if _, err := rootDiskDevices(filepath.Join(t.TempDir(), "missing")); err == nil {
-		t.Error("rootDiskDevices of a missing mountinfo succeeded")
-	}
-}
-
-// TestRootDiskDevicesMapsToDisk uses this host's /sys/dev/block: a whole disk maps to itself and a
-// partition to its disk.
-func TestRootDiskDevicesMapsToDisk(t *testing.T) {
-	entries, _ := os.ReadDir("/sys/dev/block")
-	tested := 0
-	for _, e := range entries {
-		dev := e.Name()
-		sys, err := filepath.EvalSymlinks(filepath.Join("/sys/dev/block", dev))
-		if err != nil {
-			continue
-		}
-		want := dev
-		if _, err := os.Stat(filepath.Join(sys, "partition")); err == nil {
-			b, err := os.ReadFile(filepath.Join(filepath.Dir(sys), "dev"))
-			if err != nil {
-				continue
-			}
-			want = strings.TrimSpace(string(b))
-		}
-		mi := fmt.Sprintf("26 1 %s / / rw,relatime - ext4 /dev/x rw\n", dev)
-		got, err := rootDiskDevices(writeTemp(t, "mountinfo", mi))
-		if err != nil || !slices.Equal(got, []string{want}) {
-			t.Errorf("/ on %s: rootDiskDevices = %v, %v; want [%s]", dev, got, err, want)
-		}
-		tested++
-	}
-	if tested == 0 {
-		t.Skip("no block devices in /sys/dev/block")
+	cg.ioDevices = []string{"8:0"}
+	if got := cg.missing(limits{wiops: 1}); len(got) != 0 {
+		t.Errorf("io limit with -io_devices 8:0: missing %q, want none", got)
 	}
 }
 

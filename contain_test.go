@@ -633,15 +633,6 @@ func TestContainPathOracle(t *testing.T) {
 			t.Errorf("command %s as host root: %v, want exit 0", file, st)
 		}
 	})
-	t.Run("job_user", func(t *testing.T) { // uncontained, but the checks run as the -job_user
-		ts := startServer(t, uncontained, func(c *serveConfig) { c.jobUser = &jobUser{UID: 65534, GID: 65534} })
-		a := ts.dialAs(t, "a")
-		inFile := startErr(t, a, &rpcpb.JobStartRequest{Name: "true", Dir: file})
-		inMissing := startErr(t, a, &rpcpb.JobStartRequest{Name: "true", Dir: missing})
-		if inFile != inMissing || !strings.Contains(inFile, "permission denied") {
-			t.Errorf("working directory as -job_user: a file gives %q, a missing one %q; want the same permission denied", inFile, inMissing)
-		}
-	})
 }
 
 // TestContainStopBounded: an uncontained job (host root) that moves itself and its init out of its

@@ -627,28 +627,21 @@ func (g *e2eGuest) checkServerCgroup() {
 		strings.TrimSpace(string(own)), len(svcProcs), ctrlSvc, e2eParent, ctrlParent)
 }
 
-// checkSpares: rund keeps two spare sandboxes, each an init waiting in a cgroup that is cpu.idle, and
-// a job started in one runs with cpu.idle 0. Read back from the files: the scheduler's effect would
-// need a spare starting up against a busy job, which this suite cannot time.
+// checkSpares: rund keeps two spare sandboxes, each an init waiting in its cgroup, and a job started
+// runs in one of them.
 func (g *e2eGuest) checkSpares() {
 	spares := idleSandboxes()
 	for deadline := time.Now().Add(10 * time.Second); len(spares) < 2 && time.Now().Before(deadline); spares = idleSandboxes() {
 		time.Sleep(50 * time.Millisecond)
 	}
-	var idle []string
-	for _, name := range spares {
-		idle = append(idle, strings.TrimSpace(readString(filepath.Join(e2eParent, name, "cpu.idle"))))
-	}
 	id, err := g.start(tool("sleep", "1s"))
-	jobIdle := strings.TrimSpace(readString(filepath.Join(e2eParent, id, "cpu.idle")))
 	var st *rpcpb.JobStatus
 	if err == nil {
 		_, _, st, err = g.wait(id)
 	}
-	g.report("spares", err == nil && exitedZero(st) && len(spares) == 2 && slices.Equal(idle, []string{"1", "1"}) &&
-		slices.Contains(spares, id) && jobIdle == "0",
-		"spares %v with cpu.idle %v; a job then took %s (one of them=%v), its cpu.idle %q while it ran, ended %s, %v",
-		spares, idle, id, slices.Contains(spares, id), jobIdle, exitText(st), err)
+	g.report("spares", err == nil && exitedZero(st) && len(spares) == 2 && slices.Contains(spares, id),
+		"spares %v; a job then took %s (one of them=%v), ended %s, %v",
+		spares, id, slices.Contains(spares, id), exitText(st), err)
 }
 
 // checkNamespaces runs the harness's probe through the real client and reports what it saw.

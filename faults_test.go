@@ -710,7 +710,7 @@ func TestManyConcurrentStarts(t *testing.T) {
 		}
 	}
 	// A finished job's record should cost far less than the log capacity it never used: 64 KiB each is
-	// 5x what they cost now that rings shrink when their job ends (12.6 MiB of heap in all, measured;
+	// 5x what they cost now that rings grow with their output (12.6 MiB of heap in all, measured;
 	// 1,270 MiB before c51e8b0, when each kept its whole 1.25 MiB ring).
 	t.Logf("heap in use with the %d finished jobs retained: %s", jobs, faultMiB(retained))
 	if bound := uint64(jobs * 64 << 10); retained > bound {

@@ -83,41 +83,6 @@ func waitOutputStream(t *testing.T, c rpcpb.JobControllerClient, id string) {
 	}
 }
 
-// TestJobUserCannotWriteRootFiles: with -job_user the command runs unprivileged: no capabilities,
-// no_new_privs, and a root-owned file stays unwritable.
-func TestJobUserCannotWriteRootFiles(t *testing.T) {
-	ts := startServer(t, uncontained, func(c *serveConfig) { c.jobUser = &jobUser{UID: 65534, GID: 65534} })
-	a := ts.dialAs(t, "a")
-	f, err := os.CreateTemp("", "rund-root-owned-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	defer os.Remove(f.Name())
-	os.Chmod(f.Name(), 0o644)
-	script := `id -u; id -g; grep -E '^(CapEff|CapPrm|NoNewPrivs)' /proc/self/status; echo overwritten > ` + f.Name() + ` && echo wrote`
-	id := startJob(t, a, cmd("sh", "-c", script))
-	out, errs := readAll(t, a, id)
-	want := "65534\n65534\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nNoNewPrivs:\t1\n"
-	if out != want || !strings.Contains(errs, "Permission denied") {
-		t.Errorf("job as nobody printed %q (stderr %q), want %q and a permission error", out, errs, want)
-	}
-	if data, _ := os.ReadFile(f.Name()); len(data) != 0 {
-		t.Errorf("root-owned file now holds %q", data)
-	}
-}
-
-func TestParseJobUser(t *testing.T) {
-	if u, err := parseJobUser("65534:100"); err != nil || *u != (jobUser{65534, 100}) {
-		t.Errorf("65534:100 -> %v %v", u, err)
-	}
-	for _, bad := range []string{"", "nobody", "1", "1:", ":1", "-1:1", "1:4294967296", "1:2:3"} {
-		if _, err := parseJobUser(bad); err == nil {
-			t.Errorf("%q accepted", bad)
-		}
-	}
-}
-
 // TestCertificateRotationOnSIGHUP: SIGHUP makes the server read its CA, certificate and key again.
 // New connections use the new ones; a running job and an open log stream carry on.
 func TestCertificateRotationOnSIGHUP(t *testing.T) {

@@ -245,7 +245,7 @@ func sanitize(s string) string {
 func serveInProcess(tb testing.TB, prefix string, opts ...serverOpt) (ts *testServer, stop func()) {
 	requireRoot(tb)
 	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
-	c := serveConfig{jobsConfig: jobsConfig{ringSize: 1 << 20, retainJobs: 1000, retainFor: time.Hour, maxJobs: 1000,
+	c := serveConfig{jobsConfig: jobsConfig{ringSize: 1 << 20, retainJobs: 1000, maxJobs: 1000,
 		maxJobsPerClient: 1000, spareInits: 2, losslessTimeout: 30 * time.Second, outputBudget: 1 << 30}, maxStreamsPerClient: 1000,
 		conns:        connBounds{maxConns: 100000, maxPending: 100000, maxPendingPerIP: 100000, maxInflight: 100000, maxInflightPerClient: 100000},
 		cgroupParent: filepath.Join(mount, fmt.Sprintf("%s-%d-%s", prefix, os.Getpid(), sanitize(tb.Name())))}

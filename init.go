@@ -33,7 +33,6 @@ package main
 //     process.
 
 import (
-	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,7 +41,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -63,28 +61,17 @@ type initSetup struct {
 	JobCgroup string   `json:"job_cgroup"`    // <job>/job, bound read-only on Cgroup2 when contained
 }
 
-// initConfig is what the server tells the init at the Start: the command to run, and as whom.
+// initConfig is what the server tells the init at the Start: the command to run.
 type initConfig struct {
 	Argv []string `json:"argv"` // argv[0] is the command as requested
 	Env  []string `json:"env"`
 	Dir  string   `json:"dir"`
-	User *jobUser `json:"user,omitempty"` // -job_user, for a job that is not contained
 }
 
-// jobUser is the unprivileged identity that job commands run as (rund serve -job_user).
+// jobUser is a contained job's own host uid and gid (pool.go uidRange).
 type jobUser struct {
 	UID uint32 `json:"uid"`
 	GID uint32 `json:"gid"`
-}
-
-func parseJobUser(s string) (*jobUser, error) {
-	u, g, ok := strings.Cut(s, ":")
-	uid, err1 := strconv.ParseUint(u, 10, 32)
-	gid, err2 := strconv.ParseUint(g, 10, 32)
-	if !ok || err1 != nil || err2 != nil {
-		return nil, fmt.Errorf("want numeric UID:GID, e.g. 65534:65534, got %q", s)
-	}
-	return &jobUser{UID: uint32(uid), GID: uint32(gid)}, nil
 }
 
 // startReport is the init's first message: the command's pid, or why it did not start.
@@ -138,7 +125,7 @@ func runInit() int {
 	dec, enc := json.NewDecoder(cfgPipe), json.NewEncoder(repPipe)
 	// The first use of a type builds encoding/json's reflection caches: done here, not in the Start
 	// (BENCHMARKS.md, "Where a Start's time goes").
-	json.Unmarshal([]byte(`{"argv":["x"],"env":["k=v"],"dir":"/","user":{"uid":1,"gid":1}}`), new(initConfig))
+	json.Unmarshal([]byte(`{"argv":["x"],"env":["k=v"],"dir":"/"}`), new(initConfig))
 	json.Marshal(startReport{Pid: 1})
 	var cfg initConfig
 	if err := dec.Decode(&cfg); err != nil {
@@ -220,14 +207,11 @@ func startCommand(cfg initConfig, own *jobUser, setupErr error) (int, *startRepo
 	if setupErr != nil {
 		return 0, failure(stageSetup, setupErr, "set up job namespaces: %v", setupErr)
 	}
-	path, fail := findCommand(cfg, cmp.Or(own, cfg.User))
+	path, fail := findCommand(cfg, own)
 	if fail != nil {
 		return 0, fail
 	}
 	sys := &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: 5}
-	if u := cfg.User; u != nil {
-		sys.Credential = &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: []uint32{}}
-	}
 	// The command's stdin is the init's own /dev/null (spawn.go gives the init no Stdin, so os/exec
 	// opens os.DevNull for it).
 	attr := &syscall.ProcAttr{Dir: cfg.Dir, Env: cfg.Env, Files: []uintptr{0, 1, 2}, Sys: sys}
@@ -243,9 +227,10 @@ func startCommand(cfg initConfig, own *jobUser, setupErr error) (int, *startRepo
 	return pid, nil
 }
 
-// findCommand checks the working directory and finds the command as the job's user (nil: root): what the checks
-// see is what the command could, so a refusal tells the client nothing more about the host (checked as
-// root, "-dir /root/x" told "not a directory" from "no such file"; issue 15).
+// findCommand checks the working directory and finds the command as the job's own uid (nil, an
+// uncontained job: as root): what the checks see is what the command could, so a refusal tells the
+// client nothing more about the host (checked as root, "-dir /root/x" told "not a directory" from "no
+// such file"; issue 15).
 func findCommand(cfg initConfig, user *jobUser) (path string, fail *startReport) {
 	err := asJobUser(user, func() {
 		if fi, err := os.Stat(cfg.Dir); err != nil || !fi.IsDir() {
@@ -270,10 +255,10 @@ func findCommand(cfg initConfig, user *jobUser) (path string, fail *startReport)
 	return path, fail
 }
 
-// asJobUser runs check with the filesystem ids of u (nil: root's, as they are) and no supplementary groups (setfsuid(2):
-// a non-zero fsuid also takes root's file capabilities out of the effective set, capabilities(7)),
-// then takes root's ids back. All of these are the calling thread's: the init's own, locked to it
-// (runInit), whose groups the command does not inherit (ownUserns, -job_user's Credential).
+// asJobUser runs check with the filesystem ids of u (nil: root's, as they are) and no supplementary
+// groups (setfsuid(2): a non-zero fsuid also takes root's file capabilities out of the effective set,
+// capabilities(7)), then takes root's ids back. All of these are the calling thread's: the init's own, locked to it
+// (runInit), whose groups the command does not inherit (ownUserns).
 func asJobUser(u *jobUser, check func()) error {
 	if u == nil {
 		check()
@@ -308,10 +293,9 @@ func ownUserns(sys *syscall.SysProcAttr, u *jobUser) {
 
 // dropInherited gives up, for the init and so for the command, what every job would otherwise share
 // with the server. no_new_privs (prctl(2)): no setuid binary or file capability raises what the
-// command may do; with -job_user, nothing gives back the capabilities that setuid to a non-zero uid
-// takes away (capabilities(7)). A new anonymous session keyring (keyrings(7), KEYCTL_JOIN_SESSION_KEYRING
-// with no name): the command can neither read nor add to the keys of the server's session. A kernel
-// built without keys has none to share (ENOSYS).
+// command may do. A new anonymous session keyring (keyrings(7), KEYCTL_JOIN_SESSION_KEYRING with no
+// name): the command can neither read nor add to the keys of the server's session. A kernel built
+// without keys has none to share (ENOSYS).
 //
 // A contained job also loses the server's supplementary groups (root's: its user namespace refuses
 // setgroups, so the command could not drop them itself) and gets the syscall filter (seccomp.go), whose
@@ -356,7 +340,7 @@ func errnoText(err error) string {
 
 // setupNamespaces runs in the init, inside the new namespaces: mounts made slaves of the host's (so
 // nothing mounted here shows on the host, while the host's mounts and unmounts still reach the job: a
-// spare's namespace can be a minute old, and must neither miss a new mount nor pin an unmounted one;
+// spare's namespace can be old, and must neither miss a new mount nor pin an unmounted one;
 // mount_namespaces(7)), a /proc of the new PID namespace, loopback up, hostname = the job id.
 func setupNamespaces(s initSetup) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
@@ -376,9 +360,6 @@ func setupNamespaces(s initSetup) error {
 	return loopbackUp()
 }
 
-// atRecursive is AT_RECURSIVE of linux/fcntl.h, for mount_setattr(2); x/sys has no name for it.
-const atRecursive = 0x8000
-
 // setupMounts makes a contained job's view of the host's files: every mount read-only (mount_setattr(2),
 // AT_RECURSIVE), fresh tmpfs on /tmp, /var/tmp and /dev/shm where the host has those directories
 // (charged to the memory cgroup of the job, which writes them), and on the cgroup2 mount the job's own
@@ -386,7 +367,7 @@ const atRecursive = 0x8000
 // flags; the job's user owns none of their files.
 func setupMounts(s initSetup) error {
 	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
-	if err := unix.MountSetattr(unix.AT_FDCWD, "/", atRecursive, attr); err != nil {
+	if err := unix.MountSetattr(unix.AT_FDCWD, "/", unix.AT_RECURSIVE, attr); err != nil {
 		return fmt.Errorf("make mounts read-only: %w", err)
 	}
 	for _, dir := range []string{"/tmp", "/var/tmp", "/dev/shm"} {

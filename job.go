@@ -67,7 +67,7 @@ func begin(sb *sandbox, owner []string, spec *jobSpec, cg *cgroupFS, cfg jobsCon
 	if spec.holdOutput {
 		j.startHold = j.log.Hold(0) // before the command can write its first byte
 	}
-	if err := j.proc.begin(initConfig{Argv: spec.argv, Env: spec.env, Dir: spec.dir, User: cfg.jobUser}); err != nil {
+	if err := j.proc.begin(initConfig{Argv: spec.argv, Env: spec.env, Dir: spec.dir}); err != nil {
 		sb.discard()
 		return nil, err
 	}
@@ -294,11 +294,4 @@ func (j *job) attachLossless(off int64) *hold {
 		start.Release()
 	}
 	return h
-}
-
-// endedAt is when the job ended, and whether it has.
-func (j *job) endedAt() (time.Time, bool) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.ended, !j.ended.IsZero()
 }

@@ -4,16 +4,15 @@ package main
 // owner only, retention of finished jobs, and shutdown. One job's life is in job.go, the sandboxes it
 // runs in come from the pool (pool.go).
 //
-// Goroutines: one watcher per registered job (start), which runs the job's finish and then evicts old
-// records; it ends once the job is gone, and shutdown waits for every one (m.watchers).
+// Goroutines: one watcher per registered job (start), which runs the job's finish (retiring its record
+// at the end) and nudges the pool to refill; it ends once the job is gone, and shutdown waits for every
+// one (m.watchers). One refill timer per started job (time.AfterFunc, pool.go).
 //
 // Lock order: manager.mu before job.mu, a ring's mu and budget.mu. manager.mu is never held while a job
 // is started or stopped.
 
 import (
 	"context"
-	"errors"
-	"log"
 	"maps"
 	"slices"
 	"strings"
@@ -25,11 +24,9 @@ import (
 type jobsConfig struct {
 	ringSize         int           // bytes of output kept per job
 	retainJobs       int           // finished jobs kept per client
-	retainFor        time.Duration // and for at most this long
 	maxJobs          int           // live jobs in all
 	maxJobsPerClient int           // live jobs per client identity
 	spareInits       int           // sandboxes kept ready ahead of Starts
-	jobUser          *jobUser      // run commands as this uid:gid; nil: as root
 	contain          *containment  // how jobs are contained; nil: -unsafe_uncontained_jobs
 	losslessTimeout  time.Duration // a lossless reader that reads nothing this long is demoted
 	outputBudget     int64         // bytes all rings may hold together (budget.go)
@@ -42,17 +39,18 @@ type manager struct {
 	pool   *pool
 	budget *budget
 
-	mu       sync.Mutex // guards jobs, running, live and closing
+	mu       sync.Mutex // guards jobs, finished, running, live and closing
 	jobs     map[string]*job
-	running  map[string]int // live jobs per identity
-	live     int            // live jobs in all
+	finished map[string][]*job // by identityKey: the ended jobs kept, oldest first
+	running  map[string]int    // live jobs per identity
+	live     int               // live jobs in all
 	closing  bool
 	watchers sync.WaitGroup // one per registered job, done when it is gone
 }
 
 func newManager(cg *cgroupFS, cfg jobsConfig) *manager {
 	return &manager{cg: cg, cfg: cfg, pool: newPool(cg, cfg.spareInits, cfg.contain), budget: &budget{max: cfg.outputBudget},
-		jobs: map[string]*job{}, running: map[string]int{}}
+		jobs: map[string]*job{}, finished: map[string][]*job{}, running: map[string]int{}}
 }
 
 // start runs a validated job for owner.
@@ -64,7 +62,11 @@ func (m *manager) start(owner []string, spec *jobSpec) (*job, error) {
 	if err := m.reserve(owner); err != nil {
 		return nil, err
 	}
-	j, err := m.startInSandbox(owner, spec)
+	sb, err := m.pool.take()
+	var j *job
+	if err == nil {
+		j, err = begin(sb, owner, spec, m.cg, m.cfg, m.budget)
+	}
 	if err == nil {
 		err = m.register(j, owner)
 	}
@@ -73,7 +75,7 @@ func (m *manager) start(owner []string, spec *jobSpec) (*job, error) {
 		m.pool.refill()
 		return nil, err
 	}
-	m.pool.refillAfter(j.gone)
+	time.AfterFunc(refillDelay, m.pool.refill) // or sooner, once the job is gone (register)
 	return j, nil
 }
 
@@ -102,26 +104,6 @@ func (m *manager) release(owner []string) {
 	m.live--
 }
 
-// startInSandbox starts the job in the pool's oldest spare sandbox, or in a new one.
-func (m *manager) startInSandbox(owner []string, spec *jobSpec) (*job, error) {
-	for attempt := 0; ; attempt++ {
-		sb, spare, err := m.pool.take()
-		var j *job
-		id := "?"
-		if err == nil {
-			id = sb.id
-			j, err = begin(sb, owner, spec, m.cg, m.cfg, m.budget)
-		}
-		var ce *clientError // the command's own failure: another sandbox would fail it the same way
-		if err == nil || !spare || attempt > 0 || errors.As(err, &ce) {
-			return j, err
-		}
-		// A spare's init can die while it waits (the OOM killer, an operator): the job goes into
-		// another sandbox, once.
-		log.Printf("spare sandbox %s: %v; trying another", id, err)
-	}
-}
-
 // register publishes a started job and starts its watcher. Registering and the closing check happen
 // under one lock, so shutdown either sees this job in its list or this start sees closing: no job
 // escapes the shutdown. If closing, the job is killed and cleaned up here.
@@ -136,8 +118,9 @@ func (m *manager) register(j *job, owner []string) error {
 	}
 	m.jobs[j.id] = j
 	m.watchers.Go(func() { // under mu: once shutdown has seen closing, it waits for every watcher
-		j.finish(func() { m.release(owner) })
-		m.evict()
+		// Retired before done is closed: a client that has seen the end finds the records it keeps.
+		j.finish(func() { m.release(owner); m.retire(j) })
+		m.pool.refill() // the job that took a spare is gone
 	})
 	m.mu.Unlock()
 	return nil
@@ -157,7 +140,6 @@ func (m *manager) get(id string, caller []string) (*job, error) {
 
 // list returns the caller's jobs, oldest first.
 func (m *manager) list(caller []string) []*job {
-	m.evict()
 	m.mu.Lock()
 	var js []*job
 	for _, j := range m.jobs {
@@ -171,27 +153,18 @@ func (m *manager) list(caller []string) []*job {
 	return js
 }
 
-// evict drops each client's finished jobs beyond the retention bounds, oldest first. The count is per
-// client, so that one client's many jobs cannot push out another's records.
-func (m *manager) evict() {
+// retire records that j has ended, and forgets its client's oldest finished jobs beyond -retain_jobs.
+// The count is per client, so that one client's many jobs cannot push out another's records.
+func (m *manager) retire(j *job) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	ended := map[*job]time.Time{}
-	for _, j := range m.jobs {
-		if at, ok := j.endedAt(); ok {
-			ended[j] = at
-		}
+	k := identityKey(j.owner)
+	q := append(m.finished[k], j)
+	for ; len(q) > m.cfg.retainJobs; q = q[1:] {
+		delete(m.jobs, q[0].id)
+		q[0].log.Forget()
 	}
-	newestFirst := func(a, b *job) int { return ended[b].Compare(ended[a]) }
-	cutoff := time.Now().Add(-m.cfg.retainFor)
-	kept := map[string]int{}
-	for _, j := range slices.SortedFunc(maps.Keys(ended), newestFirst) {
-		k := identityKey(j.owner)
-		if kept[k]++; kept[k] > m.cfg.retainJobs || ended[j].Before(cutoff) {
-			delete(m.jobs, j.id)
-			j.log.Forget()
-		}
-	}
+	m.finished[k] = q
 }
 
 // shutdown refuses new jobs, removes the spare sandboxes, stops every running job (each with its own

@@ -660,37 +660,6 @@ func schedPolicy(t *testing.T, tid int) uint32 {
 	return attr.Policy
 }
 
-// TestOldSparesAreReplaced: a job id is minted with its sandbox, so spares are remade once they are
-// spareMaxAge old, and a job's id time stays near its start.
-func TestOldSparesAreReplaced(t *testing.T) {
-	old := spareMaxAge
-	t.Cleanup(func() { spareMaxAge = old }) // registered first, so it runs after the server's cleanup
-	spareMaxAge = 300 * time.Millisecond    // before the server: its warmer reads it
-	ts := startServer(t)
-	first := readySpares(t, ts.m)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		ts.m.pool.mu.Lock()
-		kept := 0
-		for _, sb := range ts.m.pool.spares {
-			if slices.Contains(first, sb) {
-				kept++
-			}
-		}
-		ts.m.pool.mu.Unlock()
-		if kept == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of the first spares are still there after 10 s, with a maximum age of %v", kept, spareMaxAge)
-		}
-	}
-	for _, sb := range readySpares(t, ts.m) {
-		if slices.Contains(first, sb) {
-			t.Errorf("spare %s came back", sb.id)
-		}
-	}
-}
-
 // readySpares waits (bounded) until m holds all its spares and returns them.
 func readySpares(t *testing.T, m *manager) []*sandbox {
 	t.Helper()
@@ -707,19 +676,23 @@ func readySpares(t *testing.T, m *manager) []*sandbox {
 	}
 }
 
-// TestDeadSpareIsSkipped: a spare whose init died while it waited (the OOM killer, an operator) costs
-// the client nothing: its Start runs in another sandbox, and the dead one is cleaned up.
-func TestDeadSpareIsSkipped(t *testing.T) {
+// TestDeadSpareFailsOneStart: a spare whose init died while it waited (the OOM killer, an operator)
+// fails the one Start that takes it, as the server's own failure (Internal), and is cleaned up; the
+// next Start runs in another sandbox.
+func TestDeadSpareFailsOneStart(t *testing.T) {
 	ts := startServer(t)
 	a := ts.dialAs(t, "a")
 	dead := readySpares(t, ts.m)[0]
 	dead.proc.cmd.Process.Kill()
-	id := startJob(t, a, cmd("true"))
-	if st := waitDone(t, a, id); id == dead.id || st.GetExitCode().GetValue() != 0 {
-		t.Errorf("job %s (%v); want it in a live sandbox, not %s, and exit 0", id, st, dead.id)
+	if _, err := a.Start(ctx(t), cmd("true")); status.Code(err) != codes.Internal {
+		t.Errorf("Start in the dead spare: %v, want Internal", err)
 	}
 	if _, err := os.Stat(filepath.Join(ts.cg.parent, dead.id)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the dead spare's cgroup is still there: %v", err)
+	}
+	id := startJob(t, a, cmd("true"))
+	if st := waitDone(t, a, id); id == dead.id || st.GetExitCode().GetValue() != 0 {
+		t.Errorf("job %s (%v); want it in a live sandbox, not %s, and exit 0", id, st, dead.id)
 	}
 }
 

@@ -167,10 +167,9 @@ func runServe(args []string) int {
 	fs.StringVar(&c.cert, "cert", defaultFile("server.crt"), "server certificate")
 	fs.StringVar(&c.key, "key", defaultFile("server.key"), "server private key (mode 0600)")
 	fs.StringVar(&c.cgroupParent, "cgroup", "", "cgroup2 directory for job cgroups (default <cgroup2 mount>/rund)")
-	io := fs.String("io_devices", "", "comma-separated MAJ:MIN block devices for io limits (default: the disk behind /)")
+	io := fs.String("io_devices", "", "comma-separated MAJ:MIN whole-disk block devices that io limits apply to (without them, io limits are refused)")
 	fs.IntVar(&c.ringSize, "log_buffer", 1<<20, "bytes of output kept per job")
 	fs.IntVar(&c.retainJobs, "retain_jobs", 1000, "finished jobs kept for status and log, per client")
-	fs.DurationVar(&c.retainFor, "retain_for", 24*time.Hour, "finished jobs older than this are forgotten")
 	fs.IntVar(&c.maxJobs, "max_jobs", 1000, "live jobs the server runs at most")
 	fs.IntVar(&c.maxJobsPerClient, "max_jobs_per_client", 100, "live jobs one client identity runs at most")
 	fs.IntVar(&c.maxStreamsPerClient, "max_streams_per_client", 100, "concurrent log streams per client identity")
@@ -184,8 +183,6 @@ func runServe(args []string) int {
 	fs.IntVar(&c.conns.maxInflightPerClient, "max_requests_per_client", 64, "requests other than log streams in flight at most, per client identity")
 	fs.DurationVar(&c.losslessTimeout, "lossless_timeout", 30*time.Second,
 		"a lossless log reader (rund client run and log) that reads nothing this long no longer holds its job back")
-	fs.Func("job_user", "run job commands as UID:GID, with no_new_privs and no capabilities (default: root)",
-		func(v string) (err error) { c.jobUser, err = parseJobUser(v); return err })
 	contain := containFlags(fs)
 	if code, ok := parseArgs(fs, args, serveHead); !ok {
 		return code
@@ -205,7 +202,7 @@ func runServe(args []string) int {
 		}
 	}
 	var err error
-	if c.contain, err = contain(c.jobUser != nil); err != nil {
+	if c.contain, err = contain(); err != nil {
 		log.Printf("rund serve: %v", err)
 		return 2
 	}
@@ -221,18 +218,15 @@ func runServe(args []string) int {
 
 // containFlags registers the flags of job containment; what it returns makes the containment from
 // them once they are parsed: nil with -unsafe_uncontained_jobs.
-func containFlags(fs *flag.FlagSet) func(jobUser bool) (*containment, error) {
+func containFlags(fs *flag.FlagSet) func() (*containment, error) {
 	uncontained := fs.Bool("unsafe_uncontained_jobs", false,
-		"run jobs as host root (or -job_user), with the host's mounts, cgroups and syscalls: anyone with a client certificate owns the host")
+		"run jobs as host root, with the host's mounts, cgroups and syscalls: anyone with a client certificate owns the host")
 	uidFirst := fs.Uint("job_uid_first", 1879048192, "first host uid (and gid) of contained jobs; each live job has one of its own")
 	uidCount := fs.Uint("job_uid_count", 65536, "how many host uids from -job_uid_first contained jobs may use")
 	tmpSize := fs.Uint64("job_tmp_size", 256<<20, "bytes of each contained job's private /tmp, /var/tmp and /dev/shm (charged to its memory)")
-	return func(jobUser bool) (*containment, error) {
-		switch {
-		case *uncontained:
+	return func() (*containment, error) {
+		if *uncontained {
 			return nil, nil
-		case jobUser:
-			return nil, errors.New("-job_user needs -unsafe_uncontained_jobs: a contained job runs as a host uid of its own")
 		}
 		uids, err := newUIDRange(uint32(min(*uidFirst, 1<<32-1)), uint32(min(*uidCount, 1<<32-1)))
 		if err != nil {

@@ -7,14 +7,10 @@ package main
 // (BENCHMARKS.md, "Where a Start's time goes"), so the pool keeps size sandboxes ready; an unused one
 // costs one waiting init process and three empty cgroups. With size 0 every take makes a fresh one.
 //
-// A spare waits with its cgroup's cpu.idle set, so that its init's start-up takes only CPU time that
-// jobs leave over; take clears it. It is set only once the init has exec'd: the server waits for the
-// exec holding the process-wide fork lock, which an idle exec could then hold for long.
-//
 // Goroutines (who starts, what ends, who waits):
 //   - warm: started by newPool when size > 0; ends when close closes quit; close waits (p.wg).
-//   - one refill timer per taken spare (refillAfter): ends when the job that took it is gone, after
-//     refillDelay, or at close; close waits (p.wg).
+//   - one refill timer per started job (time.AfterFunc, jobs.go start): after refillDelay it runs
+//     refill, which never blocks, and ends; nothing waits for it. A nudge after close is never read.
 //
 // p.mu is never held with another lock, nor across a sandbox's making or removal.
 
@@ -32,7 +28,6 @@ import (
 // sandbox is a job's cgroups, pipes and init, before and while the job runs.
 type sandbox struct {
 	id      string
-	made    time.Time
 	cg      *jobCgroup
 	proc    *proc
 	outputs [2]*os.File // read ends of the stdout and stderr pipes
@@ -54,20 +49,16 @@ type pool struct {
 
 	mu     sync.Mutex // guards spares and closed
 	spares []*sandbox // ready for a Start, oldest first; at most size
-	closed bool       // close has begun: nothing is added to spares, and p.wg takes no new goroutine
+	closed bool       // close has begun: nothing is added to spares
 
 	wake chan struct{}  // a nudge to warm to refill; buffered, one pending nudge is enough
 	quit chan struct{}  // closed by close
-	wg   sync.WaitGroup // warm and the refill timers
+	wg   sync.WaitGroup // warm
 }
 
-// spareMaxAge bounds how old a spare gets (checked every spareMaxAge/2): a job id is minted with its
-// sandbox, and its time should stay within a minute of the job's start.
-var spareMaxAge = 40 * time.Second
-
-// refillDelay is how long a taken spare's replacement waits for the job that took it to be gone.
-// Making a sandbox (a clone with five new namespaces, an exec, a Go runtime's start) competes with the
-// job's own start where spares cannot start idle (no cpu controller), and with the teardown of its
+// refillDelay is how long a taken spare's replacement waits for the job that took it to be gone (its
+// watcher refills then too, if that comes first). Making a sandbox (a clone with five new namespaces,
+// an exec, a Go runtime's start) competes with the job's own start, and with the teardown of its
 // sandbox and the client reading its end (BENCHMARKS.md, "Where a Start's time goes"). With two
 // spares the next Start still finds one.
 const refillDelay = 100 * time.Millisecond
@@ -81,23 +72,18 @@ func newPool(cg *cgroupFS, size int, contain *containment) *pool {
 	return p
 }
 
-// take returns a sandbox for a Start: the oldest spare (spare is true), or a new one when there is
-// none. The caller owns it: it runs a job in it, or discards it.
-func (p *pool) take() (sb *sandbox, spare bool, err error) {
+// take returns a sandbox for a Start: the oldest spare, or a new one when there is none. The caller
+// owns it: it runs a job in it, or discards it.
+func (p *pool) take() (sb *sandbox, err error) {
 	p.mu.Lock()
 	if len(p.spares) > 0 {
 		sb, p.spares = p.spares[0], p.spares[1:]
 	}
 	p.mu.Unlock()
 	if sb == nil {
-		sb, err = p.newSandbox(false)
-		return sb, false, err
+		sb, err = p.newSandbox()
 	}
-	if err := p.cg.setIdle(sb.cg, false); err != nil {
-		sb.discard()
-		return nil, true, fmt.Errorf("prepare job cgroup: %w", err)
-	}
-	return sb, true, nil
+	return sb, err
 }
 
 // refill nudges warm to make up the spares.
@@ -108,36 +94,13 @@ func (p *pool) refill() {
 	}
 }
 
-// refillAfter refills once gone is closed (the job that took a spare is gone) or refillDelay has
-// passed, whichever comes first.
-func (p *pool) refillAfter(gone <-chan struct{}) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed || p.size == 0 {
-		return
-	}
-	p.wg.Go(func() {
-		select {
-		case <-gone:
-		case <-time.After(refillDelay): // an unfired timer is collected since Go 1.23, no Stop needed
-		case <-p.quit:
-			return
-		}
-		p.refill()
-	})
-}
-
-// warm keeps size spares ready, none older than spareMaxAge, until close.
+// warm keeps size spares ready until close.
 func (p *pool) warm() {
-	tick := time.NewTicker(spareMaxAge / 2)
-	defer tick.Stop()
 	for {
 		select {
 		case <-p.quit:
 			return
 		case <-p.wake:
-		case <-tick.C:
-			p.dropOld()
 		}
 		p.fill()
 	}
@@ -152,7 +115,7 @@ func (p *pool) fill() {
 		if full {
 			return
 		}
-		sb, err := p.newSandbox(true)
+		sb, err := p.newSandbox()
 		if err != nil {
 			log.Printf("prepare a spare job sandbox: %v", err) // the next Start makes its own
 			return
@@ -166,20 +129,6 @@ func (p *pool) fill() {
 		if closed {
 			sb.discard()
 		}
-	}
-}
-
-// dropOld discards the spares made more than spareMaxAge ago; fill then makes new ones.
-func (p *pool) dropOld() {
-	p.mu.Lock()
-	var old []*sandbox
-	for len(p.spares) > 0 && time.Since(p.spares[0].made) > spareMaxAge {
-		old = append(old, p.spares[0])
-		p.spares = p.spares[1:]
-	}
-	p.mu.Unlock()
-	for _, sb := range old {
-		sb.discard()
 	}
 }
 
@@ -197,14 +146,13 @@ func (p *pool) close() {
 	}
 }
 
-// newSandbox makes a sandbox: id, own uid if contained, cgroups, pipes, init; a spare's cgroup then
-// goes idle. On error nothing is left.
-func (p *pool) newSandbox(spare bool) (*sandbox, error) {
+// newSandbox makes a sandbox: id, own uid if contained, cgroups, pipes, init. On error nothing is left.
+func (p *pool) newSandbox() (*sandbox, error) {
 	id, err := newULID(time.Now())
 	if err != nil {
 		return nil, err
 	}
-	sb := &sandbox{id: id.String(), made: time.Now()}
+	sb := &sandbox{id: id.String()}
 	setup := initSetup{Hostname: sb.id}
 	if c := p.contain; c != nil {
 		if sb.own, err = c.uids.take(); err != nil {
@@ -223,9 +171,6 @@ func (p *pool) newSandbox(spare bool) (*sandbox, error) {
 	}
 	closeAll([]*os.File{pipes[1], pipes[3]}) // the init holds its own copies
 	sb.outputs = [2]*os.File{pipes[0], pipes[2]}
-	if err == nil && spare {
-		err = p.cg.setIdle(sb.cg, true) // only once the init has exec'd (top of this file)
-	}
 	if err != nil {
 		sb.discard()
 		return nil, err

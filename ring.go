@@ -206,12 +206,7 @@ func (r *ring) growSegs() {
 		r.segMax = len(r.segs)
 		return
 	}
-	r.resizeSegs(n)
-}
-
-// resizeSegs moves the segments in use to a new deque of n entries, the oldest first. Caller holds mu.
-func (r *ring) resizeSegs(n int) {
-	segs := make([]segment, n)
+	segs := make([]segment, n) // the segments in use move to its start, the oldest first
 	for i := range r.segLen {
 		segs[i] = *r.seg(i)
 	}
@@ -268,16 +263,12 @@ func (r *ring) Write(s stream, p []byte) {
 }
 
 // Close marks the end of output: readers drain what is held, then get io.EOF.
-// It is idempotent. It also shrinks the ring to the bytes it holds, since a
-// finished job keeps its log until it is evicted and must not keep a mostly
-// empty buffer meanwhile, and offers the ring to the budget to give up.
+// It is idempotent. It offers the ring to the budget to give up: a finished
+// job keeps its log until it is retired, and the budget counts what it holds.
 func (r *ring) Close() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if !r.closed {
-		before := r.allocated()
-		r.shrink()
-		r.budget.release(before - r.allocated())
+	if !r.closed && !r.gone { // a ring forgotten before its Close (retire) is not offered
 		r.budget.closed(r)
 	}
 	r.closed = true
@@ -312,21 +303,6 @@ func (r *ring) giveUp(force bool) bool {
 func (r *ring) Forget() {
 	r.budget.forget(r)
 	r.giveUp(true)
-}
-
-// shrink reallocates data and segs to what is held, keeping every offset's
-// place (offset o lives at data[o%len(data)]). Caller holds mu.
-func (r *ring) shrink() {
-	held := make([]byte, r.tail-r.head)
-	for n := 0; n < len(held); {
-		c, _ := r.copyOut(r.head+int64(n), held[n:])
-		n += c
-	}
-	data := make([]byte, max(len(held), 1)) // never empty: it is indexed modulo its length
-	p := int(r.head % int64(len(data)))
-	copy(data, held[copy(data[p:], held):])
-	r.data = data
-	r.resizeSegs(max(r.segLen, 1))
 }
 
 // Read copies into buf the next run of bytes of one stream, starting at off,

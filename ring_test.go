@@ -618,46 +618,6 @@ func benchmarkFanOut(b *testing.B, readers int) {
 func BenchmarkRingWriteRead1(b *testing.B)          { benchmarkFanOut(b, 1) }
 func BenchmarkRingWriteRead100Readers(b *testing.B) { benchmarkFanOut(b, 100) }
 
-// TestRingShrinksOnClose: a closed ring keeps only the bytes it holds, at the same offsets and streams.
-func TestRingShrinksOnClose(t *testing.T) {
-	r := newRing(4 * maxChunk)
-	var want []byte
-	var streams []byte    // the stream of each byte of want
-	for i := range 3000 { // wraps the ring, in alternating runs of both streams
-		line := []byte(fmt.Sprintf("line %d\n", i))
-		s := stream(1 + i/100%2)
-		r.Write(s, line)
-		want = append(want, line...)
-		streams = append(streams, bytes.Repeat([]byte{byte(s)}, len(line))...)
-	}
-	head, tail := r.Bounds()
-	r.Close()
-	if len(r.data) != int(tail-head) || len(r.segs) != r.segLen {
-		t.Fatalf("closed ring keeps %d data bytes and %d segments for %d bytes in %d runs", len(r.data), len(r.segs), tail-head, r.segLen)
-	}
-	buf := make([]byte, maxChunk)
-	var got []byte
-	for off := head; ; {
-		n, s, at, lost, err := r.Read(context.Background(), off, buf, true)
-		if err == io.EOF {
-			break
-		}
-		if err != nil || lost != 0 || at != off || byte(s) != streams[at] || byte(s) != streams[at+int64(n)-1] {
-			t.Fatalf("read at %d: n %d stream %d at %d lost %d err %v", off, n, s, at, lost, err)
-		}
-		got = append(got, buf[:n]...)
-		off = at + int64(n)
-	}
-	if !bytes.Equal(got, want[head:]) {
-		t.Fatalf("after Close the ring returns %d bytes that differ from the %d it held", len(got), tail-head)
-	}
-	empty := newRing(maxChunk)
-	empty.Close()
-	if n, _, _, _, err := empty.Read(context.Background(), 0, buf, true); n != 0 || err != io.EOF {
-		t.Fatalf("empty closed ring: %d %v", n, err)
-	}
-}
-
 // Bounds returns the oldest held offset and the next offset to be written (tests only).
 func (r *ring) Bounds() (head, tail int64) {
 	r.mu.Lock()
