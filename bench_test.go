@@ -363,7 +363,7 @@ func (b *bench) rundServer(name string, extra ...string) *benchProc {
 	parent := b.cgroup(name)
 	cmd := exec.Command(b.rund, append([]string{"serve", "-addr", "127.0.0.1:0", "-cgroup", parent,
 		"-ca", b.pki.file("ca.crt"), "-cert", b.pki.file("server.crt"), "-key", b.pki.file("server.key"),
-		"-max_jobs", "3000", "-max_jobs_per_client", "3000", "-max_streams_per_client", "1000",
+		"-max_jobs", "3000", "-max_jobs_per_client", "3000",
 		"-max_requests", "10000", "-max_requests_per_client", "5000"}, extra...)...)
 	cmd.Env = []string{}
 	return benchStartProc(b.t, "rund", parent, cmd)
@@ -1379,7 +1379,7 @@ const benchMethod = `
 ## How each figure is taken
 
 - **rund** is the static binary built like ` + "`make build`" + `, run as ` + "`rund serve`" + ` with its default settings except
-  -max_jobs, -max_jobs_per_client, -max_streams_per_client and -max_requests(_per_client), raised so the benchmark never meets them. Clients
+  -max_jobs, -max_jobs_per_client and -max_requests(_per_client), raised so the benchmark never meets them. Clients
   use the test PKI (ECDSA P-521, like ` + "`rund certs`" + `), TLS 1.3, one connection each. A fresh server per figure.
 - **The raw gRPC server** is this test binary re-executed (RUND_BENCH_ROLE=rawserver): the same TLS configuration,
   gRPC options and rpcpb messages as rund, with handlers that do only what the figure needs.

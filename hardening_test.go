@@ -44,8 +44,9 @@ func TestPerClientJobBounds(t *testing.T) {
 	assertNoJobCgroups(t, ts.cg.parent, ts.m)
 }
 
+// TestPerClientStreamBound: log streams count against a client's requests in flight until they end.
 func TestPerClientStreamBound(t *testing.T) {
-	ts := startServer(t, func(c *serveConfig) { c.maxStreamsPerClient = 2 })
+	ts := startServer(t, func(c *serveConfig) { c.conns.maxInflightPerClient = 2 })
 	a, b := ts.dialAs(t, "a"), ts.dialAs(t, "b")
 	id := startJob(t, a, cmd("sh", "-c", "echo ready; exec sleep 1000"))
 	bid := startJob(t, b, cmd("sleep", "1000"))

@@ -246,7 +246,7 @@ func serveInProcess(tb testing.TB, prefix string, opts ...serverOpt) (ts *testSe
 	requireRoot(tb)
 	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
 	c := serveConfig{jobsConfig: jobsConfig{ringSize: 1 << 20, retainJobs: 1000, maxJobs: 1000,
-		maxJobsPerClient: 1000, spareInits: 2, losslessTimeout: 30 * time.Second, outputBudget: 1 << 30}, maxStreamsPerClient: 1000,
+		maxJobsPerClient: 1000, spareInits: 2, losslessTimeout: 30 * time.Second, outputBudget: 1 << 30},
 		conns:        connBounds{maxConns: 100000, maxPending: 100000, maxPendingPerIP: 100000, maxInflight: 100000, maxInflightPerClient: 100000},
 		cgroupParent: filepath.Join(mount, fmt.Sprintf("%s-%d-%s", prefix, os.Getpid(), sanitize(tb.Name())))}
 	// Contained, as by default, with a uid range of its own beyond the default one.

@@ -236,7 +236,9 @@ func TestUnavailableControllerIsFailedPrecondition(t *testing.T) {
 // waitOutput reads a job's log until want has appeared: the job has reached that point.
 func waitOutput(t testing.TB, c rpcpb.JobControllerClient, id, want string) {
 	t.Helper()
-	stream, err := c.ReadLog(ctx(t), &rpcpb.LogRequest{Ulid: id}) // lossy: the stream stays open after
+	sctx, cancel := context.WithCancel(ctx(t))
+	defer cancel() // the stream ends here: open, it would count against the client's requests in flight
+	stream, err := c.ReadLog(sctx, &rpcpb.LogRequest{Ulid: id}) // lossy: it never holds the job back
 	if err != nil {
 		t.Fatal(err)
 	}

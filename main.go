@@ -147,7 +147,6 @@ type serveConfig struct {
 	addr, ca, cert, key string
 	cgroupParent        string
 	ioDevices           []string
-	maxStreamsPerClient int // concurrent Log streams per client identity
 	conns               connBounds
 	jobsConfig
 }
@@ -172,15 +171,14 @@ func runServe(args []string) int {
 	fs.IntVar(&c.retainJobs, "retain_jobs", 1000, "finished jobs kept for status and log, per client")
 	fs.IntVar(&c.maxJobs, "max_jobs", 1000, "live jobs the server runs at most")
 	fs.IntVar(&c.maxJobsPerClient, "max_jobs_per_client", 100, "live jobs one client identity runs at most")
-	fs.IntVar(&c.maxStreamsPerClient, "max_streams_per_client", 100, "concurrent log streams per client identity")
 	fs.IntVar(&c.spareInits, "spare_inits", 2, "job inits started ahead of the Starts that will use them; 0 for none")
 	fs.Int64Var(&c.outputBudget, "output_budget", min(256<<20, int64(physicalMemory()/8)),
 		"bytes of output all jobs' rings may hold together; finished jobs' output goes first (default min(256 MiB, RAM/8))")
 	fs.IntVar(&c.conns.maxConns, "max_conns", 1000, "open connections at most (lowered to keep fds for jobs)")
 	fs.IntVar(&c.conns.maxPending, "max_pending_conns", 256, "connections in their TLS handshake at most, in all")
 	fs.IntVar(&c.conns.maxPendingPerIP, "max_pending_conns_per_ip", 8, "connections in their TLS handshake at most, per source address")
-	fs.IntVar(&c.conns.maxInflight, "max_requests", 1024, "requests other than log streams in flight at most, in all")
-	fs.IntVar(&c.conns.maxInflightPerClient, "max_requests_per_client", 64, "requests other than log streams in flight at most, per client identity")
+	fs.IntVar(&c.conns.maxInflight, "max_requests", 1024, "requests in flight at most, in all (a log stream until it ends)")
+	fs.IntVar(&c.conns.maxInflightPerClient, "max_requests_per_client", 128, "requests in flight at most, per client identity (a log stream until it ends)")
 	fs.DurationVar(&c.losslessTimeout, "lossless_timeout", 30*time.Second,
 		"a lossless log reader (rund client run and log) that reads nothing this long no longer holds its job back")
 	contain := containFlags(fs)

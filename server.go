@@ -13,7 +13,6 @@ import (
 	"io"
 	"log"
 	"path"
-	"sync"
 	"syscall"
 	"time"
 
@@ -44,11 +43,7 @@ func newGRPCServer(tlsCfg *tls.Config, m *manager, c serveConfig) (*grpc.Server,
 	srv := grpc.NewServer(grpc.Creds(boundedCreds{credentials.NewTLS(tlsCfg)}), grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.MaxConcurrentStreams(256), grpc.ConnectionTimeout(5*time.Second),
 		grpc.InTapHandle(func(ctx context.Context, info *tap.Info) (context.Context, error) {
-			switch info.FullMethodName {
-			case rpcpb.JobController_Log_FullMethodName, rpcpb.JobController_ReadLog_FullMethodName:
-				return ctx, nil // log streams have their own bound (openStream)
-			}
-			return ctx, publicError(info.FullMethodName, f.admit(ctx))
+			return ctx, publicError(info.FullMethodName, f.admit(ctx)) // a log stream counts until it ends
 		}),
 		grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			resp, err := h(ctx, req)
@@ -57,7 +52,7 @@ func newGRPCServer(tlsCfg *tls.Config, m *manager, c serveConfig) (*grpc.Server,
 		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 			return publicError(info.FullMethod, h(srv, ss))
 		}))
-	rpcpb.RegisterJobControllerServer(srv, &server{m: m, maxStreams: c.maxStreamsPerClient, streams: map[string]int{}})
+	rpcpb.RegisterJobControllerServer(srv, &server{m: m})
 	hs := health.NewServer() // the whole server ("") is SERVING until Shutdown; so is the job API
 	hs.SetServingStatus(rpcpb.JobController_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(srv, hs)
@@ -67,27 +62,7 @@ func newGRPCServer(tlsCfg *tls.Config, m *manager, c serveConfig) (*grpc.Server,
 
 type server struct {
 	rpcpb.UnimplementedJobControllerServer
-	m          *manager
-	maxStreams int // concurrent Log streams per identity
-
-	mu      sync.Mutex     // guards streams
-	streams map[string]int // open Log streams per identity
-}
-
-// openStream counts a Log stream against its client's bound; the returned func ends it.
-func (s *server) openStream(caller []string) (func(), error) {
-	key := identityKey(caller)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.streams[key] >= s.maxStreams {
-		return nil, clientErr(errExhausted, "you already have %d log streams open, the most one client may", s.maxStreams)
-	}
-	s.streams[key]++
-	return func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		decCount(s.streams, key)
-	}, nil
+	m *manager
 }
 
 // codeOf maps each kind of client error (errors.go) to its gRPC status code.
@@ -259,15 +234,10 @@ func (s *server) Log(req *rpcpb.JobIdentifier, stream grpc.ServerStreamingServer
 
 func (s *server) ReadLog(req *rpcpb.LogRequest, stream grpc.ServerStreamingServer[rpcpb.JobLog]) error {
 	ctx := stream.Context()
-	j, caller, err := s.lookup(ctx, req.GetUlid())
+	j, _, err := s.lookup(ctx, req.GetUlid())
 	if err != nil {
 		return err
 	}
-	done, err := s.openStream(caller)
-	if err != nil {
-		return err
-	}
-	defer done()
 	buf := make([]byte, maxChunk)
 	off := int64(req.GetOffset())
 	if off < 0 {
