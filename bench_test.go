@@ -150,7 +150,7 @@ func (s *benchRawServer) Stop(ctx context.Context, req *rpcpb.JobIdentifier) (*r
 func (s *benchRawServer) Status(_ context.Context, req *rpcpb.JobIdentifier) (*rpcpb.JobStatus, error) {
 	now := time.Now()
 	return statusProto(snapshot{id: req.GetUlid(), command: []string{"true"}, started: now, ended: now,
-		exit: exitInfo{exited: true}}), nil
+		exit: exitReport{Exited: true}}), nil
 }
 
 // Log streams messages from memory until the client goes away, each with as many payload bytes as the

@@ -48,9 +48,8 @@ var clientCmds = [][4]string{
 }
 
 const clientNotes = `
-Every command finds its server and credentials in its flags (-addr -ca -cert -key), else in
-RUND_ADDR, RUND_CA, RUND_CERT and RUND_KEY, else at localhost:8000 with ca.crt, client.crt and
-client.key from ./tls if it has them, else from where rund certs writes by default (%s).
+The server and credentials: -addr -ca -cert -key, else RUND_ADDR RUND_CA RUND_CERT RUND_KEY, else
+localhost:8000 with ca.crt, client.crt and client.key from ./tls if there, else from %s.
 run and log exit 3 when output was lost (run: unless the job's own exit code is non-zero).
 run passes SIGINT, SIGTERM, SIGHUP and SIGQUIT on to the job; a second Ctrl-C within 2 s stops it.
 `
@@ -75,7 +74,7 @@ type clientIO struct {
 
 // clientOpts is what a client command's flags say besides the start request.
 type clientOpts struct {
-	conn                                 func() (addr, ca, cert, key string)
+	addr, ca, cert, key                  string // flags; dial falls back to RUND_* and the defaults
 	verbose, follow, lossy, json, idOnly bool
 	offset                               uint64
 	state                                string
@@ -130,7 +129,7 @@ func clientCommand(cmd string, args []string, out clientIO) (int, error) {
 			return 2, err
 		}
 	}
-	conn, c, err := dial(o.conn())
+	conn, c, err := dial(o)
 	if err != nil {
 		return 1, err
 	}
@@ -143,7 +142,11 @@ func callClient(ctx context.Context, c rpcpb.JobControllerClient, cmd string, po
 	id := &rpcpb.JobIdentifier{Ulid: append(pos, "")[0]}
 	switch cmd {
 	case "start":
-		return out.printID(c.Start(ctx, req))
+		id, err := c.Start(ctx, req)
+		if err == nil {
+			fmt.Fprintln(out.stdout, id.Ulid)
+		}
+		return exitOnErr(err)
 	case "run":
 		return runJob(ctx, c, req, o.verbose, out)
 	case "status":
@@ -170,7 +173,11 @@ func callClient(ctx context.Context, c rpcpb.JobControllerClient, cmd string, po
 
 // clientFlags registers the flags that cmd takes; build is nil but for start and run.
 func clientFlags(cmd string, fs *flag.FlagSet) (o *clientOpts, build func([]string) (*rpcpb.JobStartRequest, error)) {
-	o = &clientOpts{conn: connFlags(fs)}
+	o, dir := &clientOpts{}, configDir()
+	fs.StringVar(&o.addr, "addr", "", "server address (else $RUND_ADDR, else localhost:8000)")
+	fs.StringVar(&o.ca, "ca", "", "CA certificate that signed the server's (else $RUND_CA, else ca.crt in ./tls or "+dir+")")
+	fs.StringVar(&o.cert, "cert", "", "client certificate (else $RUND_CERT, else client.crt in ./tls or "+dir+")")
+	fs.StringVar(&o.key, "key", "", "client private key (else $RUND_KEY, else client.key in ./tls or "+dir+")")
 	switch cmd {
 	case "start", "run":
 		build = startFlags(fs)
@@ -194,24 +201,6 @@ func clientFlags(cmd string, fs *flag.FlagSet) (o *clientOpts, build func([]stri
 			})
 	}
 	return o, build
-}
-
-// connFlags registers -addr, -ca, -cert and -key; what it returns reads them once they are parsed:
-// a flag wins, then RUND_ADDR, RUND_CA, RUND_CERT and RUND_KEY, then the defaults (clientUsage).
-func connFlags(fs *flag.FlagSet) func() (addr, ca, cert, key string) {
-	var v [4]*string
-	for i, f := range [4][2]string{{"addr", "server address (else $RUND_ADDR, else localhost:8000)"},
-		{"ca", "CA certificate that signed the server's certificate (else $RUND_CA, else ca.crt in ./tls or " + configDir() + ")"},
-		{"cert", "client certificate (else $RUND_CERT, else client.crt in ./tls or " + configDir() + ")"},
-		{"key", "client private key (else $RUND_KEY, else client.key in ./tls or " + configDir() + ")"}} {
-		v[i] = fs.String(f[0], "", f[1])
-	}
-	get := func(i int, def string) string {
-		return cmp.Or(*v[i], os.Getenv("RUND_"+strings.ToUpper([]string{"addr", "ca", "cert", "key"}[i])), def)
-	}
-	return func() (string, string, string, string) {
-		return get(0, "localhost:8000"), get(1, defaultFile("ca.crt")), get(2, defaultFile("client.crt")), get(3, defaultFile("client.key"))
-	}
 }
 
 // parseInterspersed parses args with fs and returns the arguments that are not flags; interspersed,
@@ -239,11 +228,11 @@ func startFlags(fs *flag.FlagSet) func(pos []string) (*rpcpb.JobStartRequest, er
 		name, help string
 		field      **wrapperspb.UInt64Value
 	}{
-		{"max_memory_usage", "memory.max, bytes", &req.MaxMemoryUsage}, {"max_pids", "pids.max, processes", &req.MaxPids},
-		{"max_rbps", "io.max, bytes read per second", &req.MaxRbps}, {"max_wbps", "io.max, bytes written per second", &req.MaxWbps},
-		{"max_riops", "io.max, reads per second", &req.MaxRiops}, {"max_wiops", "io.max, writes per second", &req.MaxWiops},
+		{"max_memory_usage", "memory.max, bytes, e.g. 512MiB or 1.5G", &req.MaxMemoryUsage}, {"max_pids", "pids.max, e.g. 64 or 1k", &req.MaxPids},
+		{"max_rbps", "io.max, bytes read/s, e.g. 10MB/s", &req.MaxRbps}, {"max_wbps", "io.max, bytes written/s, e.g. 10MB/s", &req.MaxWbps},
+		{"max_riops", "io.max, reads/s, e.g. 1000 or 10k", &req.MaxRiops}, {"max_wiops", "io.max, writes/s, e.g. 1000 or 10k", &req.MaxWiops},
 	} {
-		fs.Func(l.name, l.help+", e.g. "+sizeExamples[l.name[4:]], func(s string) error {
+		fs.Func(l.name, l.help, func(s string) error {
 			n, err := parseSize(s)
 			*l.field = wrapperspb.UInt64(n)
 			return err
@@ -284,15 +273,18 @@ func startFlags(fs *flag.FlagSet) func(pos []string) (*rpcpb.JobStartRequest, er
 	}
 }
 
-func dial(addr, ca, cert, key string) (*grpc.ClientConn, rpcpb.JobControllerClient, error) {
-	cfg, err := clientTLS(ca, cert, key)
+// dial connects to the server that o, RUND_ADDR, RUND_CA, RUND_CERT and RUND_KEY, or the defaults
+// name, in that order (clientNotes).
+func dial(o *clientOpts) (*grpc.ClientConn, rpcpb.JobControllerClient, error) {
+	cfg, err := clientTLS(cmp.Or(o.ca, os.Getenv("RUND_CA"), defaultFile("ca.crt")),
+		cmp.Or(o.cert, os.Getenv("RUND_CERT"), defaultFile("client.crt")), cmp.Or(o.key, os.Getenv("RUND_KEY"), defaultFile("client.key")))
 	if errors.Is(err, os.ErrNotExist) {
 		err = fmt.Errorf("%w (give -ca, -cert and -key, or set RUND_CA, RUND_CERT and RUND_KEY, or run rund certs)", err)
 	}
 	if err != nil {
 		return nil, nil, err
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	conn, err := grpc.NewClient(cmp.Or(o.addr, os.Getenv("RUND_ADDR"), "localhost:8000"), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -306,14 +298,7 @@ func exitOnErr(err error) (int, error) {
 	return 0, nil
 }
 
-// printID and printJSON take an RPC's results as they are: out.printJSON(c.Status(ctx, id)).
-func (out clientIO) printID(id *rpcpb.JobIdentifier, err error) (int, error) {
-	if err == nil {
-		fmt.Fprintln(out.stdout, id.GetUlid())
-	}
-	return exitOnErr(err)
-}
-
+// printJSON takes an RPC's results as they are: out.printJSON(c.Status(ctx, id)).
 func (out clientIO) printJSON(m proto.Message, err error) (int, error) {
 	if err != nil {
 		return 1, err

@@ -43,7 +43,6 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -177,15 +176,10 @@ func prepare() (initSetup, error) {
 
 // initPipe wraps one of the init's pipes for the runtime's poller. os/exec hands them over blocking, and
 // a blocking read holds a thread: polled, the init has one thread fewer, and starts none once the
-// command runs (BENCHMARKS.md, "Where a Start's time goes"). If the fd cannot be polled (O_NONBLOCK or
-// epoll_ctl failed), it is made blocking again, which works too.
+// command runs (BENCHMARKS.md, "Where a Start's time goes"). os.NewFile polls an fd that is non-blocking.
 func initPipe(fd int, name string) *os.File {
 	unix.SetNonblock(fd, true)
-	f := os.NewFile(uintptr(fd), name)
-	if f.SetReadDeadline(time.Time{}) != nil { // os.ErrNoDeadline: not in the poller
-		unix.SetNonblock(fd, false)
-	}
-	return f
+	return os.NewFile(uintptr(fd), name)
 }
 
 // reap waits for every child, as a PID 1 must, until pid has ended, and returns pid's wait status.

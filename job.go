@@ -48,7 +48,7 @@ type job struct {
 	stopRequested bool       // a Stop came before the command's end was known
 	exitKnown     bool       // the init has reported how the command ended
 	ended         time.Time
-	exit          exitInfo
+	exit          exitReport
 	final         usage
 	lastUse       usage // the last usage a snapshot of the running job read
 	startHold     *hold // the Start's hold_output, until the first lossless reader takes over
@@ -245,7 +245,7 @@ type snapshot struct {
 	running       bool
 	stopRequested bool
 	ended         time.Time
-	exit          exitInfo
+	exit          exitReport
 	use           usage
 }
 

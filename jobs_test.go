@@ -237,7 +237,7 @@ func TestUnavailableControllerIsFailedPrecondition(t *testing.T) {
 func waitOutput(t testing.TB, c rpcpb.JobControllerClient, id, want string) {
 	t.Helper()
 	sctx, cancel := context.WithCancel(ctx(t))
-	defer cancel() // the stream ends here: open, it would count against the client's requests in flight
+	defer cancel()                                              // the stream ends here: open, it would count against the client's requests in flight
 	stream, err := c.ReadLog(sctx, &rpcpb.LogRequest{Ulid: id}) // lossy: it never holds the job back
 	if err != nil {
 		t.Fatal(err)

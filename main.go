@@ -166,7 +166,8 @@ func runServe(args []string) int {
 	fs.StringVar(&c.cert, "cert", defaultFile("server.crt"), "server certificate")
 	fs.StringVar(&c.key, "key", defaultFile("server.key"), "server private key (mode 0600)")
 	fs.StringVar(&c.cgroupParent, "cgroup", "", "cgroup2 directory for job cgroups (default <cgroup2 mount>/rund)")
-	io := fs.String("io_devices", "", "comma-separated MAJ:MIN whole-disk block devices that io limits apply to (without them, io limits are refused)")
+	fs.Func("io_devices", "comma-separated MAJ:MIN whole-disk block devices that io limits apply to (without them, io limits are refused)",
+		func(s string) error { c.ioDevices = strings.Split(s, ","); return nil })
 	fs.IntVar(&c.ringSize, "log_buffer", 1<<20, "bytes of output kept per job")
 	fs.IntVar(&c.retainJobs, "retain_jobs", 1000, "finished jobs kept for status and log, per client")
 	fs.IntVar(&c.maxJobs, "max_jobs", 1000, "live jobs the server runs at most")
@@ -203,9 +204,6 @@ func runServe(args []string) int {
 	if c.contain, err = contain(); err != nil {
 		log.Printf("rund serve: %v", err)
 		return 2
-	}
-	if *io != "" {
-		c.ioDevices = strings.Split(*io, ",")
 	}
 	if err := serve(c); err != nil {
 		log.Printf("rund serve: %v", err)
@@ -305,9 +303,7 @@ func serve(c serveConfig) error {
 // hard one at start (os package, Go 1.19).
 func fdBoundConns(c serveConfig) int {
 	var l syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
-		return c.conns.maxConns
-	}
+	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) // cannot fail for RLIMIT_NOFILE
 	room := int(min(l.Cur, 1<<30)) - 256 - 4*(c.maxJobs+c.spareInits)
 	if room < c.conns.maxConns {
 		log.Printf("-max_conns %d lowered to %d: RLIMIT_NOFILE is %d and jobs need theirs", c.conns.maxConns, max(room, 16), l.Cur)

@@ -168,21 +168,20 @@ func startLimits(req *rpcpb.JobStartRequest) (limits, error) {
 }
 
 // lookup authenticates the caller and finds a job it may see.
-func (s *server) lookup(ctx context.Context, id string) (*job, []string, error) {
+func (s *server) lookup(ctx context.Context, id string) (*job, error) {
 	caller, err := callerIdentity(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	u, err := parseULID(id)
 	if err != nil {
-		return nil, nil, clientErr(errInvalid, "%v", err)
+		return nil, clientErr(errInvalid, "%v", err)
 	}
-	j, err := s.m.get(u.String(), caller)
-	return j, caller, err
+	return s.m.get(u.String(), caller)
 }
 
 func (s *server) Stop(ctx context.Context, req *rpcpb.JobIdentifier) (*rpcpb.JobStatus, error) {
-	j, _, err := s.lookup(ctx, req.GetUlid())
+	j, err := s.lookup(ctx, req.GetUlid())
 	if err != nil {
 		return nil, err
 	}
@@ -193,7 +192,7 @@ func (s *server) Stop(ctx context.Context, req *rpcpb.JobIdentifier) (*rpcpb.Job
 }
 
 func (s *server) Status(ctx context.Context, req *rpcpb.JobIdentifier) (*rpcpb.JobStatus, error) {
-	j, _, err := s.lookup(ctx, req.GetUlid())
+	j, err := s.lookup(ctx, req.GetUlid())
 	if err != nil {
 		return nil, err
 	}
@@ -201,7 +200,7 @@ func (s *server) Status(ctx context.Context, req *rpcpb.JobIdentifier) (*rpcpb.J
 }
 
 func (s *server) Signal(ctx context.Context, req *rpcpb.SignalRequest) (*rpcpb.SignalResponse, error) {
-	j, _, err := s.lookup(ctx, req.GetUlid())
+	j, err := s.lookup(ctx, req.GetUlid())
 	if err != nil {
 		return nil, err
 	}
@@ -234,7 +233,7 @@ func (s *server) Log(req *rpcpb.JobIdentifier, stream grpc.ServerStreamingServer
 
 func (s *server) ReadLog(req *rpcpb.LogRequest, stream grpc.ServerStreamingServer[rpcpb.JobLog]) error {
 	ctx := stream.Context()
-	j, _, err := s.lookup(ctx, req.GetUlid())
+	j, err := s.lookup(ctx, req.GetUlid())
 	if err != nil {
 		return err
 	}
@@ -293,16 +292,16 @@ func statusProto(s snapshot) *rpcpb.JobStatus {
 	}
 	st.EndTime = timestamppb.New(s.ended)
 	st.Stopped = s.stopRequested
-	if s.exit.exited {
-		st.ExitCode = wrapperspb.UInt32(uint32(s.exit.code))
+	if s.exit.Exited {
+		st.ExitCode = wrapperspb.UInt32(uint32(s.exit.Code))
 	} else {
 		st.Killed = true
-		st.Signal = wrapperspb.UInt32(uint32(s.exit.signal))
+		st.Signal = wrapperspb.UInt32(uint32(s.exit.Signal))
 	}
 	switch { // a Stop explains a SIGKILL better than an OOM kill some process had earlier
 	case s.stopRequested:
 		st.State = rpcpb.JobStatus_STATE_STOPPED
-	case st.Killed && s.exit.signal == int(syscall.SIGKILL) && s.use.oomKills > 0:
+	case st.Killed && s.exit.Signal == int(syscall.SIGKILL) && s.use.oomKills > 0:
 		st.State = rpcpb.JobStatus_STATE_OOM_KILLED
 	case st.Killed:
 		st.State = rpcpb.JobStatus_STATE_SIGNALED

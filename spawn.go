@@ -13,13 +13,6 @@ import (
 	"syscall"
 )
 
-// exitInfo is how a job's command ended.
-type exitInfo struct {
-	exited bool
-	code   int
-	signal int
-}
-
 // initExe is the binary run as a job's init: this very one, even if the file on disk was replaced.
 // Tests point it at a build without the race detector, whose exit alone takes a second.
 var initExe = "/proc/self/exe"
@@ -113,12 +106,12 @@ func (p *proc) kill() { p.cmd.Process.Kill() }
 // wait returns how the command ended, from the init's exit report. If the init died without one (it
 // was SIGKILLed, e.g. by cgroup.kill), so did the command: the kernel kills a PID namespace with its
 // init.
-func (p *proc) wait() exitInfo {
+func (p *proc) wait() exitReport {
 	var rep exitReport
 	if err := p.reports.Decode(&rep); err != nil || (!rep.Exited && rep.Signal == 0) {
-		return exitInfo{signal: int(syscall.SIGKILL)}
+		return exitReport{Signal: int(syscall.SIGKILL)}
 	}
-	return exitInfo{exited: rep.Exited, code: rep.Code, signal: rep.Signal}
+	return rep
 }
 
 // reap waits for the init to exit and closes rund's ends of its pipes.

@@ -19,10 +19,6 @@ var sizeUnits = []struct {
 	mult   uint64
 }{{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40}, {"k", 1e3}, {"K", 1e3}, {"M", 1e6}, {"G", 1e9}, {"T", 1e12}}
 
-// sizeExamples are the examples in each limit flag's help, by the flag's name after "max_".
-var sizeExamples = map[string]string{"memory_usage": "512MiB or 1.5G", "pids": "64 or 1k",
-	"rbps": "10MB/s or 100MiB", "wbps": "10MB/s or 100MiB", "riops": "1000 or 10k", "wiops": "1000 or 10k"}
-
 var errSize = errors.New("want a whole number with an optional unit: k M G T (1000^n) or Ki Mi Gi Ti (1024^n), " +
 	"then an optional B and /s, e.g. 512M, 1.5GiB, 10MB/s, 100k")
 
@@ -36,10 +32,7 @@ func parseSize(s string) (uint64, error) {
 			break
 		}
 	}
-	if n, err := strconv.ParseUint(num, 10, 64); err == nil && n <= math.MaxUint64/mult {
-		return n * mult, nil
-	}
-	f, err := strconv.ParseFloat(num, 64)
+	f, err := strconv.ParseFloat(num, 64) // exact for whole numbers up to 2^53: 8 PiB
 	v := f * float64(mult)
 	if err != nil || strings.ContainsAny(num, "xXpPeEiInN_") || !(v >= 0 && v < 1<<64) || v != math.Trunc(v) {
 		return 0, errSize
@@ -71,15 +64,13 @@ func humanBytes(n uint64) string {
 	return fmt.Sprintf("%.1f%cB", f, " kMGT"[u])
 }
 
-// humanDuration is d in two units at most: 0.4s, 12.0s, 4m05s, 2h03m, 3d04h.
+// humanDuration is d in two units at most: 0.4s, 12.0s, 4m05s, 2h03m, 50h03m.
 func humanDuration(d time.Duration) string {
 	switch {
 	case d < time.Minute:
 		return fmt.Sprintf("%.1fs", d.Seconds())
 	case d < time.Hour:
 		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
-	case d < 48*time.Hour:
-		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
 	}
-	return fmt.Sprintf("%dd%02dh", int(d.Hours())/24, int(d.Hours())%24)
+	return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
 }
