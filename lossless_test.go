@@ -88,7 +88,7 @@ func TestRunIsByteExact(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	faultWaitLogHandlers(t, 10)
+	faultWaitLogHandlers(t, 11) // the 10 stalled followers, and run's own reader (attached once it named the job)
 	os.WriteFile(gate, nil, 0o644)
 	h := sha256.New()
 	n, _ := io.Copy(h, stdout)
