@@ -75,7 +75,7 @@ func isReset(err error) bool {
 
 // TestRequestsInFlightBound: past max_requests_per_client a client's new request is refused with
 // ResourceExhausted before it runs, another client is not held back, and the place comes back when
-// a request ends. Two Stops of jobs that ignore SIGTERM stay in flight for their grace period.
+// a request ends. Two Stops of jobs that ignore SIGTERM stay in flight for their grace period (10 s).
 func TestRequestsInFlightBound(t *testing.T) {
 	ts := startServer(t, func(c *serveConfig) { c.conns.maxInflightPerClient = 2 })
 	a, b := ts.dialAs(t, "a"), ts.dialAs(t, "b")
@@ -84,10 +84,15 @@ func TestRequestsInFlightBound(t *testing.T) {
 	var jobs []*job
 	for range 2 {
 		req := cmd("sh", "-c", "trap '' TERM; echo ready; exec sleep 1000")
-		req.StopGracePeriod = durationpb.New(3 * time.Second)
+		req.StopGracePeriod = durationpb.New(10 * time.Second) // outlasts the setup of both, however slow the host
 		id := startJob(t, a, req)
-		waitOutput(t, a, id, "ready") // the trap is set
 		j, _ := ts.m.get(id, []string{"dns:a"})
+		// The trap is set once "ready" is out. Read on the server's side: a log stream of a's would count
+		// against its bound too, and ends there only some time after its client goes.
+		buf := make([]byte, 64)
+		if n, _, _, _, err := j.log.Read(ctx(t), 0, buf, true); err != nil || string(buf[:n]) != "ready\n" {
+			t.Fatalf("job's first output %q, %v", buf[:n], err)
+		}
 		jobs = append(jobs, j)
 		go a.Stop(c1, &rpcpb.JobIdentifier{Ulid: id})
 	}
