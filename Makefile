@@ -6,7 +6,7 @@ PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 TOOLS     := $(CURDIR)/.cache/tools
 
-.PHONY: build run certs test fuzz e2e e2e-arm64 bench check proto proto-check clean release release-check release-sizes
+.PHONY: build run certs test fuzz e2e e2e-arm64 e2e-systemd bench check proto proto-check clean release release-check release-sizes
 
 # grpcnotrace leaves out grpc's golang.org/x/net/trace support (rund never enables it) and with it
 # html/template and more: 2 MB less binary, and every job's init starts ~1.5 ms faster (BENCHMARKS.md).
@@ -75,6 +75,14 @@ e2e:
 # minutes: .ci/run calls it after test.
 e2e-arm64:
 	RUND_E2E_ARM64=1 $(GO) test -count=1 -run '^TestVMArm64$$' -v -timeout 20m .
+
+# e2e-systemd boots systemd (Debian trixie's, a root filesystem that .ci/systemd-assets.sh builds with
+# mmdebstrap and caches in .cache/systemd) in a throwaway VM and proves contrib/rund.service there:
+# start, limits, reload, crash and restart, stop, and each hardening option it leaves off
+# (systemd_vm_test.go, systemd_guest_test.go). As root; minutes of its own, so not part of test; .ci/run
+# runs it after test.
+e2e-systemd:
+	RUND_E2E_SYSTEMD=1 $(GO) test -count=1 -run '^TestSystemdVM$$' -v -timeout 30m .
 
 # bench measures rund against a raw baseline for each figure, in one run, and rewrites BENCHMARKS.md
 # (bench_test.go). As root; about 5 minutes. Not part of test, and never under -race, which would
