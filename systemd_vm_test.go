@@ -103,10 +103,10 @@ func TestSystemdVM(t *testing.T) {
 	assetsTook := time.Since(begin)
 	dir := t.TempDir()
 	rund, rundTest := filepath.Join(dir, "rund"), filepath.Join(dir, "rund.test")
-	if err := goBuildStatic("build", "-trimpath", "-tags", "grpcnotrace", "-o", rund, "."); err != nil {
+	if err := goBuildStatic("amd64", "build", "-trimpath", "-tags", "grpcnotrace", "-o", rund, "."); err != nil {
 		t.Fatal(err)
 	}
-	if err := goBuildStatic("test", "-c", "-o", rundTest, "."); err != nil {
+	if err := goBuildStatic("amd64", "test", "-c", "-o", rundTest, "."); err != nil {
 		t.Fatal(err)
 	}
 	initrd := filepath.Join(dir, "initramfs.cpio")
