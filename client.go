@@ -1,8 +1,9 @@
 package main
 
 // client.go is "rund client": one subcommand per RPC plus "run" (start, follow the log, exit with the
-// job's code). Output rules: start prints the id alone; status, stop and list print JSON; log writes the
-// job's stdout to stdout and its stderr to stderr; every error is one line on stderr and a non-zero exit.
+// job's code). Output rules: start prints the id alone; status and stop print JSON; list prints a table
+// (or JSON with -json); log writes the job's stdout to stdout and its stderr to stderr; every error is
+// one line on stderr, with exit code 2 for a usage error and 1 for the rest; -h exits 0.
 // run and log read losslessly (the job waits for them); if bytes were lost all the same, they say how
 // many on stderr and exit with exitLost unless the job's own code is non-zero.
 
