@@ -34,7 +34,7 @@ func parseSize(s string) (uint64, error) {
 	}
 	f, err := strconv.ParseFloat(num, 64) // exact for whole numbers up to 2^53: 8 PiB
 	v := f * float64(mult)
-	if err != nil || strings.ContainsAny(num, "xXpPeEiInN_") || !(v >= 0 && v < 1<<64) || v != math.Trunc(v) {
+	if err != nil || strings.ContainsAny(num, "+-xXpPeEiInN_") || !(v >= 0 && v < 1<<64) || v != math.Trunc(v) {
 		return 0, errSize
 	}
 	return uint64(v), nil
