@@ -209,25 +209,7 @@ func writeSystemdInitramfs(path string, assets, payload map[string]string) error
 			w.add("bin/"+a, 0o120777, []byte("busybox"), 0, 0)
 		}
 	}
-	mods, err := moduleLoadOrder(assets["modules"], vmModules)
-	if err != nil {
-		return err
-	}
-	var order []string
-	for _, m := range mods {
-		data, err := readModule(m.path)
-		if err != nil {
-			return err
-		}
-		w.add("lib/modules/"+m.name+".ko", 0o100644, data, 0, 0)
-		order = append(order, m.name)
-	}
-	w.add("lib/modules/order", 0o100644, []byte(strings.Join(order, "\n")+"\n"), 0, 0)
-	w.add("TRAILER!!!", 0, nil, 0, 0)
-	if w.err == nil {
-		w.err = w.w.Flush()
-	}
-	return w.err
+	return w.finish(assets["modules"])
 }
 
 // systemdRun is what the console said: the results by check, the suite's end, and when (after qemu's

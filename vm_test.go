@@ -267,7 +267,13 @@ func writeInitramfs(path string, assets map[string]string, rund, rundTest string
 		}
 		w.add(file.dst, 0o100755, data, 0, 0)
 	}
-	mods, err := moduleLoadOrder(assets["modules"], vmModules)
+	return w.finish(assets["modules"])
+}
+
+// finish adds the virtio modules from the kernel's modules directory with the order to load them in
+// (lib/modules/order, which /init reads), then the trailer, and flushes.
+func (w *cpioWriter) finish(modules string) error {
+	mods, err := moduleLoadOrder(modules, vmModules)
 	if err != nil {
 		return err
 	}
