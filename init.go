@@ -53,11 +53,12 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // initSetup is how the server starts an init (its one argument, as JSON): what it prepares before
 // the job's Start.
 type initSetup struct {
-	Hostname  string   `json:"hostname"`      // the job id
-	Own       *jobUser `json:"own,omitempty"` // a contained job's own host uid:gid, root of its user namespace; nil: not contained
-	TmpSize   uint64   `json:"tmp_size"`      // bytes of each private tmpfs, when contained
-	Cgroup2   string   `json:"cgroup2"`       // the cgroup2 mount point, when contained
-	JobCgroup string   `json:"job_cgroup"`    // <job>/job, bound read-only on Cgroup2 when contained
+	Hostname  string   `json:"hostname"`       // the job id
+	Own       *jobUser `json:"own,omitempty"`  // a contained job's own host uid:gid, root of its user namespace; nil: not contained
+	TmpSize   uint64   `json:"tmp_size"`       // bytes of each private tmpfs, when contained
+	Cgroup2   string   `json:"cgroup2"`        // the cgroup2 mount point, when contained
+	JobCgroup string   `json:"job_cgroup"`     // <job>/job, bound read-only on Cgroup2 when contained
+	Dirs      []string `json:"dirs,omitempty"` // -job_dirs: DIR/<id> is made the job's own and bound on DIR
 }
 
 // initConfig is what the server tells the init at the Start: the command to run.
@@ -354,17 +355,29 @@ func setupNamespaces(s initSetup) error {
 	return loopbackUp()
 }
 
+// privateDirs get a fresh tmpfs in each contained job.
+var privateDirs = []string{"/tmp", "/var/tmp", "/dev/shm"}
+
 // setupMounts makes a contained job's view of the host's files: every mount read-only (mount_setattr(2),
-// AT_RECURSIVE), fresh tmpfs on /tmp, /var/tmp and /dev/shm where the host has those directories
-// (charged to the memory cgroup of the job, which writes them), and on the cgroup2 mount the job's own
-// cgroup, read-only. Mounts the host makes later still propagate in (they are slaves), with their own
-// flags; the job's user owns none of their files.
+// AT_RECURSIVE), fresh tmpfs on privateDirs where the host has those directories (charged to the memory
+// cgroup of the job, which writes them), on the cgroup2 mount the job's own cgroup, read-only, and on
+// each of s.Dirs the job's own directory in it, writable. Mounts the host makes later still propagate in
+// (they are slaves), with their own flags; the job's user owns none of their files.
 func setupMounts(s initSetup) error {
+	for _, d := range s.Dirs { // made while the host's mounts are writable here, as the host's root
+		own := filepath.Join(d, s.Hostname)
+		if err := os.Mkdir(own, 0o700); err != nil {
+			return err
+		}
+		if err := os.Lchown(own, int(s.Own.UID), int(s.Own.GID)); err != nil {
+			return err
+		}
+	}
 	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
 	if err := unix.MountSetattr(unix.AT_FDCWD, "/", unix.AT_RECURSIVE, attr); err != nil {
 		return fmt.Errorf("make mounts read-only: %w", err)
 	}
-	for _, dir := range []string{"/tmp", "/var/tmp", "/dev/shm"} {
+	for _, dir := range privateDirs {
 		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 			continue // nothing of the host's to hide there
 		}
@@ -373,13 +386,26 @@ func setupMounts(s initSetup) error {
 			return fmt.Errorf("mount tmpfs on %s: %w", dir, err)
 		}
 	}
-	// A bind mount takes flags only on a remount (mount(2)).
-	if err := unix.Mount(s.JobCgroup, s.Cgroup2, "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("bind %s on %s: %w", s.JobCgroup, s.Cgroup2, err)
+	if err := bindMount(s.JobCgroup, s.Cgroup2, unix.MS_RDONLY|unix.MS_NOEXEC); err != nil {
+		return err
 	}
-	flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC)
-	if err := unix.Mount("", s.Cgroup2, "", flags, ""); err != nil {
-		return fmt.Errorf("make %s read-only: %w", s.Cgroup2, err)
+	for _, d := range s.Dirs {
+		if err := bindMount(filepath.Join(d, s.Hostname), d, 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// bindMount binds src on dst, nosuid, nodev and with flags: a bind mount takes flags only on a remount
+// (mount(2)), which also clears the read-only flag that src's mount passed on, unless flags set it.
+func bindMount(src, dst string, flags uintptr) error {
+	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind %s on %s: %w", src, dst, err)
+	}
+	flags |= unix.MS_BIND | unix.MS_REMOUNT | unix.MS_NOSUID | unix.MS_NODEV
+	if err := unix.Mount("", dst, "", flags, ""); err != nil {
+		return fmt.Errorf("remount %s: %w", dst, err)
 	}
 	return nil
 }

@@ -220,16 +220,49 @@ func containFlags(fs *flag.FlagSet) func() (*containment, error) {
 	uidFirst := fs.Uint("job_uid_first", 1879048192, "first host uid (and gid) of contained jobs; each live job has one of its own")
 	uidCount := fs.Uint("job_uid_count", 65536, "how many host uids from -job_uid_first contained jobs may use")
 	tmpSize := fs.Uint64("job_tmp_size", 256<<20, "bytes of each contained job's private /tmp, /var/tmp and /dev/shm (charged to its memory)")
+	var dirs []string
+	fs.Func("job_dirs", "comma-separated root-owned host directories where contained jobs may write: each sees DIR as its own new DIR/<job id>, kept if not empty",
+		func(s string) error { dirs = strings.Split(s, ","); return nil })
 	return func() (*containment, error) {
 		if *uncontained {
+			if dirs != nil {
+				return nil, errors.New("-job_dirs is for contained jobs; -unsafe_uncontained_jobs writes anywhere")
+			}
 			return nil, nil
 		}
 		uids, err := newUIDRange(uint32(min(*uidFirst, 1<<32-1)), uint32(min(*uidCount, 1<<32-1)))
+		if err == nil {
+			err = checkJobDirs(dirs)
+		}
 		if err != nil {
 			return nil, err
 		}
-		return &containment{uids: uids, tmpSize: *tmpSize}, nil
+		return &containment{uids: uids, tmpSize: *tmpSize, dirs: dirs}, nil
 	}
+}
+
+// checkJobDirs refuses a directory in -job_dirs that a job's init could not bind its own directory on
+// (one inside another, or inside a job's private /tmp, /var/tmp or /dev/shm), and one that a user but
+// root could change: the init makes DIR/<id> there as root, and chowns it to the job's uid.
+func checkJobDirs(dirs []string) error {
+	for i, d := range dirs {
+		if !filepath.IsAbs(d) || filepath.Clean(d) != d || d == "/" {
+			return fmt.Errorf("-job_dirs %q: want an absolute, clean path other than /", d)
+		}
+		fi, err := os.Stat(d)
+		if err != nil {
+			return fmt.Errorf("-job_dirs: %w", err)
+		}
+		if st := fi.Sys().(*syscall.Stat_t); !fi.IsDir() || st.Uid != 0 || fi.Mode()&0o022 != 0 {
+			return fmt.Errorf("-job_dirs %q: want a directory owned by root and writable by no one else", d)
+		}
+		for j, o := range append(dirs, privateDirs...) {
+			if j != i && (o == d || strings.HasPrefix(d, o+"/")) {
+				return fmt.Errorf("-job_dirs %q: inside or the same as %s", d, o)
+			}
+		}
+	}
+	return nil
 }
 
 // serve runs the server until SIGTERM or SIGINT, then stops accepting, ends every job, removes their

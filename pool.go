@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,15 +31,16 @@ type sandbox struct {
 	id      string
 	cg      *jobCgroup
 	proc    *proc
-	outputs [2]*os.File // read ends of the stdout and stderr pipes
-	own     *jobUser    // a contained job's own uid and gid; nil if not contained
-	uids    *uidRange   // where own came from
+	outputs [2]*os.File  // read ends of the stdout and stderr pipes
+	own     *jobUser     // a contained job's own uid and gid; nil if not contained
+	contain *containment // where own came from; nil if not contained
 }
 
 // containment is how the pool makes contained sandboxes; nil: -unsafe_uncontained_jobs.
 type containment struct {
 	uids    *uidRange
-	tmpSize uint64 // bytes of each private tmpfs
+	tmpSize uint64   // bytes of each private tmpfs
+	dirs    []string // -job_dirs: each job writes its own DIR/<id> there (checkJobDirs)
 }
 
 // pool keeps spare sandboxes ready for Starts.
@@ -158,7 +160,7 @@ func (p *pool) newSandbox() (*sandbox, error) {
 		if sb.own, err = c.uids.take(); err != nil {
 			return nil, err
 		}
-		sb.uids, setup.Own, setup.TmpSize = c.uids, sb.own, c.tmpSize
+		sb.contain, setup.Own, setup.TmpSize, setup.Dirs = c, sb.own, c.tmpSize, c.dirs
 	}
 	var pipes [4]*os.File // out r/w, err r/w
 	if sb.cg, err = p.cg.create(sb.id); err != nil {
@@ -194,10 +196,14 @@ func (sb *sandbox) discard() {
 	sb.release()
 }
 
-// release gives the sandbox's uid back, once no process of it is left.
+// release gives the sandbox's uid back, once no process of it is left, and removes its directories
+// in -job_dirs that it left empty (a spare's, always); what a job wrote stays, under its uid.
 func (sb *sandbox) release() {
 	if sb.own != nil {
-		sb.uids.give(sb.own.UID)
+		for _, d := range sb.contain.dirs {
+			os.Remove(filepath.Join(d, sb.id))
+		}
+		sb.contain.uids.give(sb.own.UID)
 		sb.own = nil
 	}
 }
