@@ -134,24 +134,29 @@ func TestOriginalLogIsLossless(t *testing.T) {
 
 // TestStalledLosslessReaderIsDemoted: a lossless reader that reads nothing holds the job back for the
 // lossless timeout, then no more: the job finishes, and the reader learns on its next message what
-// it lost.
+// it lost. The reader attaches, and reads the job's first line, before the job writes the rest: a
+// Start's hold_output would give up on its own after the same timeout, before a reader slowed by a
+// busy machine had attached.
 func TestStalledLosslessReaderIsDemoted(t *testing.T) {
 	ts := startServer(t, func(c *serveConfig) { c.ringSize, c.losslessTimeout = smallRing, 300*time.Millisecond })
 	a := ts.dialAs(t, "a")
 	stalled, _ := faultDial(t, ts, "a", grpc.WithStaticStreamWindowSize(64<<10))
-	req := cmd("head", "-c", "10000000", "/dev/zero")
-	req.HoldOutput = true
-	id := startJob(t, a, req)
+	gate := filepath.Join(jobTempDir(t), "gate")
+	id := startJob(t, a, cmd("sh", "-c", fmt.Sprintf("echo ready; while [ ! -e %s ]; do sleep 0.01; done; head -c 10000000 /dev/zero", gate)))
 	stream, err := stalled.ReadLog(ctx(t), &rpcpb.LogRequest{Ulid: id, Lossless: true})
 	if err != nil {
 		t.Fatal(err)
 	}
+	if msg, err := stream.Recv(); err != nil || string(msg.Stdout) != "ready\n" { // attached
+		t.Fatalf("first message %q, %v", msg.GetStdout(), err)
+	}
+	os.WriteFile(gate, nil, 0o644)
 	if st := waitDone(t, a, id); st.GetExitCode() == nil || st.GetExitCode().GetValue() != 0 {
 		t.Errorf("job behind a stalled lossless reader: %v, want it to finish with exit 0", st)
 	}
 	msg, err := stream.Recv()
-	if err != nil || msg.Offset != 0 {
-		t.Fatalf("stalled reader's first message: offset %d, lost %d, %v; want offset 0", msg.GetOffset(), msg.GetLost(), err)
+	if err != nil || msg.Offset != 6 {
+		t.Fatalf("stalled reader's next message: offset %d, lost %d, %v; want offset 6, right after ready", msg.GetOffset(), msg.GetLost(), err)
 	}
 	out, lost, err := followAll(stream)
 	if got := uint64(len(msg.Stdout)+len(out)) + lost; err != nil || lost == 0 || got != 10000000 {
