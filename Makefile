@@ -6,7 +6,7 @@ PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 TOOLS     := $(CURDIR)/.cache/tools
 
-.PHONY: build run certs test fuzz e2e e2e-arm64 e2e-systemd bench check proto proto-check clean release release-check release-sizes
+.PHONY: build run certs test fuzz e2e e2e-arm64 e2e-trixie e2e-floor e2e-systemd bench check proto proto-check clean release release-check release-sizes
 
 # grpcnotrace leaves out grpc's golang.org/x/net/trace support (rund never enables it) and with it
 # html/template and more: 2 MB less binary, and every job's init starts ~1.5 ms faster (BENCHMARKS.md).
@@ -75,6 +75,18 @@ e2e:
 # minutes: .ci/run calls it after test.
 e2e-arm64:
 	RUND_E2E_ARM64=1 $(GO) test -count=1 -run '^TestVMArm64$$' -v -timeout 20m .
+
+# e2e-trixie runs the x86-64 guest suite on a second kernel series: Debian trixie's cloud kernel and
+# busybox (.ci/vm-assets.sh .cache/vm-trixie amd64 trixie), where e2e boots bookworm's. As root; not
+# part of test, which boots one series; .ci/run calls it after e2e-arm64.
+e2e-trixie:
+	RUND_E2E_TRIXIE=1 $(GO) test -count=1 -run '^TestVMTrixie$$' -v -timeout 20m .
+
+# e2e-floor boots a kernel below rund's floor (Debian bullseye's cloud kernel, 5.10) and proves that
+# rund serve refuses it: non-zero exit, kernel.go's message, nothing left behind (vm_floor_test.go).
+# As root; .ci/run calls it after e2e-trixie.
+e2e-floor:
+	RUND_E2E_FLOOR=1 $(GO) test -count=1 -run '^TestVMFloor$$' -v -timeout 10m .
 
 # e2e-systemd boots systemd (Debian trixie's, a root filesystem that .ci/systemd-assets.sh builds with
 # mmdebstrap and caches in .cache/systemd) in a throwaway VM and proves contrib/rund.service there:

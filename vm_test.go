@@ -12,9 +12,13 @@ package main
 // architectures' differences in a vmArch each. It runs only when asked (RUND_E2E_ARM64=1, which
 // make e2e-arm64 sets), as emulating arm64 costs minutes that make test should not.
 //
+// TestVMTrixie runs the x86-64 suite on a second kernel series: Debian trixie's cloud kernel (6.12)
+// and busybox, where TestVM boots bookworm's (6.1). It runs only with RUND_E2E_TRIXIE=1 (make
+// e2e-trixie), for the same reason.
+//
 // What it needs (qemu, the kernel and busybox packages) .ci/vm-assets.sh installs or fetches into
-// .cache/vm/ (.cache/vm-arm64/ for arm64). With CI=true anything missing fails the test; elsewhere,
-// it skips without root or when qemu cannot be had.
+// .cache/vm/ (.cache/vm-arm64/ for arm64, .cache/vm-trixie/ for trixie). With CI=true anything
+// missing fails the test; elsewhere, it skips without root or when qemu cannot be had.
 
 import (
 	"bufio"
@@ -49,6 +53,7 @@ type vmArch struct {
 	machine []string // qemu's machine and CPU
 	console string   // the serial port the kernel's console is on
 	cache   string   // where .ci/vm-assets.sh keeps the kernel and busybox
+	suite   string   // the Debian suite they come from; "" is the host's
 	// slow scales the suite's deadlines (the boot, the whole run, the guest test's -test.timeout),
 	// which only a hang should reach. With pauth-impdef (below) the arm64 guest runs about as fast as
 	// the x86-64 one here, but TCG's arm64 emulation is the less tuned of the two and slower without
@@ -70,6 +75,8 @@ var (
 	// its signatures differ.
 	vmARM64 = vmArch{goarch: "arm64", qemu: "qemu-system-aarch64", machine: []string{"-M", "virt", "-cpu", "max,pauth-impdef=on"},
 		console: "ttyAMA0", cache: ".cache/vm-arm64", slow: 2}
+	vmTrixie = vmArch{goarch: "amd64", qemu: "qemu-system-x86_64", machine: []string{"-M", "pc", "-cpu", "max"},
+		console: "ttyS0", cache: ".cache/vm-trixie", suite: "trixie", slow: 1}
 )
 
 // vmTimeout bounds the VM's whole run on x86-64; the guest suite itself takes about a minute and a half.
@@ -82,6 +89,13 @@ func TestVMArm64(t *testing.T) {
 		t.Skip("the arm64 VM suite runs with RUND_E2E_ARM64=1 (make e2e-arm64, which .ci/run calls): it takes minutes longer than make test should")
 	}
 	vmSuite(t, vmARM64)
+}
+
+func TestVMTrixie(t *testing.T) {
+	if os.Getenv("RUND_E2E_TRIXIE") != "1" {
+		t.Skip("the VM suite on trixie's kernel runs with RUND_E2E_TRIXIE=1 (make e2e-trixie, which .ci/run calls): make test boots one kernel series, not two")
+	}
+	vmSuite(t, vmTrixie)
 }
 
 // vmSuite boots arch's VM, runs the guest suite in it and turns its lines into subtests.
@@ -109,7 +123,7 @@ func vmSuite(t *testing.T, arch vmArch) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	assets, err := vmAssets(cache, arch.goarch)
+	assets, err := vmAssets(cache, arch.goarch, arch.suite)
 	if err != nil {
 		if _, lerr := exec.LookPath(arch.qemu); lerr != nil {
 			missing("%s is not installed and .ci/vm-assets.sh could not install it: %v", arch.qemu, err)
@@ -145,8 +159,8 @@ func vmSuite(t *testing.T, arch vmArch) {
 		results, done, booted, err = runVM(arch, assets, initrd, disk, logPath)
 	}
 	elapsed := time.Since(begin)
-	t.Logf("%s VM suite: %.1fs in all (%.1fs to build and prepare, guest suite started %.1fs after qemu); console log: %s",
-		arch.goarch, elapsed.Seconds(), prepared.Seconds(), booted.Seconds(), logPath)
+	t.Logf("%s VM suite on %s: %.1fs in all (%.1fs to build and prepare, guest suite started %.1fs after qemu); console log: %s",
+		arch.goarch, filepath.Base(assets["kernel"]), elapsed.Seconds(), prepared.Seconds(), booted.Seconds(), logPath)
 	if err != nil {
 		t.Errorf("qemu: %v\nlast console lines:\n%s", err, consoleTail(logPath, 40))
 	}
@@ -173,10 +187,10 @@ func vmSuite(t *testing.T, arch vmArch) {
 	}
 }
 
-// vmAssets runs .ci/vm-assets.sh for goarch and returns its key=value lines: qemu, kernel, modules,
-// busybox.
-func vmAssets(cache, goarch string) (map[string]string, error) {
-	cmd := exec.Command("bash", ".ci/vm-assets.sh", cache, goarch)
+// vmAssets runs .ci/vm-assets.sh with its arguments after CACHE_DIR (ARCH, and SUITE, "" for the
+// host's) and returns its key=value lines: qemu, kernel, modules, busybox.
+func vmAssets(cache string, args ...string) (map[string]string, error) {
+	cmd := exec.Command("bash", append([]string{".ci/vm-assets.sh", cache}, args...)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -324,12 +338,22 @@ func (c *cpioWriter) add(name string, mode uint32, data []byte, rdevMajor, rdevM
 
 type kmod struct{ name, path string }
 
-// moduleLoadOrder returns want and the modules they depend on, each after its dependencies. The
-// kernel package ships no modules.dep (depmod makes it at install), so dependencies come from where
-// depmod takes them: the "depends=" entry of each module's .modinfo section.
+// moduleLoadOrder returns want and the modules they depend on, each after its dependencies, leaving
+// out those built into the kernel (modules.builtin: trixie's 6.12 cloud kernel builds virtio_pci in,
+// bookworm's 6.1 has it as a module). The kernel package ships no modules.dep (depmod makes it at
+// install), so dependencies come from where depmod takes them: the "depends=" entry of each module's
+// .modinfo section.
 func moduleLoadOrder(dir string, want []string) ([]kmod, error) {
 	paths := map[string]string{} // module name -> file
-	err := filepath.WalkDir(filepath.Join(dir, "kernel"), func(p string, d os.DirEntry, err error) error {
+	state := map[string]int{}    // 1: visiting, 2: done (or built in)
+	builtin, err := os.ReadFile(filepath.Join(dir, "modules.builtin"))
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range strings.Fields(string(builtin)) {
+		state[strings.ReplaceAll(strings.TrimSuffix(filepath.Base(p), ".ko"), "-", "_")] = 2
+	}
+	err = filepath.WalkDir(filepath.Join(dir, "kernel"), func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
 		}
@@ -343,7 +367,6 @@ func moduleLoadOrder(dir string, want []string) ([]kmod, error) {
 		return nil, err
 	}
 	var order []kmod
-	state := map[string]int{} // 1: visiting, 2: done
 	var visit func(name string) error
 	visit = func(name string) error {
 		switch state[name] {
@@ -355,7 +378,7 @@ func moduleLoadOrder(dir string, want []string) ([]kmod, error) {
 		state[name] = 1
 		p, ok := paths[name]
 		if !ok {
-			return fmt.Errorf("module %s is not in %s (built in? check modules.builtin)", name, dir)
+			return fmt.Errorf("module %s is neither in %s nor in its modules.builtin", name, dir)
 		}
 		data, err := readModule(p)
 		if err != nil {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# vm-assets.sh CACHE_DIR [ARCH]: what TestVM (vm_test.go) needs to boot its throwaway VM for ARCH
-# (amd64, the default, or arm64), made ready on a fresh Debian machine, as root:
+# vm-assets.sh CACHE_DIR [ARCH [SUITE]]: what TestVM (vm_test.go) needs to boot its throwaway VM for
+# ARCH (amd64, the default, or arm64), made ready on a fresh Debian machine, as root:
 #   - the system emulator installed with apt (no recommends: no GUI): qemu-system-x86 for amd64,
 #     qemu-system-arm (qemu-system-aarch64) for arm64;
 #   - busybox-static and Debian's cloud kernel (linux-image-cloud-ARCH's current image package) for
@@ -9,10 +9,15 @@
 # A foreign ARCH's packages come through a private apt state in CACHE_DIR/apt (its own package lists,
 # an empty dpkg status), so the host's dpkg gets no foreign architecture (no dpkg --add-architecture)
 # and its own apt-get update stays as it was. Those lists are fetched again when a week old.
+# SUITE (e.g. trixie) takes the kernel and busybox from that Debian suite instead of the host's, to
+# prove the suite on a second kernel series: through the same private apt state, with its own sources
+# (deb.debian.org's SUITE main, signed by Debian's archive keys) in place of the host's, which stay
+# untouched.
 # It prints where things are, one key=value per line on stdout; everything else goes to stderr.
 set -euo pipefail
-cache=${1:?usage: vm-assets.sh CACHE_DIR [ARCH]}
+cache=${1:?usage: vm-assets.sh CACHE_DIR [ARCH [SUITE]]}
 arch=${2:-amd64}
+suite=${3:-}
 case $arch in
 amd64) qemu=qemu-system-x86_64 qemu_pkg=qemu-system-x86 ;;
 arm64) qemu=qemu-system-aarch64 qemu_pkg=qemu-system-arm ;;
@@ -35,13 +40,22 @@ if ! command -v $qemu >/dev/null; then
 	apt-get install -y -q --no-install-recommends $qemu_pkg >&2
 fi
 
-# guest: the options that make apt-get and apt-cache see ARCH's packages.
+# guest: the options that make apt-get and apt-cache see ARCH's (and SUITE's) packages.
 guest=()
-if [ "$arch" != "$(dpkg --print-architecture)" ]; then
+if [ "$arch" != "$(dpkg --print-architecture)" ] || [ -n "$suite" ]; then
 	mkdir -p "$cache/apt/state/lists/partial" "$cache/apt/cache/archives/partial"
 	touch "$cache/apt/status"
 	guest=(-o Dir::State="$cache/apt/state" -o Dir::State::status="$cache/apt/status" -o Dir::Cache="$cache/apt/cache"
 		-o APT::Architecture="$arch" -o APT::Architectures="$arch" -o APT::Sandbox::User=root)
+	if [ -n "$suite" ]; then
+		# Only SUITE's main: not its -security or -updates, whose kernel changes between point
+		# releases, so the cache would be fetched anew more often for the same series. An empty
+		# sources.list.d keeps the host's own sources out.
+		mkdir -p "$cache/apt/sources.list.d"
+		echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main" \
+			>"$cache/apt/sources.list"
+		guest+=(-o Dir::Etc::SourceList="$cache/apt/sources.list" -o Dir::Etc::SourceParts="$cache/apt/sources.list.d")
+	fi
 	if [ -z "$(find "$cache/apt/state/lists" -maxdepth 1 -name '*InRelease' -mtime -7)" ]; then
 		apt_update "${guest[@]}"
 	fi
@@ -89,12 +103,25 @@ unpack() {
 kdir=$(unpack "$kpkg" "linux-image-*-cloud-${arch}_*")
 bdir=$(unpack busybox-static 'busybox-static_*')
 
-kernel=$(ls "$kdir"/boot/vmlinuz-* | head -1)
-modules=$(ls -d "$kdir"/lib/modules/* | head -1)
+# first PATH...: the first of the paths that exists, or nothing (and success, for the checks below to
+# say what is missing). Trixie's packages put their files under /usr (merged /usr: the modules in
+# /usr/lib/modules, busybox in /usr/bin), bookworm's under / .
+first() {
+	local p
+	for p; do
+		if [ -e "$p" ]; then
+			echo "$p"
+			break
+		fi
+	done
+}
+kernel=$(first "$kdir"/boot/vmlinuz-*)
+modules=$(first "$kdir"/lib/modules/* "$kdir"/usr/lib/modules/*)
+busybox=$(first "$bdir"/bin/busybox "$bdir"/usr/bin/busybox)
 [ -f "$kernel" ] && [ -d "$modules" ] || { echo "vm-assets: no kernel or modules in $kdir" >&2; exit 1; }
-[ -x "$bdir/bin/busybox" ] || { echo "vm-assets: no busybox in $bdir" >&2; exit 1; }
+[ -x "$busybox" ] || { echo "vm-assets: no busybox in $bdir" >&2; exit 1; }
 
 echo "qemu=$(command -v $qemu)"
 echo "kernel=$kernel"
 echo "modules=$modules"
-echo "busybox=$bdir/bin/busybox"
+echo "busybox=$busybox"
