@@ -7,6 +7,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -30,23 +31,14 @@ type proc struct {
 // their Start (sandbox, pool.go).
 func startInit(cg *jobCgroup, setup initSetup, stdout, stderr *os.File) (*proc, error) {
 	arg, _ := json.Marshal(setup) // cannot fail: strings and integers only
-	initFD, err := os.Open(cg.initDir())
-	if err != nil {
-		return nil, err
-	}
-	defer initFD.Close()
-	jobFD, err := os.Open(cg.jobDir())
-	if err != nil {
-		return nil, err
-	}
-	defer jobFD.Close()
-	cfgR, cfgW, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
-	repR, repW, err := os.Pipe()
-	if err != nil {
-		closeAll([]*os.File{cfgR, cfgW})
+	// All four are made before any error is checked: a failed one is nil, which closeAll skips.
+	initFD, err1 := os.Open(cg.initDir())
+	jobFD, err2 := os.Open(cg.jobDir())
+	cfgR, cfgW, err3 := os.Pipe()
+	repR, repW, err4 := os.Pipe()
+	defer closeAll([]*os.File{initFD, jobFD})
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
+		closeAll([]*os.File{cfgR, cfgW, repR, repW})
 		return nil, err
 	}
 
@@ -71,7 +63,7 @@ func startInit(cg *jobCgroup, setup initSetup, stdout, stderr *os.File) (*proc, 
 			CgroupFD:    int(initFD.Fd()),
 		},
 	}
-	err = cmd.Start()
+	err := cmd.Start()
 	closeAll([]*os.File{cfgR, repW}) // the init's ends: a report read sees EOF once the init is gone
 	if err != nil {
 		closeAll([]*os.File{cfgW, repR})
