@@ -197,12 +197,7 @@ func ownCgroup() (string, error) {
 
 // missing names every controller that lim needs and the hierarchy cannot give, or is empty.
 func (cg *cgroupFS) missing(lim limits) []string {
-	var out []string
-	for _, c := range lim.controllers() {
-		if !cg.available[c] {
-			out = append(out, c)
-		}
-	}
+	out := slices.DeleteFunc(lim.controllers(), func(c string) bool { return cg.available[c] })
 	if cg.available["io"] && lim.rbps|lim.wbps|lim.riops|lim.wiops != 0 && len(cg.ioDevices) == 0 {
 		out = append(out, "io (rund serve was given no -io_devices)")
 	}
