@@ -6,6 +6,7 @@ package main
 // no goroutine.
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -117,23 +118,20 @@ func (p *proc) reap() {
 // and errno say. A failure of the init's own setup is the server's: it has no kind, so the client
 // hears only Internal and the log gets the message.
 func startFailure(rep startReport) error {
-	errno := syscall.Errno(rep.Errno)
-	var kind error
-	switch {
-	case rep.Stage == stageSetup:
-	case rep.Stage == stageDir:
+	kind := cmp.Or(errnoKinds[syscall.Errno(rep.Errno)], errNotStarted)
+	switch rep.Stage {
+	case stageSetup:
+		kind = nil
+	case stageDir:
 		kind = errInvalid
-	case errno == syscall.ENOENT:
-		kind = errNotFound
-	case errno == syscall.EACCES || errno == syscall.EPERM:
-		kind = errDenied
-	case errno == syscall.ENOEXEC || errno == syscall.E2BIG:
-		kind = errInvalid
-	default:
-		kind = errNotStarted
 	}
 	return &clientError{kind: kind, msg: rep.Msg}
 }
+
+// errnoKinds is the kind of a failed path lookup or exec of the command, by its errno; any other errno
+// is errNotStarted.
+var errnoKinds = map[syscall.Errno]error{syscall.ENOENT: errNotFound, syscall.EACCES: errDenied, syscall.EPERM: errDenied,
+	syscall.ENOEXEC: errInvalid, syscall.E2BIG: errInvalid}
 
 func closeAll(fs []*os.File) {
 	for _, f := range fs {
