@@ -136,13 +136,8 @@ func setupCgroups(parent string, ioDevices []string) (*cgroupFS, error) {
 // into a leaf of its own (the way a service manager would have placed it).
 func (cg *cgroupFS) enableControllers() error {
 	offered := strings.Fields(readString(filepath.Join(cg.mount, "cgroup.controllers")))
-	var plus []string
-	for _, c := range wantedControllers {
-		if slices.Contains(offered, c) {
-			plus = append(plus, "+"+c)
-		}
-	}
-	if len(plus) == 0 {
+	wanted := slices.DeleteFunc(slices.Clone(wantedControllers), func(c string) bool { return !slices.Contains(offered, c) })
+	if len(wanted) == 0 {
 		return fmt.Errorf("none of %v is offered by %s (held by cgroup v1?)", wantedControllers, cg.mount)
 	}
 	if err := cg.leaveEnablePath(); err != nil {
@@ -152,10 +147,10 @@ func (cg *cgroupFS) enableControllers() error {
 	dir := cg.mount
 	for _, part := range append([]string{""}, strings.Split(rel, "/")...) {
 		dir = filepath.Join(dir, part)
-		for _, p := range plus {
+		for _, c := range wanted {
 			// One write per controller, so that one refused controller does not hide the others.
-			if err := writeFile(filepath.Join(dir, "cgroup.subtree_control"), p); err != nil {
-				log.Printf("enable %s: %v", p[1:], err)
+			if err := writeFile(filepath.Join(dir, "cgroup.subtree_control"), "+"+c); err != nil {
+				log.Printf("enable %s: %v", c, err)
 			}
 		}
 	}
@@ -197,12 +192,7 @@ func ownCgroup() (string, error) {
 
 // missing names every controller that lim needs and the hierarchy cannot give, or is empty.
 func (cg *cgroupFS) missing(lim limits) []string {
-	var out []string
-	for _, c := range lim.controllers() {
-		if !cg.available[c] {
-			out = append(out, c)
-		}
-	}
+	out := slices.DeleteFunc(lim.controllers(), func(c string) bool { return cg.available[c] })
 	if cg.available["io"] && lim.rbps|lim.wbps|lim.riops|lim.wiops != 0 && len(cg.ioDevices) == 0 {
 		out = append(out, "io (rund serve was given no -io_devices)")
 	}

@@ -99,11 +99,9 @@ type boundedCreds struct {
 }
 
 func (b boundedCreds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	defer func() {
-		if bc, ok := c.(*boundedConn); ok {
-			bc.handshakeDone()
-		}
-	}()
+	if bc, ok := c.(*boundedConn); ok {
+		defer bc.handshakeDone()
+	}
 	return b.TransportCredentials.ServerHandshake(c)
 }
 

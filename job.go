@@ -216,7 +216,10 @@ func (j *job) escalate() {
 // init still reports its end exactly), anything else through the init, which forwards it. A job whose
 // end is known is refused.
 func (j *job) signal(sig syscall.Signal) error {
-	if !j.exited() {
+	j.mu.Lock()
+	known := j.exitKnown // the init has reported how the command ended
+	j.mu.Unlock()
+	if !known {
 		var err error
 		if sig == syscall.SIGKILL {
 			err = kill(j.cg.jobDir())
@@ -228,13 +231,6 @@ func (j *job) signal(sig syscall.Signal) error {
 		}
 	}
 	return clientErr(errEnded, "job %s has ended", j.id)
-}
-
-// exited reports whether the init has reported how the command ended.
-func (j *job) exited() bool {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.exitKnown
 }
 
 // snapshot is a job's status at one moment.

@@ -141,12 +141,7 @@ func (m *manager) get(id string, caller []string) (*job, error) {
 // list returns the caller's jobs, oldest first.
 func (m *manager) list(caller []string) []*job {
 	m.mu.Lock()
-	var js []*job
-	for _, j := range m.jobs {
-		if sharesIdentity(j.owner, caller) {
-			js = append(js, j)
-		}
-	}
+	js := slices.DeleteFunc(slices.Collect(maps.Values(m.jobs)), func(j *job) bool { return !sharesIdentity(j.owner, caller) })
 	m.mu.Unlock()
 	// By start time: an id's time is when its sandbox was made, which for a spare precedes the Start.
 	slices.SortFunc(js, func(a, b *job) int { return a.started.Compare(b.started) })

@@ -6,7 +6,9 @@ package main
 // no goroutine.
 
 import (
+	"cmp"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -30,23 +32,14 @@ type proc struct {
 // their Start (sandbox, pool.go).
 func startInit(cg *jobCgroup, setup initSetup, stdout, stderr *os.File) (*proc, error) {
 	arg, _ := json.Marshal(setup) // cannot fail: strings and integers only
-	initFD, err := os.Open(cg.initDir())
-	if err != nil {
-		return nil, err
-	}
-	defer initFD.Close()
-	jobFD, err := os.Open(cg.jobDir())
-	if err != nil {
-		return nil, err
-	}
-	defer jobFD.Close()
-	cfgR, cfgW, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
-	repR, repW, err := os.Pipe()
-	if err != nil {
-		closeAll([]*os.File{cfgR, cfgW})
+	// All four are made before any error is checked: a failed one is nil, which closeAll skips.
+	initFD, err1 := os.Open(cg.initDir())
+	jobFD, err2 := os.Open(cg.jobDir())
+	cfgR, cfgW, err3 := os.Pipe()
+	repR, repW, err4 := os.Pipe()
+	defer closeAll([]*os.File{initFD, jobFD})
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
+		closeAll([]*os.File{cfgR, cfgW, repR, repW})
 		return nil, err
 	}
 
@@ -71,7 +64,7 @@ func startInit(cg *jobCgroup, setup initSetup, stdout, stderr *os.File) (*proc, 
 			CgroupFD:    int(initFD.Fd()),
 		},
 	}
-	err = cmd.Start()
+	err := cmd.Start()
 	closeAll([]*os.File{cfgR, repW}) // the init's ends: a report read sees EOF once the init is gone
 	if err != nil {
 		closeAll([]*os.File{cfgW, repR})
@@ -125,23 +118,20 @@ func (p *proc) reap() {
 // and errno say. A failure of the init's own setup is the server's: it has no kind, so the client
 // hears only Internal and the log gets the message.
 func startFailure(rep startReport) error {
-	errno := syscall.Errno(rep.Errno)
-	var kind error
-	switch {
-	case rep.Stage == stageSetup:
-	case rep.Stage == stageDir:
+	kind := cmp.Or(errnoKinds[syscall.Errno(rep.Errno)], errNotStarted)
+	switch rep.Stage {
+	case stageSetup:
+		kind = nil
+	case stageDir:
 		kind = errInvalid
-	case errno == syscall.ENOENT:
-		kind = errNotFound
-	case errno == syscall.EACCES || errno == syscall.EPERM:
-		kind = errDenied
-	case errno == syscall.ENOEXEC || errno == syscall.E2BIG:
-		kind = errInvalid
-	default:
-		kind = errNotStarted
 	}
 	return &clientError{kind: kind, msg: rep.Msg}
 }
+
+// errnoKinds is the kind of a failed path lookup or exec of the command, by its errno; any other errno
+// is errNotStarted.
+var errnoKinds = map[syscall.Errno]error{syscall.ENOENT: errNotFound, syscall.EACCES: errDenied, syscall.EPERM: errDenied,
+	syscall.ENOEXEC: errInvalid, syscall.E2BIG: errInvalid}
 
 func closeAll(fs []*os.File) {
 	for _, f := range fs {
