@@ -366,10 +366,11 @@ var privateDirs = []string{"/tmp", "/var/tmp", "/dev/shm"}
 func setupMounts(s initSetup) error {
 	for _, d := range s.Dirs { // made while the host's mounts are writable here, as the host's root
 		own := filepath.Join(d, s.Hostname)
-		if err := os.Mkdir(own, 0o700); err != nil {
-			return err
+		err := os.Mkdir(own, 0o700)
+		if err == nil {
+			err = os.Lchown(own, int(s.Own.UID), int(s.Own.GID))
 		}
-		if err := os.Lchown(own, int(s.Own.UID), int(s.Own.GID)); err != nil {
+		if err != nil {
 			return err
 		}
 	}

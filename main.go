@@ -249,12 +249,8 @@ func checkJobDirs(dirs []string) error {
 		if !filepath.IsAbs(d) || filepath.Clean(d) != d || d == "/" {
 			return fmt.Errorf("-job_dirs %q: want an absolute, clean path other than /", d)
 		}
-		fi, err := os.Stat(d)
-		if err != nil {
-			return fmt.Errorf("-job_dirs: %w", err)
-		}
-		if st := fi.Sys().(*syscall.Stat_t); !fi.IsDir() || st.Uid != 0 || fi.Mode()&0o022 != 0 {
-			return fmt.Errorf("-job_dirs %q: want a directory owned by root and writable by no one else", d)
+		if fi, err := os.Stat(d); err != nil || !fi.IsDir() || fi.Sys().(*syscall.Stat_t).Uid != 0 || fi.Mode()&0o022 != 0 {
+			return fmt.Errorf("-job_dirs %q: want an existing directory, owned by root and writable by no one else", d)
 		}
 		for j, o := range append(dirs, privateDirs...) {
 			if j != i && (o == d || strings.HasPrefix(d, o+"/")) {
