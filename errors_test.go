@@ -16,10 +16,10 @@ import (
 // TestPublicError: every kind of core error reaches the client with its own code and message, and
 // nothing else reaches it but a bare Internal.
 func TestPublicError(t *testing.T) {
-	for _, c := range codeOf {
-		err := publicError("/rund.JobController/Start", clientErr(c.kind, "msg for %v", c.kind))
-		if status.Code(err) != c.code || status.Convert(err).Message() != fmt.Sprintf("msg for %v", c.kind) {
-			t.Errorf("kind %v: got %v, want %v with its message", c.kind, err, c.code)
+	for kind, code := range codeOf {
+		err := publicError("/rund.JobController/Start", clientErr(kind, "msg for %v", kind))
+		if status.Code(err) != code || status.Convert(err).Message() != fmt.Sprintf("msg for %v", kind) {
+			t.Errorf("kind %v: got %v, want %v with its message", kind, err, code)
 		}
 	}
 	hostPath := &os.PathError{Op: "write", Path: "/sys/fs/cgroup/rund/X/memory.max", Err: syscall.EINVAL}

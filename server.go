@@ -66,20 +66,17 @@ type server struct {
 }
 
 // codeOf maps each kind of client error (errors.go) to its gRPC status code.
-var codeOf = []struct {
-	kind error
-	code codes.Code
-}{
-	{errInvalid, codes.InvalidArgument},
-	{errNotFound, codes.NotFound},
-	{errDenied, codes.PermissionDenied},
-	{errUnsupported, codes.FailedPrecondition},
-	{errExhausted, codes.ResourceExhausted},
-	{errClosing, codes.Unavailable},
-	{errOutOfRange, codes.OutOfRange},
-	{errEnded, codes.FailedPrecondition},
-	{errNotStarted, codes.Internal},
-	{errNoIdentity, codes.Unauthenticated},
+var codeOf = map[error]codes.Code{
+	errInvalid:     codes.InvalidArgument,
+	errNotFound:    codes.NotFound,
+	errDenied:      codes.PermissionDenied,
+	errUnsupported: codes.FailedPrecondition,
+	errExhausted:   codes.ResourceExhausted,
+	errClosing:     codes.Unavailable,
+	errOutOfRange:  codes.OutOfRange,
+	errEnded:       codes.FailedPrecondition,
+	errNotStarted:  codes.Internal,
+	errNoIdentity:  codes.Unauthenticated,
 }
 
 // publicError is the only way an error reaches a client. A client error gets its kind's code and its
@@ -91,10 +88,8 @@ func publicError(method string, err error) error {
 		return nil
 	}
 	if ce := (*clientError)(nil); errors.As(err, &ce) {
-		for _, c := range codeOf {
-			if errors.Is(ce.kind, c.kind) {
-				return status.Error(c.code, ce.msg)
-			}
+		if code, ok := codeOf[ce.kind]; ok {
+			return status.Error(code, ce.msg)
 		}
 	}
 	if _, ok := status.FromError(err); ok {
