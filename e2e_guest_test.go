@@ -11,17 +11,19 @@ package main
 //
 // TestVM turns those lines into one subtest per name in e2eChecks. e2eTool holds the commands the
 // jobs run ("/bin/rund.test e2e-tool ..."): busy loop, allocate and touch, O_DIRECT io on the
-// virtio disk, a bounded fork bomb.
+// virtio disk, a bounded fork bomb, a key syscall.
 
 import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -61,7 +63,10 @@ const (
 // e2eChecks are the names TestE2EGuest reports, in order; TestVM expects a line for each.
 var e2eChecks = []string{
 	"server-cgroup", "spares",
-	"ns-ppid", "ns-proc", "ns-net", "ns-hostname", "ns-mount", "contained", "escapes",
+	"ns-ppid", "ns-proc", "ns-net", "ns-hostname",
+	"esc-cgroup-root", "esc-other-job-kill", "esc-raise-limits", "esc-server-key", "esc-proc-umount", "esc-remount",
+	"esc-mount", "esc-host-write", "esc-shared-tmp", "esc-nsenter", "esc-userns", "esc-keyring", "esc-seccomp",
+	"esc-in-a-row",
 	"stop-grace",
 	"cpu-unlimited", "cpu-limited",
 	"memory-oom", "memory-usable",
@@ -75,7 +80,7 @@ var e2eChecks = []string{
 // e2eTool is a job command of the VM suite. It returns the process exit code.
 func e2eTool(args []string) int {
 	if len(args) == 0 {
-		fmt.Fprintln(os.Stderr, "usage: e2e-tool spin|alloc|oom|dio|forkbomb|sleep ARGS")
+		fmt.Fprintln(os.Stderr, "usage: e2e-tool spin|alloc|oom|dio|forkbomb|sleep|key ARGS")
 		return 2
 	}
 	var err error
@@ -96,6 +101,8 @@ func e2eTool(args []string) int {
 			time.Sleep(d)
 			fmt.Println("alive")
 		}
+	case "key": // key search|read SERIAL|join NAME|add: a key syscall the job must not get through
+		err = toolKey(args[1:])
 	default:
 		err = fmt.Errorf("unknown tool %q", args[0])
 	}
@@ -309,6 +316,34 @@ func toolForkBomb(args []string) error {
 	return nil
 }
 
+// toolKey tries one way to the guest's key (e2eKeyName) or to add a key of the job's own; it returns
+// nil only when it got through.
+func toolKey(args []string) error {
+	var err error
+	switch {
+	case len(args) == 1 && args[0] == "search":
+		_, err = unix.KeyctlSearch(unix.KEY_SPEC_SESSION_KEYRING, "user", e2eKeyName, 0)
+	case len(args) == 2 && args[0] == "read":
+		var v []int
+		if v, err = toolInts(args[1:], 1); err == nil {
+			buf := make([]byte, 4096)
+			var n int
+			if n, err = unix.KeyctlBuffer(unix.KEYCTL_READ, v[0], buf, 0); err == nil {
+				fmt.Printf("%s\n", buf[:min(n, len(buf))])
+			}
+		}
+	case len(args) == 2 && args[0] == "join": // joining a keyring of that name is no escape unless the key is in it
+		if _, err = unix.KeyctlJoinSessionKeyring(args[1]); err == nil {
+			_, err = unix.KeyctlSearch(unix.KEY_SPEC_SESSION_KEYRING, "user", e2eKeyName, 0)
+		}
+	case len(args) == 1 && args[0] == "add":
+		_, err = unix.AddKey("user", e2eJobKey, []byte("the job's"), unix.KEY_SPEC_SESSION_KEYRING)
+	default:
+		return fmt.Errorf("want search|read SERIAL|join NAME|add, got %q", args)
+	}
+	return err
+}
+
 // e2eGuest is the running VM suite: the server process and a gRPC client.
 type e2eGuest struct {
 	t      *testing.T
@@ -329,6 +364,8 @@ type e2eGuest struct {
 	ioWrite      [2]uint64
 	bombTasks    int // forked + own threads, as the fork bomb counted them
 	bombStatusPC uint64
+	keySerial    int   // the key in the session keyring the server inherits (esc-keyring)
+	keyErr       error // why there is none
 }
 
 func TestE2EGuest(t *testing.T) {
@@ -347,9 +384,7 @@ func TestE2EGuest(t *testing.T) {
 		{"server-cgroup", g.checkServerCgroup},
 		{"spares", g.checkSpares},
 		{"ns-ppid", g.checkNamespaces},
-		{"ns-mount", g.checkMount},
-		{"contained", g.checkContained},
-		{"escapes", g.checkEscapes},
+		{"esc-cgroup-root", g.checkEscapes},
 		{"stop-grace", g.checkStop},
 		{"cpu-unlimited", g.checkCPUUnlimited},
 		{"cpu-limited", g.checkCPULimited},
@@ -394,6 +429,13 @@ func (g *e2eGuest) setup() error {
 	}
 	if err := os.MkdirAll(e2eSvc, 0o755); err != nil {
 		return err
+	}
+	// A session keyring is a thread's (keyrings(7)), and a child inherits its parent thread's: this
+	// goroutine stays on its thread, which joins a session keyring of its own and puts a key in it, and
+	// starts rund, so that rund holds the keyring as it would a login session's. The jobs must not reach it.
+	runtime.LockOSThread()
+	if _, g.keyErr = unix.KeyctlJoinSessionKeyring(e2eKeyring); g.keyErr == nil {
+		g.keySerial, g.keyErr = unix.AddKey("user", e2eKeyName, []byte(e2eKeySecret), unix.KEY_SPEC_SESSION_KEYRING)
 	}
 	if err := g.startServer(e2eSvc); err != nil {
 		return err
@@ -668,93 +710,202 @@ func (g *e2eGuest) checkNamespaces() {
 	g.report("ns-hostname", slices.Equal(f["hostname"], []string{id}), "hostname %q, job id %q", strings.Join(f["hostname"], ","), id)
 }
 
-// checkMount: a contained job can mount nothing (it holds no capability over its mount namespace), and
-// the host sees nothing of the attempt.
-func (g *e2eGuest) checkMount() {
-	dir := "/mnt/e2e"
-	os.MkdirAll(dir, 0o755)
-	out, _, err := g.cli("start", "--", "/bin/sh", "-c",
-		fmt.Sprintf("mount -t tmpfs e2e-tmpfs %s && echo mounted; touch %s/inside; ls %s", dir, dir, dir))
-	id := strings.TrimSpace(out)
-	var st *rpcpb.JobStatus
-	if err == nil {
-		out, _, st, err = g.wait(id)
-	}
-	if err != nil {
-		g.report("ns-mount", false, "%v", err)
-		return
-	}
-	mi, _ := os.ReadFile("/proc/self/mountinfo")
-	visible := !gone(dir + "/inside")
-	inMountinfo := strings.Contains(string(mi), "e2e-tmpfs")
-	g.report("ns-mount", exitedZero(st) && out == "" && !visible && !inMountinfo,
-		"inside the job: mount -t tmpfs on %s, touch, ls: %s, printed %q (want nothing); on the host: the file visible=%v, the tmpfs in mountinfo=%v",
-		dir, exitText(st), strings.TrimSpace(out), visible, inMountinfo)
+// The escapes of issue 15, each tried by contained jobs under the real kernel: one esc-* check per
+// escape, then esc-in-a-row, which tries them all in one job and Stops it. An attempt is a shell command
+// that must fail inside the job (escapeScript, contain_test.go: "refused NAME" or "ESCAPED NAME"); the
+// check then looks from the guest's side, where the attempt would have left its trace. Every escape job
+// runs under memory and pids limits, prints "done" after its attempts and holds (sleep), so that the
+// guest sees its processes; another job (the victim) runs throughout.
+const (
+	e2eKeyring   = "rund-e2e"                // the session keyring the server inherits from this test
+	e2eKeyName   = "rund-e2e-secret"         // the key in it
+	e2eKeySecret = "the guest's secret 7d1f" // and its payload
+	e2eJobKey    = "rund-e2e-job-key"        // the key a job tries to add
+	e2eOpen      = "/mnt/e2e-open"           // a 0777 guest directory: only the read-only mount keeps a job out
+	e2eTarget    = "/mnt/e2e"                // a guest directory a job tries to mount on
+	e2eEscMemory = 64 << 20                  // the escape jobs' memory.max
+	e2eEscPids   = 50                        // and pids.max
+)
+
+// escEnv is what the attempts name and what the checks compare with: the victim job and its guest pid,
+// the guest's state before the escapes, the key in the server's session keyring.
+type escEnv struct {
+	victim    string
+	vpid      int
+	mounts    string // the guest's /proc/self/mountinfo
+	ifaces    string // the guest's interfaces and their flags
+	keySerial int
 }
 
-// checkContained: with real controllers, a contained job cannot raise its own limits or leave its
-// cgroup, which is all it sees of the hierarchy, and its /tmp is its own.
-func (g *e2eGuest) checkContained() {
-	script := `cd /sys/fs/cgroup && cat /proc/self/cgroup && id -u && ls cgroup.procs memory.max pids.max || exit 1
-for f in memory.max pids.max memory.high cgroup.subtree_control; do echo max 2>/dev/null >$f && echo "wrote $f"; done
-echo $$ 2>/dev/null >/sys/fs/cgroup/../cgroup.procs && echo escaped
-echo x >/tmp/e2e-contained && echo tmp-ok
-cat memory.max pids.max`
-	out, _, err := g.cli("start", "-max_memory_usage", "33554432", "-max_pids", "50", "--", "/bin/sh", "-c", script)
-	id := strings.TrimSpace(out)
-	var st *rpcpb.JobStatus
-	if err == nil {
-		out, _, st, err = g.wait(id)
-	}
-	if err != nil {
-		g.report("contained", false, "%v", err)
-		return
-	}
-	want := "0::/\n0\ncgroup.procs\nmemory.max\npids.max\ntmp-ok\n33554432\n50\n"
-	onHost := !gone("/tmp/e2e-contained")
-	g.report("contained", exitedZero(st) && out == want && !onHost,
-		"a job under memory.max 32 MiB and pids.max 50 tried to raise both and to join the root cgroup: %s, printed %q (want %q); its /tmp file on the host: %v",
-		exitText(st), out, want, onHost)
+// escJob is a job that tried escapes and holds, as the guest sees it.
+type escJob struct {
+	id   string
+	out  string // what it printed after the attempts' lines, before "done"
+	errs string // its stderr: the attempts' own errors
+	pids []int  // the processes in its job cgroup
 }
 
-// checkEscapes: under the real kernel, a contained job tries the escapes of issue 15 in a row. Each
-// must fail inside the job, and the guest must show no trace: its mounts unchanged, no file written
-// outside the job's /tmp, another job still running. From inside, every syscall of the filter's table
-// is refused (the probe's syscalls).
+// look is one observation: what was looked at, and whether it shows no escape.
+type look struct {
+	what  string
+	clean bool
+}
+
+// vmEscape is one esc-* check: the attempts, a shell tail run after them (what the job reports of
+// itself), and what the guest then looks at.
+type vmEscape struct {
+	name  string
+	tries func(e escEnv) []escape
+	tail  string
+	look  func(g *e2eGuest, e escEnv, j escJob) []look
+}
+
+func vmEscapes() []vmEscape {
+	return []vmEscape{
+		{"esc-cgroup-root", cgroupRootTries, "grep '^0::' /proc/self/cgroup", lookCgroupRoot},
+		{"esc-other-job-kill", otherJobKillTries, "", lookOtherJob},
+		{"esc-raise-limits", raiseLimitsTries, "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max", lookLimits},
+		{"esc-server-key", serverKeyTries, "", lookServerKey},
+		{"esc-proc-umount", func(e escEnv) []escape { return procEscapes(e.vpid) }, e2eTest + " probe procs", lookProc},
+		{"esc-remount", remountTries, "", lookRemount},
+		{"esc-mount", mountTries, "", lookMount},
+		{"esc-host-write", hostWriteTries, "", lookHostWrite},
+		{"esc-shared-tmp", nil, "echo x > /tmp/e2e-private && cat /tmp/e2e-private", lookSharedTmp},
+		{"esc-nsenter", nsenterTries, "cat /proc/sys/kernel/hostname", lookNsenter},
+		{"esc-userns", usernsTries, "", lookUserns},
+		{"esc-keyring", keyringTries, "", lookKeyring},
+		{"esc-seccomp", nil, e2eTest + " probe syscalls", lookSeccomp},
+	}
+}
+
+// checkEscapes runs the esc-* checks, then esc-in-a-row with every attempt of theirs and the probe of
+// the syscall filter.
 func (g *e2eGuest) checkEscapes() {
-	other, err := g.start(&rpcpb.JobStartRequest{Name: "/bin/sleep", Args: []string{"1000"}})
+	all := vmEscapes()
+	e, err := g.escapeEnv()
 	if err != nil {
-		g.report("escapes", false, "start the other job: %v", err)
+		for _, v := range all {
+			g.report(v.name, false, "%v", err)
+		}
+		g.report("esc-in-a-row", false, "%v", err)
 		return
 	}
-	defer g.stop(other)
-	mounts, _ := os.ReadFile("/proc/self/mountinfo")
-	script := fmt.Sprintf(`r() { "$@" >/dev/null 2>&1 && echo "ESCAPED: $*"; }
-r umount /proc; r umount -l /proc; r mount -o remount,ro /; r mount -t tmpfs e2e-escape /mnt
-r unshare -U true; r nsenter -t 1 -n true; r cat %s/server.key; r touch /e2e-escape
-r sh -c 'echo $$ >/sys/fs/cgroup/cgroup.procs'; r sh -c 'echo max >/sys/fs/cgroup/memory.max'
-echo x >/tmp/e2e-escape && echo tmp-ok
-exec %s probe syscalls`, e2eTLS, e2eTest)
-	id, err := g.start(&rpcpb.JobStartRequest{Name: "/bin/sh", Args: []string{"-c", script}, MaxMemoryUsage: wrapperspb.UInt64(64 << 20)})
-	var out string
-	var st *rpcpb.JobStatus
-	if err == nil {
-		out, _, st, err = g.wait(id)
-	}
-	otherSt, _ := g.status(other)
-	after, _ := os.ReadFile("/proc/self/mountinfo")
-	calls := syscallResults(out)
-	var refused []string
-	for _, r := range jobRules {
-		if want := map[bool]string{true: "ENOSYS", false: "EPERM"}[r.act == supervise]; calls[r.name] == want {
-			refused = append(refused, r.name)
+	defer g.stop(e.victim)
+	var row []escape
+	for _, v := range all {
+		g.tryEscape(e, v)
+		if v.tries != nil {
+			row = append(row, v.tries(e)...)
 		}
 	}
-	trace := !gone("/e2e-escape") || !gone("/tmp/e2e-escape") || !bytes.Equal(mounts, after)
-	ok := err == nil && exitedZero(st) && !strings.Contains(out, "ESCAPED") && strings.Contains(out, "tmp-ok") &&
-		len(refused) == len(jobRules) && !trace && otherSt.GetState() == rpcpb.JobStatus_STATE_RUNNING
-	g.report("escapes", ok, "%s; escaped: %q; filter refused %d of %d syscalls; a trace on the guest %v; the other job %v (%v)",
-		exitText(st), grepLines(out, "ESCAPED"), len(refused), len(jobRules), trace, otherSt.GetState(), err)
+	g.tryEscape(e, vmEscape{"esc-in-a-row", func(escEnv) []escape { return row }, e2eTest + " probe syscalls", lookInARow})
+}
+
+// escapeEnv prepares the guest for the escapes: the directories they aim at, the server key's directories
+// open to all (so that only the key's own mode keeps a job out), and the victim.
+func (g *e2eGuest) escapeEnv() (escEnv, error) {
+	e := escEnv{keySerial: g.keySerial}
+	if g.keyErr != nil {
+		return e, fmt.Errorf("a key in the server's session keyring: %w", g.keyErr)
+	}
+	err := errors.Join(os.MkdirAll(e2eOpen, 0o777), os.Chmod(e2eOpen, 0o777), os.MkdirAll(e2eTarget, 0o755),
+		os.Chmod(filepath.Dir(e2eTLS), 0o755), os.Chmod(e2eTLS, 0o755))
+	if err != nil {
+		return e, err
+	}
+	if e.victim, err = g.start(&rpcpb.JobStartRequest{Name: "/bin/sh", Args: []string{"-c", "echo secret; exec sleep 1000"}}); err != nil {
+		return e, fmt.Errorf("start the victim job: %w", err)
+	}
+	if _, err := g.waitLine(e.victim, "secret"); err != nil {
+		return e, fmt.Errorf("the victim job: %w", err)
+	}
+	pids := cgroupPIDs(filepath.Join(e2eParent, e.victim, "job"))
+	if len(pids) != 1 {
+		return e, fmt.Errorf("the victim job holds %v, want one process", pids)
+	}
+	e.vpid, e.mounts, e.ifaces = pids[0], readString("/proc/self/mountinfo"), guestIfaces()
+	return e, nil
+}
+
+func guestIfaces() string {
+	ifs, err := net.Interfaces()
+	s := fmt.Sprint(err)
+	for _, i := range ifs {
+		s += fmt.Sprintf(" %s:%v", i.Name, i.Flags)
+	}
+	return s
+}
+
+// tryEscape runs one esc-* check: a job tries the escapes, then the guest looks.
+func (g *e2eGuest) tryEscape(e escEnv, v vmEscape) {
+	var es []escape
+	if v.tries != nil {
+		es = v.tries(e)
+	}
+	req := &rpcpb.JobStartRequest{Name: "/bin/sh", Args: []string{"-c", escapeScript(es) + v.tail + "\necho done; exec sleep 1000"},
+		MaxMemoryUsage: wrapperspb.UInt64(e2eEscMemory), MaxPids: wrapperspb.UInt64(e2eEscPids)}
+	id, err := g.start(req)
+	var out, errs string
+	if err == nil {
+		out, errs, err = g.until(id, "done\n")
+	}
+	if err != nil {
+		g.report(v.name, false, "%v", err)
+		if id != "" {
+			g.stop(id)
+		}
+		return
+	}
+	rest, refused := strings.CutPrefix(out, refusedAll(es))
+	j := escJob{id: id, out: strings.TrimSuffix(rest, "done\n"), errs: errs, pids: cgroupPIDs(filepath.Join(e2eParent, id, "job"))}
+	victim, _ := g.status(e.victim)
+	looks := []look{
+		{"the guest's mounts unchanged", readString("/proc/self/mountinfo") == e.mounts},
+		{"the victim job running", victim.GetState() == rpcpb.JobStatus_STATE_RUNNING && alive([]int{e.vpid}) == 1},
+	}
+	looks = append(looks, v.look(g, e, j)...)
+	g.stop(id) // esc-in-a-row has stopped it already
+	ok, seen := refused, ""
+	for _, l := range looks {
+		ok = ok && l.clean
+		seen += map[bool]string{true: "; ok: ", false: "; TRACE: "}[l.clean] + l.what
+	}
+	g.report(v.name, ok, "inside the job: %d attempts, refused all=%v, escaped %q, their errors %q%s",
+		len(es), refused, grepLines(out, "ESCAPED"), errorSummary(errs), seen)
+}
+
+// until follows a job's log until its stdout ends with marker, and returns both streams so far.
+func (g *e2eGuest) until(id, marker string) (string, string, error) {
+	ctx, cancel := e2eCtx()
+	defer cancel()
+	stream, err := g.c.Log(ctx, &rpcpb.JobIdentifier{Ulid: id})
+	if err != nil {
+		return "", "", err
+	}
+	var out, errs []byte
+	for !bytes.HasSuffix(out, []byte(marker)) {
+		msg, err := stream.Recv()
+		if err != nil {
+			return string(out), string(errs), fmt.Errorf("job %s: log ended before %q (stdout %q, stderr %q): %v", id, marker, out, errs, err)
+		}
+		out, errs = append(out, msg.Stdout...), append(errs, msg.Stderr...)
+	}
+	return string(out), string(errs), nil
+}
+
+// errorSummary is a job's stderr in short: its distinct lines, at most 400 bytes of them.
+func errorSummary(errs string) string {
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(errs), "\n") {
+		if l != "" && !slices.Contains(lines, l) {
+			lines = append(lines, l)
+		}
+	}
+	s := strings.Join(lines, "; ")
+	if len(s) > 400 {
+		s = s[:400] + "..."
+	}
+	return s
 }
 
 // grepLines returns the lines of s that contain sub.
@@ -766,6 +917,329 @@ func grepLines(s, sub string) []string {
 		}
 	}
 	return out
+}
+
+// procLink is where /proc/<pid>/<name> points (a namespace's inode), "" if unreadable.
+func procLink(pid int, name string) string {
+	l, _ := os.Readlink(fmt.Sprintf("/proc/%d/%s", pid, name))
+	return l
+}
+
+// held is the job's one process that holds (its sleep), 0 if it has not exactly one.
+func (j escJob) held() int {
+	if len(j.pids) != 1 {
+		return 0
+	}
+	return j.pids[0]
+}
+
+// cgroupRootTries leave the job's cgroup for the root of the hierarchy: the job's view of cgroup2 is a
+// read-only bind of its own cgroup (init.go setupMounts), over the guest's whole hierarchy. $$ is the
+// job's shell, which then holds: were it moved, the guest would see it.
+func cgroupRootTries(escEnv) []escape {
+	return []escape{
+		{name: "join the cgroup above its own", sh: "echo $$ > /sys/fs/cgroup/../cgroup.procs"},
+		{name: "uncover the guest's cgroup2 mount and join its root", sh: "umount -l /sys/fs/cgroup && echo $$ > /sys/fs/cgroup/cgroup.procs"},
+		{name: "the same in a new mount namespace", sh: `unshare -m sh -c "umount -l /sys/fs/cgroup && echo $$ > /sys/fs/cgroup/cgroup.procs"`},
+		{name: "join the root of a cgroup2 mounted afresh", sh: `unshare -m sh -c "mount -t cgroup2 none /mnt && echo $$ > /mnt/cgroup.procs"`},
+		{name: "make a child cgroup", sh: "mkdir /sys/fs/cgroup/escape"},
+	}
+}
+
+func lookCgroupRoot(g *e2eGuest, e escEnv, j escJob) []look {
+	rel := "0::" + strings.TrimPrefix(filepath.Join(e2eParent, j.id, "job"), "/sys/fs/cgroup")
+	in := strings.TrimSpace(readString(fmt.Sprintf("/proc/%d/cgroup", j.held())))
+	return []look{
+		{fmt.Sprintf("the job saw its cgroup as %q (want 0::/)", strings.TrimSpace(j.out)), j.out == "0::/\n"},
+		{fmt.Sprintf("its shell still in %q (the guest sees %q)", rel, in), j.held() != 0 && in == rel},
+		{"no cgroup made below its own", gone(filepath.Join(e2eParent, j.id, "job", "escape"))},
+	}
+}
+
+// otherJobKillTries kill the victim: its cgroup.kill by the guest's path, on the job's view and on the
+// guest's hierarchy uncovered, and its process by its guest pid.
+func otherJobKillTries(e escEnv) []escape {
+	kill := filepath.Join(e2eParent, e.victim, "job", "cgroup.kill")
+	return []escape{
+		{name: "write the other job's cgroup.kill", sh: "echo 1 > " + kill},
+		{name: "uncover the guest's cgroup2 mount and write it", sh: "umount -l /sys/fs/cgroup && echo 1 > " + kill},
+		{name: "the same in a new mount namespace", sh: "unshare -m sh -c 'umount -l /sys/fs/cgroup && echo 1 > " + kill + "'"},
+		{name: "kill the other job's process by its guest pid", sh: fmt.Sprintf("kill -9 %d", e.vpid)},
+	}
+}
+
+func lookOtherJob(g *e2eGuest, e escEnv, j escJob) []look {
+	events := readString(filepath.Join(e2eParent, e.victim, "job", "cgroup.events"))
+	return []look{{"the victim's cgroup still populated", strings.Contains(events, "populated 1")}}
+}
+
+// raiseLimitsTries write the job's own limit files, which it can see but does not own.
+func raiseLimitsTries(escEnv) []escape {
+	var es []escape
+	for _, f := range []string{"memory.max", "memory.high", "pids.max", "cpu.max"} {
+		es = append(es, escape{name: "raise its " + f, sh: "echo max > /sys/fs/cgroup/" + f})
+	}
+	return append(es,
+		escape{name: "enable a controller below it", sh: "echo +memory > /sys/fs/cgroup/cgroup.subtree_control"},
+		escape{name: "raise memory.max on a cgroup2 mounted afresh", sh: "unshare -m sh -c 'mount -t cgroup2 none /mnt && echo max > /mnt/memory.max'"})
+}
+
+func lookLimits(g *e2eGuest, e escEnv, j escJob) []look {
+	dir := filepath.Join(e2eParent, j.id, "job")
+	got := fmt.Sprintf("memory.max=%s pids.max=%s memory.high=%s subtree_control=%q", strings.TrimSpace(readString(dir+"/memory.max")),
+		strings.TrimSpace(readString(dir+"/pids.max")), strings.TrimSpace(readString(dir+"/memory.high")), strings.TrimSpace(readString(dir+"/cgroup.subtree_control")))
+	want := fmt.Sprintf("memory.max=%d pids.max=%d memory.high=max subtree_control=\"\"", e2eEscMemory, e2eEscPids)
+	return []look{
+		{fmt.Sprintf("the job read back %q", j.out), j.out == fmt.Sprintf("%d\n%d\n", e2eEscMemory, e2eEscPids)},
+		{"the guest reads " + got, got == want},
+	}
+}
+
+// serverKeyTries read rund's TLS key, which is 0600 and root's in directories open to all.
+func serverKeyTries(escEnv) []escape {
+	key := e2eTLS + "/server.key"
+	return []escape{
+		{name: "cat the server key", sh: "cat " + key},
+		{name: "read it with head", sh: "head -c 4096 " + key},
+		{name: "copy it to /tmp", sh: "cp " + key + " /tmp/k && cat /tmp/k"},
+	}
+}
+
+func lookServerKey(g *e2eGuest, e escEnv, j escJob) []look {
+	key := e2eTLS + "/server.key"
+	fi, err := os.Stat(key)
+	data, rerr := os.ReadFile(key)
+	leaked := err != nil || rerr != nil
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		leaked = leaked || strings.Contains(j.out+j.errs, line)
+	}
+	return []look{
+		{fmt.Sprintf("the key is mode %v (%v)", fi.Mode().Perm(), err), err == nil && fi.Mode().Perm() == 0o600},
+		{"no line of the key in the job's output", !leaked},
+	}
+}
+
+// lookProc: after procEscapes, the job's /proc is still the proc of its PID namespace, as the guest's
+// view of the job's mounts shows, and lists none of the guest's processes.
+func lookProc(g *e2eGuest, e escEnv, j escJob) []look {
+	procs := strings.Split(strings.Join(facts(j.out)["procs"], ""), ",")
+	mounted := false
+	for _, line := range strings.Split(readString(fmt.Sprintf("/proc/%d/mountinfo", j.held())), "\n") {
+		f := strings.Fields(line)
+		mounted = mounted || (len(f) > 8 && f[4] == "/proc" && slices.Contains(f, "proc"))
+	}
+	return []look{
+		{fmt.Sprintf("the job's /proc lists pids %v, not the victim's %d", procs, e.vpid),
+			len(procs) > 0 && len(procs) <= 4 && !slices.Contains(procs, strconv.Itoa(e.vpid))},
+		{"its mountinfo, read by the guest, still has proc on /proc", mounted},
+	}
+}
+
+// remountTries change the flags of mounts: the job's, and superblocks the guest shares with it (/run:
+// a remount of it would make the guest's /run read-only).
+func remountTries(escEnv) []escape {
+	return []escape{
+		{name: "remount / read-write", sh: "mount -o remount,rw /"},
+		{name: "remount / read-only", sh: "mount -o remount,bind,ro /"},
+		{name: "remount the guest's /run read-only", sh: "mount -o remount,ro /run"},
+		{name: "make its cgroup2 view writable", sh: "mount -o remount,bind,rw /sys/fs/cgroup"},
+		{name: "remount / read-write in a new mount namespace", sh: "unshare -m mount -o remount,rw /"},
+		{name: "remount the guest's /run read-only in a new mount namespace", sh: "unshare -m mount -o remount,ro /run"},
+	}
+}
+
+func lookRemount(g *e2eGuest, e escEnv, j escJob) []look {
+	f := filepath.Join(filepath.Dir(e2eTLS), "e2e-remount")
+	err := os.WriteFile(f, nil, 0o600)
+	os.Remove(f)
+	return []look{{fmt.Sprintf("the guest can write /run (%v)", err), err == nil}}
+}
+
+// mountTries mount on a guest directory, which the job's slave mounts would not pass back, but whose
+// mount would be the job's to use.
+func mountTries(escEnv) []escape {
+	return []escape{
+		{name: "mount a tmpfs on a guest directory", sh: "mount -t tmpfs e2e-tmpfs " + e2eTarget + " && touch " + e2eTarget + "/inside"},
+		{name: "bind / on a guest directory", sh: "mount -o bind / " + e2eTarget},
+		{name: "mount proc afresh", sh: "mount -t proc proc /mnt"},
+		{name: "mount a tmpfs in a new mount namespace", sh: "unshare -m sh -c 'mount -t tmpfs e2e-tmpfs /mnt && touch /mnt/inside'"},
+	}
+}
+
+func lookMount(g *e2eGuest, e escEnv, j escJob) []look {
+	entries, err := os.ReadDir(e2eTarget)
+	return []look{
+		{"no e2e-tmpfs in the job's mountinfo", !strings.Contains(readString(fmt.Sprintf("/proc/%d/mountinfo", j.held())), "e2e-tmpfs")},
+		{fmt.Sprintf("%s empty on the guest (%d entries, %v)", e2eTarget, len(entries), err), err == nil && len(entries) == 0},
+	}
+}
+
+// hostWriteTries write the guest's files, where the directory's mode would let any user write.
+func hostWriteTries(escEnv) []escape {
+	return []escape{
+		{name: "touch a file in a 0777 guest directory", sh: "touch " + e2eOpen + "/f"},
+		{name: "write a file at the guest's /", sh: "echo x > /e2e-escape"},
+		{name: "rebind read-write in a new mount namespace",
+			sh: "unshare -m sh -c 'mount -o bind " + e2eOpen + " /mnt && mount -o remount,bind,rw /mnt && touch /mnt/f'"},
+	}
+}
+
+func lookHostWrite(g *e2eGuest, e escEnv, j escJob) []look {
+	entries, err := os.ReadDir(e2eOpen)
+	return []look{
+		{fmt.Sprintf("%s empty on the guest (%d entries, %v)", e2eOpen, len(entries), err), err == nil && len(entries) == 0},
+		{"no /e2e-escape on the guest", gone("/e2e-escape")},
+		{"the job was told read-only", strings.Contains(j.errs, "Read-only file system")},
+	}
+}
+
+// lookSharedTmp: the job wrote a file in its /tmp, which is neither the guest's nor another job's.
+func lookSharedTmp(g *e2eGuest, e escEnv, j escJob) []look {
+	other, err := g.start(&rpcpb.JobStartRequest{Name: "/bin/cat", Args: []string{"/tmp/e2e-private"}})
+	var out string
+	var st *rpcpb.JobStatus
+	if err == nil {
+		out, _, st, err = g.wait(other)
+	}
+	return []look{
+		{fmt.Sprintf("the job wrote and read its /tmp file (%q)", j.out), j.out == "x\n"},
+		{"no /tmp/e2e-private on the guest", gone("/tmp/e2e-private")},
+		{fmt.Sprintf("another job's cat of it: %s, printed %q %v", exitText(st), out, err), err == nil && !exitedZero(st) && out == ""},
+	}
+}
+
+// nsenterTries join the namespaces the server made for the job (its init's: owned by the guest's user
+// namespace) or change them.
+func nsenterTries(escEnv) []escape {
+	return []escape{
+		{name: "enter the init's network namespace", sh: "nsenter -t 1 -n true"},
+		{name: "enter the init's mount namespace", sh: "nsenter -t 1 -m true"},
+		{name: "enter the init's UTS, IPC and PID namespaces", sh: "nsenter -t 1 -u -i -p true"},
+		{name: "enter a network namespace by its file", sh: "nsenter --net=/proc/1/ns/net true"},
+		{name: "setns at all (into its own network namespace, whose file it may open)", sh: "nsenter --net=/proc/self/ns/net true"},
+		{name: "set the hostname", sh: "hostname rund-escaped"},
+		{name: "write kernel.hostname", sh: "echo rund-escaped > /proc/sys/kernel/hostname"},
+		{name: "take lo down", sh: "ip link set lo down"},
+	}
+}
+
+func lookNsenter(g *e2eGuest, e escEnv, j escJob) []look {
+	inits := cgroupPIDs(filepath.Join(e2eParent, j.id, "init"))
+	same := len(inits) == 1 && j.held() != 0
+	var apart []string
+	for _, ns := range []string{"net", "mnt", "uts", "ipc", "pid"} {
+		l := "ns/" + ns
+		if len(inits) == 1 {
+			same = same && procLink(j.held(), l) == procLink(inits[0], l) && procLink(j.held(), l) != ""
+		}
+		if procLink(j.held(), l) != procLink(1, l) {
+			apart = append(apart, ns)
+		}
+	}
+	host, _ := os.Hostname()
+	return []look{
+		{fmt.Sprintf("the job's hostname %q is its id", strings.TrimSpace(j.out)), j.out == j.id+"\n"},
+		{"the job still in its init's namespaces", same},
+		{fmt.Sprintf("apart from the guest's in %v", apart), len(apart) == 5},
+		{fmt.Sprintf("the guest's hostname %q", host), host == "rund-e2e"},
+		{"the guest's interfaces unchanged", guestIfaces() == e.ifaces},
+	}
+}
+
+// usernsTries create user namespaces, in which the job would hold every capability (user_namespaces(7)).
+func usernsTries(escEnv) []escape {
+	return []escape{
+		{name: "create a user namespace", sh: "unshare -U true"},
+		{name: "be root in a new user namespace", sh: "unshare -r id -u"},
+		{name: "create a user and a mount namespace", sh: "unshare -U -m true"},
+	}
+}
+
+func lookUserns(g *e2eGuest, e escEnv, j escJob) []look {
+	uidMap := strings.Fields(readString(fmt.Sprintf("/proc/%d/uid_map", j.held())))
+	own := procLink(j.held(), "ns/user")
+	return []look{
+		{fmt.Sprintf("the job in a user namespace of its own (%s, the guest's %s) mapping 0 to %v", own, procLink(1, "ns/user"), uidMap),
+			own != "" && own != procLink(1, "ns/user") && len(uidMap) == 3 && uidMap[0] == "0" && uidMap[1] != "0" && uidMap[2] == "1"},
+	}
+}
+
+// keyringTries reach the session keyring the server inherited from this test (and every job would
+// have, but for its own): the key in it, by search and by serial, the keyring itself by name; and add
+// a key.
+func keyringTries(e escEnv) []escape {
+	k := e2eTest + " e2e-tool key "
+	return []escape{
+		{name: "find the guest's key from its session keyring", sh: k + "search"},
+		{name: "read the guest's key by its serial", sh: k + "read " + strconv.Itoa(e.keySerial)},
+		{name: "join the server's session keyring by name and find the key", sh: k + "join " + e2eKeyring},
+		{name: "add a key to its session keyring", sh: k + "add"},
+	}
+}
+
+func lookKeyring(g *e2eGuest, e escEnv, j escJob) []look {
+	ring := make([]byte, 64)
+	n, err := unix.KeyctlBuffer(unix.KEYCTL_READ, unix.KEY_SPEC_SESSION_KEYRING, ring, 0)
+	// A keyring reads as the serials of its keys (keyctl_read(3)).
+	only := err == nil && n == 4 && int(int32(binary.NativeEndian.Uint32(ring))) == e.keySerial
+	data := make([]byte, 64)
+	dn, derr := unix.KeyctlBuffer(unix.KEYCTL_READ, e.keySerial, data, 0)
+	_, serr := unix.KeyctlSearch(unix.KEY_SPEC_SESSION_KEYRING, "user", e2eJobKey, 0)
+	return []look{
+		{fmt.Sprintf("the server's session keyring holds its one key (%d bytes, %v)", n, err), only},
+		{fmt.Sprintf("the key unchanged (%v)", derr), derr == nil && string(data[:min(dn, len(data))]) == e2eKeySecret},
+		{fmt.Sprintf("no %s in it (%v)", e2eJobKey, serr), serr != nil},
+		{"its payload not in the job's output", !strings.Contains(j.out+j.errs, e2eKeySecret)},
+	}
+}
+
+// lookSeccomp: every syscall of the filter's table refused inside the job (EPERM; clone3 ENOSYS),
+// while fork and a plain unshare work; the guest sees the filter on the job's process.
+func lookSeccomp(g *e2eGuest, e escEnv, j escJob) []look {
+	st := procStatus(strconv.Itoa(j.held()))
+	return append(filterRefused(j.out), look{fmt.Sprintf("the guest sees the job's Seccomp %q, NoNewPrivs %q", st["Seccomp"], st["NoNewPrivs"]),
+		st["Seccomp"] == "2" && st["NoNewPrivs"] == "1"})
+}
+
+// filterRefused reads the probe's syscall lines.
+func filterRefused(out string) []look {
+	calls := syscallResults(out)
+	var through []string
+	for _, r := range jobRules {
+		if want := map[bool]string{true: "ENOSYS", false: "EPERM"}[r.act == supervise]; calls[r.name] != want {
+			through = append(through, r.name+"="+calls[r.name])
+		}
+	}
+	return []look{
+		{fmt.Sprintf("%d of %d filtered syscalls refused (not: %v)", len(jobRules)-len(through), len(jobRules), through), len(through) == 0},
+		{fmt.Sprintf("fork %s, unshare without CLONE_NEWUSER %s", calls["os-exec"], calls["unshare-plain"]),
+			calls["os-exec"] == "ok" && calls["unshare-plain"] == "ok"},
+	}
+}
+
+// lookInARow: the job that tried every escape is Stopped; then nothing of it is left on the guest: no
+// process of its uid, no cgroup, no mount, no file; and the victim, stopped last, printed only its own.
+func lookInARow(g *e2eGuest, e escEnv, j escJob) []look {
+	uids := statusIDs(j.held(), "Uid")
+	looks := filterRefused(j.out)
+	st, err := g.stop(j.id)
+	var left []int
+	if len(uids) == 4 {
+		uid, _ := strconv.ParseUint(uids[0], 10, 32)
+		left = uidProcs(uint32(uid))
+	}
+	g.stop(e.victim)
+	vout, _, vst, verr := g.wait(e.victim)
+	files, _ := os.ReadDir(e2eOpen)
+	return append(looks,
+		look{fmt.Sprintf("Stop: %v %v", st.GetState(), err), err == nil && st.GetState() == rpcpb.JobStatus_STATE_STOPPED},
+		look{fmt.Sprintf("processes of its uid %v left: %v", uids, left), len(uids) == 4 && uids[0] != "0" && len(left) == 0},
+		look{"its cgroup removed", gone(filepath.Join(e2eParent, j.id))},
+		look{"the guest's mounts unchanged after Stop", readString("/proc/self/mountinfo") == e.mounts},
+		look{fmt.Sprintf("no file left: %s holds %d, /e2e-escape gone, /tmp/e2e-private gone", e2eOpen, len(files)),
+			len(files) == 0 && gone("/e2e-escape") && gone("/tmp/e2e-private")},
+		look{fmt.Sprintf("the victim, stopped then: %v, printed %q %v", vst.GetState(), vout, verr),
+			verr == nil && vst.GetState() == rpcpb.JobStatus_STATE_STOPPED && vout == "secret\n"})
 }
 
 // checkStop: a tree whose processes ignore SIGTERM, through the real client.
