@@ -1316,18 +1316,26 @@ several times what it does on bare metal); the lines it names are in "Measuremen
   every job has a Go init of its own, and that init is what gives a job SIGTERM, orphan reaping and an exact
   exit status (spawn.go).
 - **Containment: Start and lifecycle (target 1.25x of the same server with -unsafe_uncontained_jobs).**
-  The user namespace is the cost. Go's ForkExec cannot use vfork for a child in a new user namespace
-  (syscall/exec_linux.go: the parent must write the child's uid and gid maps while it waits), so the
-  init's fork of the command copies the init's page tables, the child waits on a pipe for its maps, and
-  its exec tears the copy down again. Measured alone (a temporary test, not kept: ForkExec of /bin/true
-  into a cgroup, 200 each, medians) 0.18-0.20 ms with vfork against 1.41-1.62 ms with CLONE_NEWUSER; a
-  new cgroup namespace besides added nothing measurable; strace of a spare's init at a Start showed the
-  seccomp notification of its own clone3 answered within 0.3 ms. That is about the whole difference in
-  the Start (see "contained Start" above), and the lifecycle carries the same. Go has no way to clone
-  into a user namespace made ahead of time (no user namespace fd in SysProcAttr), which is what would
-  take it off the Start; a second exec stage made ahead in the spare, as runc's init is, would cost a
-  second Go start per job. The filter, the mounts and the keyring cost the Start nothing: they are set up
-  in the spare. Sustained starts meet their target.
+  The user namespace is the cost, and at the Start it has a floor that the target does not leave room
+  for. Go's ForkExec cannot use vfork for a child in a new user namespace (syscall/exec_linux.go: the
+  parent must write the child's uid and gid maps while it waits; a child that unshares its own cannot
+  share the parent's memory, and could map only its own uid), so the init's fork of the command copies
+  the init's page tables, the child waits on a pipe for its maps, and its exec tears the copy down again.
+  Measured alone on 2026-11-27 (a temporary program, not kept: ForkExec of /bin/true, 300 each, medians
+  of two rounds): 0.92-0.98 ms with vfork, 1.89 ms with CLONE_NEWUSER and maps, 1.56-1.70 ms with
+  CLONE_NEWUSER and no maps. In the server the same day (timestamps in a temporary build): the init's
+  start of ` + "`true`" + ` took 2.07 ms contained against 1.24 ms uncontained (p50, 40 each), and the Start's
+  round trip to the init 2.84 against 1.69 ms; ` + "`RUND_BENCH_ONLY=contain`" + ` gave Start 3.29 against 1.86
+  ms (1.77x) and lifecycle 5.56 against 4.34 ms (1.28x). So containment adds about 1.1-1.4 ms to a
+  Start, and 1.25x of a 1.86 ms Start allows 0.47 ms: less than the fork without vfork costs by itself
+  (0.6-0.9 ms above vfork), before the maps. Taking the fork off the Start needs the command's process
+  made ahead, in the spare: Go has no way to clone into a user namespace made ahead of time (no user
+  namespace fd in SysProcAttr; setns of a user namespace refuses a threaded process), so that process
+  would have to be a second exec stage, as runc's init is, a second Go start per job: ` + "`rund version`" + `
+  costs about 7 ms of CPU here, and contained sustained starts already take about 18 ms of CPU per job
+  (2 CPUs at 110 jobs/s), so sustained starts would fall to about 0.6x of uncontained, under their own
+  0.8x target. The filter, the mounts and the keyring cost the Start nothing: they are set up in the
+  spare. Sustained starts meet their target.
 - **Log, 1 follower (target 0.75x).** The raw stream sends from memory; rund's follower reads a job that
   writes as fast as it can, and on 2 CPUs that job and the reading of its pipe take CPU the stream would
   get. A reference is measured beside it: a raw server that does nothing but relay a live yes's pipe to
