@@ -20,18 +20,9 @@ import (
 var vmBullseye = vmArch{goarch: "amd64", qemu: "qemu-system-x86_64", machine: []string{"-M", "pc", "-cpu", "max"},
 	console: "ttyS0", cache: ".cache/vm-bullseye", suite: "bullseye", slow: 1}
 
-// vmFloorInit is the guest's /init. state prints what rund could leave behind, on one line each.
-const vmFloorInit = `#!/bin/sh
-/bin/busybox --install -s
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
-ip link set lo up
-echo "E2E-INIT kernel $(uname -r); cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+// vmFloorInit is the guest's /init, after vmBoot. state prints what rund could leave behind, on one
+// line each.
+const vmFloorInit = vmBoot + `echo "E2E-INIT kernel $(uname -r); cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
 cd /
 tls=/run/rund/tls
 /bin/rund certs -dir $tls >/dev/null 2>&1 || echo "E2E-FLOOR certs-failed"

@@ -223,10 +223,9 @@ func goBuildStatic(goarch string, args ...string) error {
 	return nil
 }
 
-// vmInit is the guest's /init: busybox's applets, mounts, the virtio disk, then the suite (its
-// -test.timeout is the one verb), then power off. The applets' links are made in the guest, by the
-// guest's own busybox, which the host may not be able to run.
-const vmInit = `#!/bin/sh
+// vmBoot is how every guest's /init begins: busybox's applets, the mounts, loopback up. The applets'
+// links are made in the guest, by the guest's own busybox, which the host may not be able to run.
+const vmBoot = `#!/bin/sh
 /bin/busybox --install -s
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
@@ -236,7 +235,11 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 ip link set lo up
-hostname rund-e2e
+`
+
+// vmInit is the guest's /init: vmBoot, the virtio disk, then the suite (its -test.timeout is the one
+// verb), then power off.
+const vmInit = vmBoot + `hostname rund-e2e
 for m in $(cat /lib/modules/order); do
 	insmod /lib/modules/$m.ko || echo "E2E-INIT insmod $m failed"
 done
