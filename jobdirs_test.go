@@ -85,6 +85,10 @@ func TestCheckJobDirs(t *testing.T) {
 		t.Skip(err)
 	}
 	defer os.Remove(inShm)
+	link, linkInShm := filepath.Join(base, "link"), filepath.Join(base, "link-in-shm")
+	if err := errors.Join(os.Symlink(ok, link), os.Symlink(inShm, linkInShm)); err != nil {
+		t.Fatal(err)
+	}
 	file := filepath.Join(base, "file")
 	if err := os.WriteFile(file, nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -95,10 +99,12 @@ func TestCheckJobDirs(t *testing.T) {
 	}{
 		{[]string{ok}, ""},
 		{[]string{ok, ok2}, ""},
-		{[]string{"relative"}, `"relative": want an absolute, clean path other than /`},
-		{[]string{ok + "/"}, "want an absolute, clean path"},
-		{[]string{"/"}, "want an absolute, clean path"},
-		{[]string{""}, "want an absolute, clean path"},
+		{[]string{"relative"}, `"relative": want an absolute path other than /, clean and with no symbolic link`},
+		{[]string{ok + "/"}, "want an absolute path other than /, clean"},
+		{[]string{"/"}, "want an absolute path other than /"},
+		{[]string{""}, "want an absolute path"},
+		{[]string{link}, "with no symbolic link"},
+		{[]string{linkInShm}, "with no symbolic link"},
 		{[]string{filepath.Join(base, "missing")}, "want an existing directory"},
 		{[]string{file}, "want an existing directory, owned by root"},
 		{[]string{open}, "writable by no one else"},

@@ -242,12 +242,14 @@ func containFlags(fs *flag.FlagSet) func() (*containment, error) {
 }
 
 // checkJobDirs refuses a directory in -job_dirs that a job's init could not bind its own directory on
-// (one inside another, or inside a job's private /tmp, /var/tmp or /dev/shm), and one that a user but
-// root could change: the init makes DIR/<id> there as root, and chowns it to the job's uid.
+// (one inside another, or inside a job's private /tmp, /var/tmp or /dev/shm, also by a symbolic link),
+// and one that a user but root could change: the init makes DIR/<id> there as root, and chowns it to
+// the job's uid. (The directories above DIR must be root's alone too; README says so, rund does not
+// check them.)
 func checkJobDirs(dirs []string) error {
 	for i, d := range dirs {
-		if !filepath.IsAbs(d) || filepath.Clean(d) != d || d == "/" {
-			return fmt.Errorf("-job_dirs %q: want an absolute, clean path other than /", d)
+		if real, err := filepath.EvalSymlinks(d); !filepath.IsAbs(d) || err == nil && real != d || d == "/" {
+			return fmt.Errorf("-job_dirs %q: want an absolute path other than /, clean and with no symbolic link", d)
 		}
 		if fi, err := os.Stat(d); err != nil || !fi.IsDir() || fi.Sys().(*syscall.Stat_t).Uid != 0 || fi.Mode()&0o022 != 0 {
 			return fmt.Errorf("-job_dirs %q: want an existing directory, owned by root and writable by no one else", d)
