@@ -31,17 +31,22 @@ import (
 	"rund/rpcpb"
 )
 
+// maxHeaderBytes bounds a request's headers: gRPC's own come to a few hundred bytes.
+const maxHeaderBytes = 16 << 10
+
 // newGRPCServer serves the job API over mutual TLS, within the bounds of conns.go: a connection has 5 s
 // for its handshake, and its requests are counted from their headers. The largest valid request is a
 // Start of maxCommandBytes plus a few bytes of framing per string, so grpc-go refuses anything over
-// maxRequestBytes with ResourceExhausted before it is decoded. Every handler's error goes through
+// maxRequestBytes with ResourceExhausted before it is decoded. A request's headers are bounded too
+// (maxHeaderBytes): grpc-go's default, 16 MiB, let each stream in flight hold that much in decoded
+// header strings (HPACK repeats a field for a byte). Every handler's error goes through
 // publicError. Beside the job API: the standard health service (grpc_health_probe, load balancers),
 // whose Shutdown the caller calls when the server's shutdown starts, and server reflection (grpcurl
 // without the .proto), under the same mTLS and bounds.
 func newGRPCServer(tlsCfg *tls.Config, m *manager, c serveConfig) (*grpc.Server, *health.Server) {
 	f := &inflight{b: c.conns, byClient: map[string]int{}}
 	srv := grpc.NewServer(grpc.Creds(boundedCreds{credentials.NewTLS(tlsCfg)}), grpc.MaxRecvMsgSize(maxRequestBytes),
-		grpc.MaxConcurrentStreams(256), grpc.ConnectionTimeout(5*time.Second),
+		grpc.MaxConcurrentStreams(256), grpc.ConnectionTimeout(5*time.Second), grpc.MaxHeaderListSize(maxHeaderBytes),
 		grpc.InTapHandle(func(ctx context.Context, info *tap.Info) (context.Context, error) {
 			return ctx, publicError(info.FullMethodName, f.admit(ctx)) // a log stream counts until it ends
 		}),
