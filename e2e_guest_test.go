@@ -1146,12 +1146,17 @@ func lookNsenter(g *e2eGuest, e escEnv, j escJob) []look {
 	}
 }
 
-// usernsTries create user namespaces, in which the job would hold every capability (user_namespaces(7)).
+// usernsTries create namespaces: a user namespace, in which the job would hold every capability
+// (user_namespaces(7)), or any other, of which it would be root (in a network namespace, nf_tables).
 func usernsTries(escEnv) []escape {
 	return []escape{
 		{name: "create a user namespace", sh: "unshare -U true"},
 		{name: "be root in a new user namespace", sh: "unshare -r id -u"},
 		{name: "create a user and a mount namespace", sh: "unshare -U -m true"},
+		{name: "create a network namespace", sh: "unshare -n true"},
+		{name: "create a UTS namespace", sh: "unshare -u true"},
+		{name: "create an IPC namespace", sh: "unshare -i true"},
+		{name: "create a PID namespace", sh: "unshare -p -f true"},
 	}
 }
 

@@ -51,9 +51,9 @@ import (
 type action int
 
 const (
-	deny        action = iota // EPERM
-	denyNewUser               // EPERM if the flags (argument 0) ask for a new user namespace
-	supervise                 // SECCOMP_RET_USER_NOTIF: superviseClone3 decides
+	deny      action = iota // EPERM
+	denyNewNS               // EPERM if the flags (argument 0) ask for any new namespace (nsFlags)
+	supervise               // SECCOMP_RET_USER_NOTIF: superviseClone3 decides
 )
 
 type syscallRule struct {
@@ -64,11 +64,10 @@ type syscallRule struct {
 
 // jobRules is the filter; every syscall not named here is allowed. Docker's default profile is an
 // allowlist, and gives a container without CAP_SYS_ADMIN EPERM for these too (it denies all namespace
-// flags of clone, and ENOSYS for clone3). Ours is a denylist, which lets a job run what the host runs
-// (a new syscall included). It differs from Docker in denying adjtimex and clock_adjtime (which
-// only read the clock without CAP_SYS_TIME) and name_to_handle_at (of no use without
-// open_by_handle_at), none of which a job needs, and in allowing namespaces other than the user
-// namespace (they need CAP_SYS_ADMIN, in the job's own user namespace at most, and mounts are denied).
+// flags of clone and unshare, and ENOSYS for clone3). Ours is a denylist, which lets a job run what the
+// host runs (a new syscall included). It differs from Docker in denying adjtimex and clock_adjtime
+// (which only read the clock without CAP_SYS_TIME) and name_to_handle_at (of no use without
+// open_by_handle_at), none of which a job needs.
 //
 // ptrace is allowed, as by Docker: with the command in a PID namespace of its own and under a uid of
 // its own in a user namespace, ptrace_may_access (kernel/ptrace.c) keeps every process outside the
@@ -77,9 +76,11 @@ var jobRules = []syscallRule{
 	// Keys: the kernel's keyrings are not namespaced (keyrings(7)); the job keeps no secrets there.
 	{"keyctl", unix.SYS_KEYCTL, deny}, {"add_key", unix.SYS_ADD_KEY, deny},
 	{"request_key", unix.SYS_REQUEST_KEY, deny},
-	// User namespaces: inside one, a job holds every capability, against the kernel's least-tested
-	// code (user_namespaces(7)). clone3: see the top of the file. setns: no namespace to join.
-	{"unshare", unix.SYS_UNSHARE, denyNewUser}, {"clone", unix.SYS_CLONE, denyNewUser},
+	// New namespaces: the command is root in its own user namespace, so in a namespace it made it
+	// would hold every capability, against the kernel's least-tested code (user_namespaces(7)): in a
+	// network namespace, nf_tables, the way of several escalations to host root. clone3: see the top
+	// of the file. setns: no namespace to join.
+	{"unshare", unix.SYS_UNSHARE, denyNewNS}, {"clone", unix.SYS_CLONE, denyNewNS},
 	{"clone3", unix.SYS_CLONE3, supervise}, {"setns", unix.SYS_SETNS, deny},
 	// Mounts, old API and new (mount(2), fsopen(2)). umount(2), the one-argument call, exists on
 	// none of our arches.
@@ -121,6 +122,10 @@ var auditArch = map[string]uint32{"amd64": unix.AUDIT_ARCH_X86_64, "arm64": unix
 const (
 	dataNr, dataArch, dataArg0 = 0, 4, 16
 	x32SyscallBit              = 0x40000000 // __X32_SYSCALL_BIT, arch/x86/include/uapi/asm/unistd.h
+	// nsFlags are every CLONE_NEW* flag (linux/sched.h). CLONE_NEWTIME shares its bit with clone(2)'s
+	// exit signal, which no valid signal number sets.
+	nsFlags = unix.CLONE_NEWNS | unix.CLONE_NEWCGROUP | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC | unix.CLONE_NEWUSER |
+		unix.CLONE_NEWPID | unix.CLONE_NEWNET | unix.CLONE_NEWTIME
 )
 
 // jobFilter compiles jobRules for this GOARCH: the arch check, then one comparison per rule, then
@@ -145,9 +150,8 @@ func jobFilter() ([]unix.SockFilter, error) {
 			p = append(p, jump(unix.BPF_JEQ, nr, 0, 1), eperm)
 		case supervise:
 			p = append(p, jump(unix.BPF_JEQ, nr, 0, 1), ret(unix.SECCOMP_RET_USER_NOTIF))
-		case denyNewUser: // the accumulator then holds the flags, not nr: the match ends here either way
-			p = append(p, jump(unix.BPF_JEQ, nr, 0, 4), load(dataArg0),
-				jump(unix.BPF_JSET, unix.CLONE_NEWUSER, 0, 1), eperm, allow)
+		case denyNewNS: // the accumulator then holds the flags, not nr: the match ends here either way
+			p = append(p, jump(unix.BPF_JEQ, nr, 0, 4), load(dataArg0), jump(unix.BPF_JSET, nsFlags, 0, 1), eperm, allow)
 		}
 	}
 	return append(p, allow), nil

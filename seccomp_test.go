@@ -84,7 +84,7 @@ func TestSeccompFilterProgram(t *testing.T) {
 		if _, dup := want[r.nr]; dup {
 			t.Errorf("%s (%d) is in jobRules twice", r.name, r.nr)
 		}
-		want[r.nr] = map[action]uint32{deny: eperm, denyNewUser: allow, supervise: unix.SECCOMP_RET_USER_NOTIF}[r.act]
+		want[r.nr] = map[action]uint32{deny: eperm, denyNewNS: allow, supervise: unix.SECCOMP_RET_USER_NOTIF}[r.act]
 	}
 	for name := range syscallProbes { // the probes' list is the filter's, written out a second time
 		if !names[name] && !strings.HasSuffix(name, "-plain") && (!strings.HasSuffix(name, "time64") || runtime.GOARCH == "arm") {
@@ -101,7 +101,10 @@ func TestSeccompFilterProgram(t *testing.T) {
 	}
 	for _, nr := range []uintptr{unix.SYS_CLONE, unix.SYS_UNSHARE} {
 		for flags, w := range map[uint64]uint32{unix.CLONE_NEWUSER: eperm, unix.CLONE_NEWUSER | unix.CLONE_NEWNS: eperm,
-			unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_VM: allow, 0xffffffff &^ unix.CLONE_NEWUSER: allow} {
+			unix.CLONE_NEWNET: eperm, unix.CLONE_NEWNS: eperm, unix.CLONE_NEWPID | unix.CLONE_VM: eperm,
+			unix.CLONE_NEWUTS: eperm, unix.CLONE_NEWIPC: eperm, unix.CLONE_NEWCGROUP: eperm, unix.CLONE_NEWTIME: eperm,
+			0xffffffff &^ nsFlags: allow, unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLONE_SIGHAND | unix.CLONE_THREAD: allow,
+			uint64(unix.SIGCHLD): allow} {
 			if got := runBPF(t, prog, int32(nr), arch, flags); got != w {
 				t.Errorf("syscall %d flags %#x: action %#x, want %#x", nr, flags, got, w)
 			}
@@ -262,8 +265,8 @@ func selfExe(t *testing.T) string {
 
 // TestSeccompJobFilter: every syscall of jobRules fails with EPERM under the filter (clone3 with
 // ENOSYS), where without it (as root, same arguments) the kernel gives another answer; the init's own
-// clone3 goes through (seccomp-child's start of the probe is one); and unshare and clone without
-// CLONE_NEWUSER are let through.
+// clone3 goes through (seccomp-child's start of the probe is one); and unshare and clone without a
+// namespace flag are let through.
 func TestSeccompJobFilter(t *testing.T) {
 	requireRoot(t)
 	out, err := exec.Command(selfExe(t), "probe", "syscalls").Output()
