@@ -1687,7 +1687,8 @@ func idleSandbox(dir string) bool {
 		return false
 	}
 	cmdline, _ := os.ReadFile("/proc/" + pids[0] + "/cmdline")
-	return strings.HasPrefix(string(cmdline), "rund\x00init\x00{\"hostname\":\""+filepath.Base(dir)+"\",")
+	environ, _ := os.ReadFile("/proc/" + pids[0] + "/environ") // RUND_INIT (spawn.go)
+	return string(cmdline) == "rund\x00init\x00" && strings.Contains(string(environ), "\x00RUND_INIT={\"hostname\":\""+filepath.Base(dir)+"\",")
 }
 
 func (g *e2eGuest) checkCleanup() {

@@ -5,10 +5,11 @@ package main
 // its command, execs it as PID 2 into <job>/job (clone3 + CLONE_INTO_CGROUP), forwards signals to it,
 // reaps orphans and reports the command's exact wait status.
 //
-// A contained job (the default; README "What a job can do") differs in three places: setupMounts makes
-// the host's mounts read-only and the job's own /tmp, /var/tmp, /dev/shm and cgroup view; dropInherited
-// installs the syscall filter (seccomp.go) on the thread that will fork; and the command is cloned into
-// a user namespace of its own (ownUserns), root in it, its own host uid outside it. The init itself
+// A contained job (the default; README "What a job can do") differs in four places: setupMounts makes
+// the host's mounts read-only and the job's own /tmp, /var/tmp, /dev/shm, cgroup view and -job_dirs;
+// at the Start, lockMounts keeps later host mounts out, and dropInherited installs the syscall filter
+// (seccomp.go) on the thread that will fork; and the command is cloned into a user namespace of its
+// own (ownUserns), root in it, its own host uid outside it. The init itself
 // stays host root in the job's other namespaces, which the command so holds no capability over.
 //
 // Why a PID 1 of our own: the kernel drops signals to a namespace's init that has no handler for them
@@ -24,7 +25,7 @@ package main
 //	4      report pipe: one JSON startReport, then, if the command started, one exitReport
 //	5      <job>/job cgroup directory, for CLONE_INTO_CGROUP of the command
 //
-// Its one argument is an initSetup, as JSON.
+// Its environment's RUND_INIT is an initSetup, as JSON (spawn.go says why not an argument).
 //
 // Goroutines of the init (it is a process of its own; its exit ends them all):
 //   - main: setup, the config, the command's start, then reaping until the command has ended.
@@ -50,7 +51,7 @@ import (
 // defaultPath is the PATH of a job whose request sets none.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// initSetup is how the server starts an init (its one argument, as JSON): what it prepares before
+// initSetup is how the server starts an init (its RUND_INIT, as JSON): what it prepares before
 // the job's Start.
 type initSetup struct {
 	Hostname  string   `json:"hostname"`       // the job id
@@ -59,6 +60,8 @@ type initSetup struct {
 	Cgroup2   string   `json:"cgroup2"`        // the cgroup2 mount point, when contained
 	JobCgroup string   `json:"job_cgroup"`     // <job>/job, bound read-only on Cgroup2 when contained
 	Dirs      []string `json:"dirs,omitempty"` // -job_dirs: DIR/<id> is made the job's own and bound on DIR
+
+	writable []string // the mounts of a contained job's own that it may write (setupMounts, lockMounts)
 }
 
 // initConfig is what the server tells the init at the Start: the command to run.
@@ -107,7 +110,7 @@ var forwardedSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGH
 
 // runInit is the body of "rund init", the PID 1 of a job. It returns the process exit code.
 func runInit() int {
-	if os.Getpid() != 1 || len(os.Args) != 3 {
+	if os.Getpid() != 1 || len(os.Args) != 2 {
 		fmt.Fprintln(os.Stderr, "rund init: internal command, run by rund serve as a job's PID 1")
 		return 2
 	}
@@ -131,7 +134,7 @@ func runInit() int {
 	if err := dec.Decode(&cfg); err != nil {
 		return 1
 	}
-	pid, fail := startCommand(cfg, setup.Own, setupErr)
+	pid, fail := startCommand(cfg, &setup, setupErr)
 	if fail != nil {
 		enc.Encode(fail)
 		return 1
@@ -160,19 +163,20 @@ func runInit() int {
 	return 0 // our exit makes the kernel SIGKILL whatever is left in the namespace
 }
 
-// prepare sets up the job's namespaces and mounts as the init's argument says, then what the command
-// inherits from the thread that forks it (dropInherited). All of that is a thread's (no_new_privs,
-// groups, session keyring, seccomp filter), so that thread is the caller's, locked to it from here on.
+// prepare sets up the job's namespaces and mounts as the init's RUND_INIT says. What the command
+// inherits from the thread that forks it (no_new_privs, groups, session keyring, seccomp filter) comes
+// at the Start (startCommand), so that thread is the caller's, locked to it from here on. A contained
+// init runs on two Ps (seccomp.go), set here: GOMAXPROCS stops the world.
 func prepare() (initSetup, error) {
 	var setup initSetup
-	if err := json.Unmarshal([]byte(os.Args[2]), &setup); err != nil {
-		return setup, err
-	}
-	if err := setupNamespaces(setup); err != nil {
+	if err := json.Unmarshal([]byte(os.Getenv("RUND_INIT")), &setup); err != nil {
 		return setup, err
 	}
 	runtime.LockOSThread()
-	return setup, dropInherited(setup.Own != nil)
+	if setup.Own != nil {
+		runtime.GOMAXPROCS(2)
+	}
+	return setup, setupNamespaces(&setup)
 }
 
 // initPipe wraps one of the init's pipes for the runtime's poller. os/exec hands them over blocking, and
@@ -197,8 +201,16 @@ func reap(pid int) syscall.WaitStatus {
 	}
 }
 
-// startCommand starts the command as PID 2 in the job's cgroup; own is a contained job's uid and gid.
-func startCommand(cfg initConfig, own *jobUser, setupErr error) (int, *startReport) {
+// startCommand locks a contained job's mounts, gives up what the command must not inherit, and starts
+// the command as PID 2 in the job's cgroup.
+func startCommand(cfg initConfig, setup *initSetup, setupErr error) (int, *startReport) {
+	own := setup.Own
+	if setupErr == nil && own != nil {
+		setupErr = lockMounts(setup.writable)
+	}
+	if setupErr == nil {
+		setupErr = dropInherited(own != nil)
+	}
 	if setupErr != nil {
 		return 0, failure(stageSetup, setupErr, "set up job namespaces: %v", setupErr)
 	}
@@ -295,7 +307,7 @@ func ownUserns(sys *syscall.SysProcAttr, u *jobUser) {
 // A contained job also loses the server's supplementary groups (root's: its user namespace refuses
 // setgroups, so the command could not drop them itself) and gets the syscall filter (seccomp.go), whose
 // supervisor this starts; the filter's rules for the init's own fork need two Ps and no collection in
-// progress (seccomp.go), arranged here, before the Start.
+// progress (seccomp.go), arranged before the Start (prepare, and GOGC=off in spawn.go).
 func dropInherited(contained bool) error {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("set no_new_privs: %w", err)
@@ -309,7 +321,6 @@ func dropInherited(contained bool) error {
 	if err := unix.Setgroups(nil); err != nil {
 		return fmt.Errorf("drop supplementary groups: %w", err)
 	}
-	runtime.GOMAXPROCS(2)
 	listener, err := installJobFilter()
 	if err != nil {
 		return err
@@ -337,7 +348,7 @@ func errnoText(err error) string {
 // nothing mounted here shows on the host, while the host's mounts and unmounts still reach the job: a
 // spare's namespace can be old, and must neither miss a new mount nor pin an unmounted one;
 // mount_namespaces(7)), a /proc of the new PID namespace, loopback up, hostname = the job id.
-func setupNamespaces(s initSetup) error {
+func setupNamespaces(s *initSetup) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
 		return fmt.Errorf("make mounts slaves: %w", err)
 	}
@@ -349,6 +360,7 @@ func setupNamespaces(s initSetup) error {
 	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fmt.Errorf("mount /proc: %w", err)
 	}
+	s.writable = append(s.writable, "/proc")
 	if err := unix.Sethostname([]byte(s.Hostname)); err != nil {
 		return fmt.Errorf("sethostname: %w", err)
 	}
@@ -363,7 +375,7 @@ var privateDirs = []string{"/tmp", "/var/tmp", "/dev/shm"}
 // cgroup of the job, which writes them), on the cgroup2 mount the job's own cgroup, read-only, and on
 // each of s.Dirs the job's own directory in it, writable. Mounts the host makes later still propagate in
 // (they are slaves), with their own flags; the job's user owns none of their files.
-func setupMounts(s initSetup) error {
+func setupMounts(s *initSetup) error {
 	for _, d := range s.Dirs { // made while the host's mounts are writable here, as the host's root
 		own := filepath.Join(d, s.Hostname)
 		err := os.Mkdir(own, 0o700)
@@ -386,6 +398,7 @@ func setupMounts(s initSetup) error {
 		if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
 			return fmt.Errorf("mount tmpfs on %s: %w", dir, err)
 		}
+		s.writable = append(s.writable, dir)
 	}
 	if err := bindMount(s.JobCgroup, s.Cgroup2, unix.MS_RDONLY|unix.MS_NOEXEC); err != nil {
 		return err
@@ -393,6 +406,26 @@ func setupMounts(s initSetup) error {
 	for _, d := range s.Dirs {
 		if err := bindMount(filepath.Join(d, s.Hostname), d, 0); err != nil {
 			return err
+		}
+	}
+	s.writable = append(s.writable, s.Dirs...)
+	return nil
+}
+
+// lockMounts, at a contained job's Start, stops the host's mounts from propagating into the job's
+// namespace (MS_PRIVATE, mount_namespaces(7)), and makes read-only what propagated in while the
+// sandbox waited as a spare, then the job's own writable mounts writable again. A spare stays a slave
+// while it waits, so that it pins no filesystem the host unmounts meanwhile; a running job pins what it
+// saw at its Start, as a container does. Without this, a host mount made after setupMounts would be
+// writable in the job wherever its modes let "others" write.
+func lockMounts(writable []string) error {
+	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY, Propagation: unix.MS_PRIVATE}
+	if err := unix.MountSetattr(unix.AT_FDCWD, "/", unix.AT_RECURSIVE, attr); err != nil {
+		return fmt.Errorf("lock mounts: %w", err)
+	}
+	for _, dir := range writable {
+		if err := unix.MountSetattr(unix.AT_FDCWD, dir, 0, &unix.MountAttr{Attr_clr: unix.MOUNT_ATTR_RDONLY}); err != nil {
+			return fmt.Errorf("make %s writable: %w", dir, err)
 		}
 	}
 	return nil

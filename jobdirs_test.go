@@ -57,6 +57,12 @@ func TestContainJobDirs(t *testing.T) {
 	if out, errs := readAll(t, b, startJob(t, b, cmd("sh", "-c", peek))); out != "" || errs != "" {
 		t.Errorf("another job found %q (stderr %q), want nothing", out, errs)
 	}
+	// Nor does a job learn DIR, its uid or the server's cgroup from its init: not by its command line,
+	// and its environment is closed to the job.
+	initArgs := "tr '\\0' ' ' </proc/1/cmdline; cat /proc/1/environ >/dev/null 2>&1 && echo environ readable; true"
+	if out, errs := readAll(t, b, startJob(t, b, cmd("sh", "-c", initArgs))); out != "rund init " || strings.Contains(out+errs, dir) {
+		t.Errorf("a job read of its init %q (stderr %q), want only \"rund init \"", out, errs)
+	}
 	stopJob(t, a, writer)
 	if out, errs := readAll(t, a, startJob(t, a, cmd("sh", "-c", peek))); out != "" || errs != "" {
 		t.Errorf("after the writer, a new job of its client found %q (stderr %q), want nothing", out, errs)

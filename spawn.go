@@ -45,13 +45,15 @@ func startInit(cg *jobCgroup, setup initSetup, stdout, stderr *os.File) (*proc, 
 
 	cmd := &exec.Cmd{
 		Path: initExe,
-		Args: []string{"rund", "init", string(arg)},
+		Args: []string{"rund", "init"},
 		// None of the server's environment. One P: the init has little to run, and each P costs page
 		// faults at start-up (BENCHMARKS.md, "Where a Start's time goes"); a contained one takes a
-		// second once started (init.go dropInherited). No collector: none may run while a contained
-		// init forks the command under its filter (seccomp.go), and an init allocates little after
-		// its start-up.
-		Env: []string{"GOMAXPROCS=1", "GOGC=off"},
+		// second once started (init.go prepare). No collector: none may run while a contained init
+		// forks the command under its filter (seccomp.go), and an init allocates little after its
+		// start-up. The setup goes in the environment, not an argument: the job's processes may read
+		// their init's /proc/1/cmdline, but its environ only with ptrace access to it (proc(5)), which
+		// they have not.
+		Env: []string{"GOMAXPROCS=1", "GOGC=off", "RUND_INIT=" + string(arg)},
 		// No Stdin: os/exec opens /dev/null for it, the init's fd 0, which its command inherits
 		// (init.go startCommand).
 		Stdout:     stdout,
