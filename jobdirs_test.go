@@ -125,3 +125,51 @@ func TestCheckJobDirs(t *testing.T) {
 		}
 	}
 }
+
+// TestUIDRange: uids are handed out round robin, each once until given back, from a random start
+// (a restarted server does not begin with the uids its last run's jobs had); a range that holds an id
+// of the host's passwd or group is refused.
+func TestUIDRange(t *testing.T) {
+	const first, count = 1879048192 + 200000, 4
+	r, err := newUIDRange(first, count)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []uint32
+	for range count {
+		u, err := r.take()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, u.UID)
+	}
+	if _, err := r.take(); err == nil {
+		t.Errorf("a fifth take from a range of %d: no error", count)
+	}
+	for i, uid := range got {
+		if want := first + (got[0]-first+uint32(i))%count; uid != want {
+			t.Errorf("take %d gave uid %d, want %d (round robin from %d)", i, uid, want, got[0])
+		}
+	}
+	r.give(got[1])
+	if u, err := r.take(); err != nil || u.UID != got[1] {
+		t.Errorf("take after giving %d back: %v, %v", got[1], u, err)
+	}
+	starts := map[uint32]bool{}
+	for range 8 {
+		r, _ := newUIDRange(first, 65536)
+		u, _ := r.take()
+		starts[u.UID] = true
+	}
+	if len(starts) == 1 {
+		t.Errorf("8 new ranges all started at uid %v: want a random start", starts)
+	}
+	if _, err := newUIDRange(0, 10); err == nil {
+		t.Error("a range from uid 0: no error")
+	}
+	if data, _ := os.ReadFile("/etc/passwd"); strings.Contains(string(data), ":65534:") {
+		if _, err := newUIDRange(65500, 100); err == nil || !strings.Contains(err.Error(), "65534") {
+			t.Errorf("a range over the host's uid 65534: %v, want it refused", err)
+		}
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -241,7 +242,9 @@ func newUIDRange(first, count uint32) (*uidRange, error) {
 			}
 		}
 	}
-	return &uidRange{first: first, count: count, used: map[uint32]bool{}}, nil
+	// The rotation starts at a random offset, so that a restarted server does not give out first the
+	// uids the last one's jobs had (whose files may be left in -job_dirs).
+	return &uidRange{first: first, count: count, used: map[uint32]bool{}, next: rand.Uint32N(count)}, nil
 }
 
 func (r *uidRange) take() (*jobUser, error) {
