@@ -115,9 +115,12 @@ func TestCheckJobDirs(t *testing.T) {
 		{[]string{file}, "want an existing directory, owned by root"},
 		{[]string{open}, "writable by no one else"},
 		{[]string{user}, "owned by root"},
-		{[]string{ok, nested}, "inside or the same as " + ok},
-		{[]string{ok, ok}, "inside or the same as " + ok},
-		{[]string{inShm}, "inside or the same as /dev/shm"},
+		{[]string{ok, nested}, "the same as, inside or around " + ok},
+		{[]string{ok, ok}, "the same as, inside or around " + ok},
+		{[]string{inShm}, "the same as, inside or around /dev/shm"},
+		{[]string{"/dev"}, "the same as, inside or around /dev/shm"},
+		{[]string{nested, ok}, "the same as, inside or around " + ok},
+		{[]string{"/sys/fs/cgroup"}, "the same as, inside or around /sys"},
 	} {
 		err := checkJobDirs(c.dirs)
 		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {

@@ -241,8 +241,9 @@ func containFlags(fs *flag.FlagSet) func() (*containment, error) {
 	}
 }
 
-// checkJobDirs refuses a directory in -job_dirs that a job's init could not bind its own directory on
-// (one inside another, or inside a job's private /tmp, /var/tmp or /dev/shm, also by a symbolic link),
+// checkJobDirs refuses a directory in -job_dirs that a job's init could not bind its own directory on,
+// or whose bind would hide a mount of the job's (one inside or around another, or around or inside a
+// job's private /tmp, /var/tmp or /dev/shm, /proc or /sys, also by a symbolic link),
 // and one that a user but root could change: the init makes DIR/<id> there as root, and chowns it to
 // the job's uid. (The directories above DIR must be root's alone too; README says so, rund does not
 // check them.)
@@ -254,9 +255,9 @@ func checkJobDirs(dirs []string) error {
 		if fi, err := os.Stat(d); err != nil || !fi.IsDir() || fi.Sys().(*syscall.Stat_t).Uid != 0 || fi.Mode()&0o022 != 0 {
 			return fmt.Errorf("-job_dirs %q: want an existing directory, owned by root and writable by no one else", d)
 		}
-		for j, o := range append(dirs, privateDirs...) {
-			if j != i && (o == d || strings.HasPrefix(d, o+"/")) {
-				return fmt.Errorf("-job_dirs %q: inside or the same as %s", d, o)
+		for j, o := range slices.Concat(dirs, privateDirs, []string{"/proc", "/sys"}) {
+			if j != i && (o == d || strings.HasPrefix(d, o+"/") || strings.HasPrefix(o, d+"/")) {
+				return fmt.Errorf("-job_dirs %q: the same as, inside or around %s", d, o)
 			}
 		}
 	}
