@@ -78,7 +78,7 @@ func TestBadInput(t *testing.T) {
 		{"pids over the kernel's limit", lim(func(r *rpcpb.JobStartRequest) { r.MaxPids = wrapperspb.UInt64(1<<22 + 1) }), codes.InvalidArgument, "kernel's limit"},
 		{"pids 0", lim(func(r *rpcpb.JobStartRequest) { r.MaxPids = wrapperspb.UInt64(0) }), codes.InvalidArgument, "max_pids is 0"},
 		{"negative grace", lim(func(r *rpcpb.JobStartRequest) { r.StopGracePeriod = durationpb.New(-time.Second) }), codes.InvalidArgument, "grace"},
-		{"zero grace", lim(func(r *rpcpb.JobStartRequest) { r.StopGracePeriod = durationpb.New(0) }), codes.InvalidArgument, "grace"},
+		{"zero grace", lim(func(r *rpcpb.JobStartRequest) { r.StopGracePeriod = durationpb.New(0) }), codes.InvalidArgument, "stop grace period 0s: want more than 0, at most 10m0s (or none, for 10s)"},
 		{"huge grace", lim(func(r *rpcpb.JobStartRequest) { r.StopGracePeriod = durationpb.New(1000 * time.Hour) }), codes.InvalidArgument, "grace"},
 		{"malformed grace", lim(func(r *rpcpb.JobStartRequest) { r.StopGracePeriod = &durationpb.Duration{Seconds: 1, Nanos: -1} }), codes.InvalidArgument, "stop_grace_period"},
 		{"command not found", start(cmd("rund-no-such-command")), codes.NotFound, "not found"},

@@ -174,7 +174,7 @@ func runServe(args []string) int {
 	fs.IntVar(&c.maxJobsPerClient, "max_jobs_per_client", 100, "live jobs one client identity runs at most")
 	fs.IntVar(&c.spareInits, "spare_inits", 2, "job inits started ahead of the Starts that will use them; 0 for none")
 	fs.Int64Var(&c.outputBudget, "output_budget", min(256<<20, int64(physicalMemory()/8)),
-		"bytes of output all jobs' rings may hold together; finished jobs' output goes first (default min(256 MiB, RAM/8))")
+		"bytes of output all jobs' rings may hold together; finished jobs' output goes first (by default min(256 MiB, RAM/8), here)")
 	fs.IntVar(&c.conns.maxConns, "max_conns", 1000, "open connections at most (lowered to keep fds for jobs)")
 	fs.IntVar(&c.conns.maxPending, "max_pending_conns", 256, "connections in their TLS handshake at most, in all")
 	fs.IntVar(&c.conns.maxPendingPerIP, "max_pending_conns_per_ip", 8, "connections in their TLS handshake at most, per source address")
@@ -351,7 +351,7 @@ func runCerts(args []string) int {
 		return code
 	}
 	if err := writeDevPKI(*dir); err != nil {
-		log.Printf("rund certs: %v", err)
+		fmt.Fprintf(os.Stderr, "rund certs: %v\n", err)
 		return 1
 	}
 	fmt.Printf("wrote a development PKI to %s/\n", *dir)
