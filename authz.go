@@ -13,10 +13,10 @@ package main
 import (
 	"context"
 	"crypto/x509"
+	"fmt"
 	"net"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 
 	"google.golang.org/grpc/credentials"
@@ -103,12 +103,8 @@ func sharesIdentity(owner, caller []string) bool {
 	return slices.ContainsFunc(caller, func(c string) bool { return slices.Contains(owner, c) })
 }
 
-// identityKey names one client certificate's set of SANs, for per-client bounds: sorted, and quoted so
-// that no name can run into the next.
+// identityKey names one client certificate's set of SANs, for per-client bounds: sorted, and each quoted
+// (%q) so that no name can run into the next.
 func identityKey(owner []string) string {
-	var b strings.Builder
-	for _, n := range slices.Sorted(slices.Values(owner)) {
-		b.WriteString(strconv.Quote(n))
-	}
-	return b.String()
+	return fmt.Sprintf("%q", slices.Sorted(slices.Values(owner)))
 }

@@ -74,7 +74,5 @@ func (b *budget) closed(r *ring) {
 func (b *budget) forget(r *ring) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if i := slices.Index(b.finished, r); i >= 0 {
-		b.finished = slices.Delete(b.finished, i, i+1)
-	}
+	b.finished = slices.DeleteFunc(b.finished, func(f *ring) bool { return f == r })
 }

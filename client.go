@@ -311,19 +311,16 @@ func (out clientIO) printJSON(m proto.Message, err error) (int, error) {
 	return exitOnErr(err)
 }
 
-// printList prints the jobs that -state selects, oldest first: their ids (-q), their status as JSON
-// (-json), or a table with the command cut at 40 characters (as docker ps cuts it).
+// printList prints the jobs that -state selects in List's order, oldest start first (rpc.proto): their
+// ids (-q), their status as JSON (-json), or a table with the command cut at 40 characters (as docker
+// ps cuts it).
 func (out clientIO) printList(l *rpcpb.JobList, o *clientOpts, now time.Time) (int, error) {
 	l.Jobs = slices.DeleteFunc(l.Jobs, func(j *rpcpb.JobStatus) bool {
-		switch o.state {
-		case "":
-			return false
-		case "done":
+		if o.state == "done" {
 			return j.State == rpcpb.JobStatus_STATE_RUNNING
 		}
-		return j.State.String() != "STATE_"+strings.ToUpper(o.state)
+		return o.state != "" && j.State.String() != "STATE_"+strings.ToUpper(o.state)
 	})
-	slices.SortFunc(l.Jobs, func(a, b *rpcpb.JobStatus) int { return strings.Compare(a.Ulid, b.Ulid) }) // ULIDs sort by time
 	if o.json {
 		return out.printJSON(l, nil)
 	}

@@ -249,9 +249,7 @@ func (r *ring) Write(s stream, p []byte) {
 	}
 	size := int64(len(r.data))
 	r.tail += int64(len(p))
-	if int64(len(p)) > size {
-		p = p[int64(len(p))-size:]
-	}
+	p = p[max(len(p)-len(r.data), 0):]     // of a p longer than data, only its last len(data) bytes are kept
 	pos := (r.tail - int64(len(p))) % size // where the kept part of p starts
 	n := copy(r.data[pos:], p)
 	copy(r.data, p[n:])

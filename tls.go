@@ -43,7 +43,13 @@ func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
 	return cert, nil
 }
 
-func loadCAPool(caFile string) (*x509.CertPool, error) {
+// tlsFiles is what both ends load alike: TLS 1.3 only, their own certificate, and caFile's pool that the
+// other end must chain to, as RootCAs (which only a client reads) and ClientCAs (which only a server reads).
+func tlsFiles(caFile, certFile, keyFile string) (*tls.Config, error) {
+	cert, err := loadKeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, err
+	}
 	data, err := os.ReadFile(caFile)
 	if err != nil {
 		return nil, err
@@ -52,30 +58,18 @@ func loadCAPool(caFile string) (*x509.CertPool, error) {
 	if !pool.AppendCertsFromPEM(data) {
 		return nil, fmt.Errorf("read CA %s: no PEM certificate in it", caFile)
 	}
-	return pool, nil
-}
-
-// tlsFiles is what both ends load alike: TLS 1.3 only, their own certificate, and the pool of caFile
-// that the other end must chain to.
-func tlsFiles(caFile, certFile, keyFile string) (*tls.Config, *x509.CertPool, error) {
-	cert, err := loadKeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, nil, err
-	}
-	pool, err := loadCAPool(caFile)
-	return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}}, pool, err
+	return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}, RootCAs: pool, ClientCAs: pool}, nil
 }
 
 // serverTLS is the server's configuration: mutual TLS 1.3 against caFile.
 func serverTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
-	cfg, pool, err := tlsFiles(caFile, certFile, keyFile)
+	cfg, err := tlsFiles(caFile, certFile, keyFile)
 	if err != nil {
 		return nil, err
 	}
 	own := cfg.Certificates[0].Certificate[0]
 	cfg.NextProtos = []string{"h2"} // set here too, as rotatingTLS hands this config out directly
 	cfg.ClientAuth = tls.RequireAndVerifyClientCert
-	cfg.ClientCAs = pool
 	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
 		leaf := cs.VerifiedChains[0][0]
 		if bytes.Equal(leaf.Raw, own) {
@@ -104,11 +98,10 @@ func rotatingTLS(ca, cert, key string) (listen *tls.Config, reload func() error,
 
 // clientTLS is the client's configuration: it trusts only caFile and wants the ServerAuth EKU.
 func clientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
-	cfg, pool, err := tlsFiles(caFile, certFile, keyFile)
+	cfg, err := tlsFiles(caFile, certFile, keyFile)
 	if err != nil {
 		return nil, err
 	}
-	cfg.RootCAs = pool
 	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
 		return requireEKU(cs.VerifiedChains[0][0], x509.ExtKeyUsageServerAuth, "server")
 	}

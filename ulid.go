@@ -83,11 +83,8 @@ func crockfordValue(c byte) int {
 	if 'a' <= c && c <= 'z' {
 		c -= 'a' - 'A'
 	}
-	switch c {
-	case 'I', 'L':
-		c = '1'
-	case 'O':
-		c = '0'
+	if i := strings.IndexByte("OIL", c); i >= 0 {
+		c = "011"[i]
 	}
 	return strings.IndexByte(crockford, c)
 }
