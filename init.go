@@ -5,9 +5,9 @@ package main
 // its command, execs it as PID 2 into <job>/job (clone3 + CLONE_INTO_CGROUP), forwards signals to it,
 // reaps orphans and reports the command's exact wait status.
 //
-// A contained job (the default; README "What a job can do") differs in four places: setupMounts makes
-// the host's mounts read-only and the job's own /tmp, /var/tmp, /dev/shm, cgroup view and -job_dirs;
-// at the Start, lockMounts keeps later host mounts out, and dropInherited installs the syscall filter
+// A contained job (the default; README "What a job can do") differs in three places: setupMounts makes
+// the job's own /tmp, /var/tmp, /dev/shm, cgroup view and -job_dirs; at the Start, dropInherited makes
+// the host's mounts read-only and keeps later ones out (lockMounts) and installs the syscall filter
 // (seccomp.go) on the thread that will fork; and the command is cloned into a user namespace of its
 // own (ownUserns), root in it, its own host uid outside it. The init itself
 // stays host root in the job's other namespaces, which the command so holds no capability over.
@@ -201,15 +201,12 @@ func reap(pid int) syscall.WaitStatus {
 	}
 }
 
-// startCommand locks a contained job's mounts, gives up what the command must not inherit, and starts
-// the command as PID 2 in the job's cgroup.
+// startCommand gives up what the command must not inherit (a contained job's mounts locked with it),
+// and starts the command as PID 2 in the job's cgroup.
 func startCommand(cfg initConfig, setup *initSetup, setupErr error) (int, *startReport) {
 	own := setup.Own
-	if setupErr == nil && own != nil {
-		setupErr = lockMounts(setup.writable)
-	}
 	if setupErr == nil {
-		setupErr = dropInherited(own != nil)
+		setupErr = dropInherited(setup)
 	}
 	if setupErr != nil {
 		return 0, failure(stageSetup, setupErr, "set up job namespaces: %v", setupErr)
@@ -304,19 +301,23 @@ func ownUserns(sys *syscall.SysProcAttr, u *jobUser) {
 // name): the command can neither read nor add to the keys of the server's session. A kernel built
 // without keys has none to share (ENOSYS).
 //
-// A contained job also loses the server's supplementary groups (root's: its user namespace refuses
-// setgroups, so the command could not drop them itself) and gets the syscall filter (seccomp.go), whose
-// supervisor this starts; the filter's rules for the init's own fork need two Ps and no collection in
-// progress (seccomp.go), arranged before the Start (prepare, and GOGC=off in spawn.go).
-func dropInherited(contained bool) error {
+// A contained job also has its mounts locked (lockMounts), loses the server's supplementary groups
+// (root's: its user namespace refuses setgroups, so the command could not drop them itself), and gets
+// the syscall filter (seccomp.go), whose supervisor this starts; the filter's rules for the init's own
+// fork need two Ps and no collection in progress (seccomp.go), arranged before the Start (prepare, and
+// GOGC=off in spawn.go).
+func dropInherited(s *initSetup) error {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("set no_new_privs: %w", err)
 	}
 	if _, _, e := unix.Syscall(unix.SYS_KEYCTL, unix.KEYCTL_JOIN_SESSION_KEYRING, 0, 0); e != 0 && e != unix.ENOSYS {
 		return fmt.Errorf("join a new session keyring: %w", e)
 	}
-	if !contained {
+	if s.Own == nil {
 		return nil
+	}
+	if err := lockMounts(s.writable); err != nil {
+		return err
 	}
 	if err := unix.Setgroups(nil); err != nil {
 		return fmt.Errorf("drop supplementary groups: %w", err)
@@ -370,11 +371,11 @@ func setupNamespaces(s *initSetup) error {
 // privateDirs get a fresh tmpfs in each contained job.
 var privateDirs = []string{"/tmp", "/var/tmp", "/dev/shm"}
 
-// setupMounts makes a contained job's view of the host's files: every mount read-only (mount_setattr(2),
-// AT_RECURSIVE), fresh tmpfs on privateDirs where the host has those directories (charged to the memory
-// cgroup of the job, which writes them), on the cgroup2 mount the job's own cgroup, read-only, and on
-// each of s.Dirs the job's own directory in it, writable. Mounts the host makes later still propagate in
-// (they are slaves), with their own flags; the job's user owns none of their files.
+// setupMounts makes a contained job's own mounts, ahead of its Start: fresh tmpfs on privateDirs where
+// the host has those directories (charged to the memory cgroup of the job, which writes them), on the
+// cgroup2 mount the job's own cgroup, read-only, and on each of s.Dirs the job's own directory in it.
+// Those it may write it lists in s.writable: at the Start, lockMounts makes every other mount
+// read-only, those the host made meanwhile included. No job code runs before that.
 func setupMounts(s *initSetup) error {
 	for _, d := range s.Dirs { // made while the host's mounts are writable here, as the host's root
 		own := filepath.Join(d, s.Hostname)
@@ -385,10 +386,6 @@ func setupMounts(s *initSetup) error {
 		if err != nil {
 			return err
 		}
-	}
-	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
-	if err := unix.MountSetattr(unix.AT_FDCWD, "/", unix.AT_RECURSIVE, attr); err != nil {
-		return fmt.Errorf("make mounts read-only: %w", err)
 	}
 	for _, dir := range privateDirs {
 		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
@@ -413,8 +410,9 @@ func setupMounts(s *initSetup) error {
 }
 
 // lockMounts, at a contained job's Start, stops the host's mounts from propagating into the job's
-// namespace (MS_PRIVATE, mount_namespaces(7)), and makes read-only what propagated in while the
-// sandbox waited as a spare, then the job's own writable mounts writable again. A spare stays a slave
+// namespace (MS_PRIVATE, mount_namespaces(7)), and makes every mount read-only (mount_setattr(2),
+// AT_RECURSIVE), what propagated in while the sandbox waited as a spare included, then the job's own
+// writable mounts writable again. A spare stays a slave
 // while it waits, so that it pins no filesystem the host unmounts meanwhile; a running job pins what it
 // saw at its Start, as a container does. Without this, a host mount made after setupMounts would be
 // writable in the job wherever its modes let "others" write.
@@ -432,7 +430,7 @@ func lockMounts(writable []string) error {
 }
 
 // bindMount binds src on dst, nosuid, nodev and with flags: a bind mount takes flags only on a remount
-// (mount(2)), which also clears the read-only flag that src's mount passed on, unless flags set it.
+// (mount(2)).
 func bindMount(src, dst string, flags uintptr) error {
 	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind %s on %s: %w", src, dst, err)
