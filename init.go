@@ -5,10 +5,10 @@ package main
 // its command, execs it as PID 2 into <job>/job (clone3 + CLONE_INTO_CGROUP), forwards signals to it,
 // reaps orphans and reports the command's exact wait status.
 //
-// A contained job (the default; README "What a job can do") differs in three places: setupMounts makes
-// the job's own /tmp, /var/tmp, /dev/shm, cgroup view and -job_dirs; at the Start, dropInherited makes
-// the host's mounts read-only and keeps later ones out (lockMounts) and installs the syscall filter
-// (seccomp.go) on the thread that will fork; and the command is cloned into a user namespace of its
+// A contained job (the default; README "What a job can do") differs in four places: setupMounts makes
+// the job's own /tmp, /var/tmp, /dev/shm, cgroup view and -job_dirs; dropInherited installs the
+// syscall filter (seccomp.go) on the thread that will fork; at the Start, lockMounts makes the host's
+// mounts read-only and keeps later ones out; and the command is cloned into a user namespace of its
 // own (ownUserns), root in it, its own host uid outside it. The init itself
 // stays host root in the job's other namespaces, which the command so holds no capability over.
 //
@@ -28,7 +28,9 @@ package main
 // Its environment's RUND_INIT is an initSetup, as JSON (spawn.go says why not an argument).
 //
 // Goroutines of the init (it is a process of its own; its exit ends them all):
-//   - main: setup, the config, the command's start, then reaping until the command has ended.
+//   - main: setup, the command's start, then reaping until the command has ended.
+//   - the config reader: started once setup is done; reads the config, and for a contained job locks
+//     its mounts (lockMounts), then ends; main waits for it.
 //   - the signal forwarder: started once the command runs; ends with the process.
 //   - the lifeline reader: started once the command runs; SIGKILLs the command on EOF; ends with the
 //     process.
@@ -126,15 +128,21 @@ func runInit() int {
 	signal.Notify(sigs, forwardedSignals...)
 	cfgPipe, repPipe := initPipe(3, "config"), initPipe(4, "report")
 	dec, enc := json.NewDecoder(cfgPipe), json.NewEncoder(repPipe)
-	// The first use of a type builds encoding/json's reflection caches: done here, not in the Start
-	// (BENCHMARKS.md, "Where a Start's time goes").
-	json.Unmarshal([]byte(`{"argv":["x"],"env":["k=v"],"dir":"/"}`), new(initConfig))
-	json.Marshal(startReport{Pid: 1})
+	// The Start is read on another thread, unfiltered (Go starts none from a locked one, runtime newm),
+	// where lockMounts may mount; it costs no wakeup: a locked thread never polls its own pipe.
 	var cfg initConfig
-	if err := dec.Decode(&cfg); err != nil {
+	read := make(chan error)
+	go func() {
+		err := dec.Decode(&cfg)
+		if err == nil && setupErr == nil && setup.Own != nil {
+			setupErr = lockMounts(setup.writable)
+		}
+		read <- err
+	}()
+	if err := <-read; err != nil {
 		return 1
 	}
-	pid, fail := startCommand(cfg, &setup, setupErr)
+	pid, fail := startCommand(cfg, setup.Own, setupErr)
 	if fail != nil {
 		enc.Encode(fail)
 		return 1
@@ -163,20 +171,23 @@ func runInit() int {
 	return 0 // our exit makes the kernel SIGKILL whatever is left in the namespace
 }
 
-// prepare sets up the job's namespaces and mounts as the init's RUND_INIT says. What the command
-// inherits from the thread that forks it (no_new_privs, groups, session keyring, seccomp filter) comes
-// at the Start (startCommand), so that thread is the caller's, locked to it from here on. A contained
-// init runs on two Ps (seccomp.go), set here: GOMAXPROCS stops the world.
+// prepare sets up the job's namespaces and mounts as the init's RUND_INIT says, then what the command
+// inherits from the thread that forks it (dropInherited). All of that is a thread's (no_new_privs,
+// groups, session keyring, seccomp filter), so that thread is the caller's, locked to it from here on.
 func prepare() (initSetup, error) {
 	var setup initSetup
 	if err := json.Unmarshal([]byte(os.Getenv("RUND_INIT")), &setup); err != nil {
 		return setup, err
 	}
-	runtime.LockOSThread()
-	if setup.Own != nil {
-		runtime.GOMAXPROCS(2)
+	if err := setupNamespaces(&setup); err != nil {
+		return setup, err
 	}
-	return setup, setupNamespaces(&setup)
+	// The first use of a type builds encoding/json's reflection caches: done here, not in the Start
+	// (BENCHMARKS.md, "Where a Start's time goes").
+	json.Unmarshal([]byte(`{"argv":["x"],"env":["k=v"],"dir":"/"}`), new(initConfig))
+	json.Marshal(startReport{Pid: 1})
+	runtime.LockOSThread()
+	return setup, dropInherited(setup.Own != nil)
 }
 
 // initPipe wraps one of the init's pipes for the runtime's poller. os/exec hands them over blocking, and
@@ -201,13 +212,8 @@ func reap(pid int) syscall.WaitStatus {
 	}
 }
 
-// startCommand gives up what the command must not inherit (a contained job's mounts locked with it),
-// and starts the command as PID 2 in the job's cgroup.
-func startCommand(cfg initConfig, setup *initSetup, setupErr error) (int, *startReport) {
-	own := setup.Own
-	if setupErr == nil {
-		setupErr = dropInherited(setup)
-	}
+// startCommand starts the command as PID 2 in the job's cgroup; own is a contained job's uid and gid.
+func startCommand(cfg initConfig, own *jobUser, setupErr error) (int, *startReport) {
 	if setupErr != nil {
 		return 0, failure(stageSetup, setupErr, "set up job namespaces: %v", setupErr)
 	}
@@ -301,27 +307,24 @@ func ownUserns(sys *syscall.SysProcAttr, u *jobUser) {
 // name): the command can neither read nor add to the keys of the server's session. A kernel built
 // without keys has none to share (ENOSYS).
 //
-// A contained job also has its mounts locked (lockMounts), loses the server's supplementary groups
-// (root's: its user namespace refuses setgroups, so the command could not drop them itself), and gets
-// the syscall filter (seccomp.go), whose supervisor this starts; the filter's rules for the init's own
-// fork need two Ps and no collection in progress (seccomp.go), arranged before the Start (prepare, and
-// GOGC=off in spawn.go).
-func dropInherited(s *initSetup) error {
+// A contained job also loses the server's supplementary groups (root's: its user namespace refuses
+// setgroups, so the command could not drop them itself) and gets the syscall filter (seccomp.go), whose
+// supervisor this starts; the filter's rules for the init's own fork need two Ps and no collection in
+// progress (seccomp.go), arranged here, before the Start.
+func dropInherited(contained bool) error {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("set no_new_privs: %w", err)
 	}
 	if _, _, e := unix.Syscall(unix.SYS_KEYCTL, unix.KEYCTL_JOIN_SESSION_KEYRING, 0, 0); e != 0 && e != unix.ENOSYS {
 		return fmt.Errorf("join a new session keyring: %w", e)
 	}
-	if s.Own == nil {
+	if !contained {
 		return nil
-	}
-	if err := lockMounts(s.writable); err != nil {
-		return err
 	}
 	if err := unix.Setgroups(nil); err != nil {
 		return fmt.Errorf("drop supplementary groups: %w", err)
 	}
+	runtime.GOMAXPROCS(2)
 	listener, err := installJobFilter()
 	if err != nil {
 		return err
@@ -377,11 +380,14 @@ var privateDirs = []string{"/tmp", "/var/tmp", "/dev/shm"}
 // Those it may write it lists in s.writable: at the Start, lockMounts makes every other mount
 // read-only, those the host made meanwhile included. No job code runs before that.
 func setupMounts(s *initSetup) error {
-	for _, d := range s.Dirs { // made while the host's mounts are writable here, as the host's root
+	for _, d := range s.Dirs { // made as the host's root, whose mounts are writable here until the Start
 		own := filepath.Join(d, s.Hostname)
 		err := os.Mkdir(own, 0o700)
 		if err == nil {
 			err = os.Lchown(own, int(s.Own.UID), int(s.Own.GID))
+		}
+		if err == nil {
+			err = bindMount(own, d, 0)
 		}
 		if err != nil {
 			return err
@@ -399,11 +405,6 @@ func setupMounts(s *initSetup) error {
 	}
 	if err := bindMount(s.JobCgroup, s.Cgroup2, unix.MS_RDONLY|unix.MS_NOEXEC); err != nil {
 		return err
-	}
-	for _, d := range s.Dirs {
-		if err := bindMount(filepath.Join(d, s.Hostname), d, 0); err != nil {
-			return err
-		}
 	}
 	s.writable = append(s.writable, s.Dirs...)
 	return nil
