@@ -1313,20 +1313,31 @@ func (g *e2eGuest) spin(d time.Duration, quota uint32) (share float64, throttled
 	return share, throttled, id, own, st, err
 }
 
+// checkCPULimited runs a busy loop under cpu.max 50000/100000, up to three times: under TCG on a
+// loaded host the guest's ticks come late, and a throttled loop can overrun its quota by whole periods
+// (seen once on arm64: 100% of a CPU with 45 of 50 periods throttled). An unenforced limit fails all
+// three; each run is reported.
 func (g *e2eGuest) checkCPULimited() {
-	share, throttled, _, own, st, err := g.spin(5*time.Second, 50000)
-	if err != nil {
-		g.report("cpu-limited", false, "%v", err)
-		return
+	var runs []string
+	for range 3 {
+		share, throttled, _, own, st, err := g.spin(5*time.Second, 50000)
+		if err != nil {
+			g.report("cpu-limited", false, "%v", err)
+			return
+		}
+		statusShare := (st.UserTime.AsDuration() + st.SystemTime.AsDuration()).Seconds() / own["wall"]
+		work := "no unlimited run to compare with"
+		if g.spinRate > 0 {
+			work = fmt.Sprintf("it did %s of the unlimited loop's work per second", pct(own["rate"]/g.spinRate))
+		}
+		runs = append(runs, fmt.Sprintf("busy loop got %s of one CPU (cpu.stat usage over wall), nr_throttled=%d; "+
+			"Status user+system over the loop's wall time %s; %s", pct(share), throttled, pct(statusShare), work))
+		if within(share, 0.5, 0.15) && throttled > 0 {
+			g.report("cpu-limited", true, "cpu.max 50000/100000 (want 50%% ±15%%), run %d: %s", len(runs), strings.Join(runs, "; then "))
+			return
+		}
 	}
-	statusShare := (st.UserTime.AsDuration() + st.SystemTime.AsDuration()).Seconds() / own["wall"]
-	work := "no unlimited run to compare with"
-	if g.spinRate > 0 {
-		work = fmt.Sprintf("it did %s of the unlimited loop's work per second", pct(own["rate"]/g.spinRate))
-	}
-	g.report("cpu-limited", within(share, 0.5, 0.15) && throttled > 0,
-		"cpu.max 50000/100000: busy loop got %s of one CPU (cpu.stat usage over wall, want 50%% ±15%%), nr_throttled=%d; "+
-			"Status user+system over the loop's wall time %s; %s", pct(share), throttled, pct(statusShare), work)
+	g.report("cpu-limited", false, "cpu.max 50000/100000 (want 50%% ±15%%), three runs: %s", strings.Join(runs, "; then "))
 }
 
 func (g *e2eGuest) checkCPUUnlimited() {
