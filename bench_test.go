@@ -1334,8 +1334,9 @@ several times what it does on bare metal); the lines it names are in "Measuremen
   would have to be a second exec stage, as runc's init is, a second Go start per job: ` + "`rund version`" + `
   costs about 7 ms of CPU here, and contained sustained starts already take about 18 ms of CPU per job
   (2 CPUs at 110 jobs/s), so sustained starts would fall to about 0.6x of uncontained, under their own
-  0.8x target. The filter, the mounts and the keyring cost the Start nothing: they are set up in the
-  spare. Sustained starts meet their target.
+  0.8x target. The filter, the mounts and the keyring are set up in the spare; at the Start only the
+  mounts are locked (lockMounts: a few mount_setattr(2) calls, microseconds, in the goroutine that reads
+  the Start). Sustained starts meet their target.
 - **Log, 1 follower (target 0.75x).** The raw stream sends from memory; rund's follower reads a job that
   writes as fast as it can, and on 2 CPUs that job and the reading of its pipe take CPU the stream would
   get. A reference is measured beside it: a raw server that does nothing but relay a live yes's pipe to
