@@ -340,7 +340,7 @@ func assertAbsent(t testing.TB, paths ...string) {
 // would be, were these not its own; name is unique, and a path found there is removed at cleanup.
 func privateTmpPaths(t testing.TB) (name string, paths []string) {
 	name = fmt.Sprintf("rund-contain-%d-%s-%d", os.Getpid(), sanitize(t.Name()), time.Now().UnixNano())
-	for _, d := range []string{"/tmp", "/var/tmp", "/dev/shm"} {
+	for _, d := range privateDirs {
 		paths = append(paths, filepath.Join(d, name))
 	}
 	t.Cleanup(func() {
@@ -535,7 +535,7 @@ func TestContainPrivateTmp(t *testing.T) {
 	ts := startServer(t)
 	a, b := ts.dialAs(t, "a"), ts.dialAs(t, "b")
 	name, hostPaths := privateTmpPaths(t)
-	dirs := []string{"/tmp", "/var/tmp", "/dev/shm"}
+	dirs := privateDirs
 	writer := startJob(t, a, cmd("sh", "-c", "for d in "+strings.Join(dirs, " ")+"; do echo $d > $d/"+name+" && cat $d/"+name+"; done; echo ready; exec sleep 1000"))
 	if out, errs := outputUntil(t, a, writer, "ready\n"); out != "/tmp\n/var/tmp\n/dev/shm\nready\n" {
 		t.Fatalf("writer printed %q (stderr %q), want each directory written and read back", out, errs)
