@@ -35,6 +35,7 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
 		case "init":
+			failStep = os.Getenv("RUND_TEST_FAIL_STEP") // TestSetupStepsFatal
 			os.Exit(runInit())
 		case "serve":
 			os.Exit(runServe(os.Args[2:]))

@@ -1,16 +1,11 @@
 package main
 
 // init.go is everything that runs as a job's PID 1 ("rund init"), and the protocol it speaks with the
-// server over two pipes (spawn.go is the server's side). The init prepares its namespaces, waits for
-// its command, execs it as PID 2 into <job>/job (clone3 + CLONE_INTO_CGROUP), forwards signals to it,
-// reaps orphans and reports the command's exact wait status.
-//
-// A contained job (the default; README "What a job can do") differs in four places: setupMounts makes
-// the job's own /tmp, /var/tmp, /dev/shm, cgroup view and -job_dirs; dropInherited installs the
-// syscall filter (seccomp.go) on the thread that will fork; at the Start, lockMounts makes the host's
-// mounts read-only and keeps later ones out; and the command is cloned into a user namespace of its
-// own (ownUserns), root in it, its own host uid outside it. The init itself
-// stays host root in the job's other namespaces, which the command so holds no capability over.
+// server over two pipes (spawn.go is the server's side). The init sets up the job as setUpJob says, in
+// the order it happens: its namespaces and mounts (the table jobMounts), what the command inherits from
+// the forking thread, the syscall filter (seccomp.go); then it waits for the Start, execs the command as
+// PID 2 into <job>/job (clone3 + CLONE_INTO_CGROUP), forwards signals to it, reaps orphans and reports
+// the command's exact wait status.
 //
 // Why a PID 1 of our own: the kernel drops signals to a namespace's init that has no handler for them
 // (pid_namespaces(7)), so a command run as PID 1 could not be stopped with SIGTERM, and nothing would
@@ -28,12 +23,12 @@ package main
 // Its environment's RUND_INIT is an initSetup, as JSON (spawn.go says why not an argument).
 //
 // Goroutines of the init (it is a process of its own; its exit ends them all):
-//   - main: setup, the command's start, then reaping until the command has ended.
-//   - the config reader: started once setup is done; reads the config, and for a contained job locks
-//     its mounts (lockMounts), then ends; main waits for it.
-//   - the signal forwarder: started once the command runs; ends with the process.
-//   - the lifeline reader: started once the command runs; SIGKILLs the command on EOF; ends with the
-//     process.
+//   - main: setUpJob, locked to its thread from the first step that the command inherits; then reaping
+//     until the command has ended.
+//   - the Start reader (awaitStart): reads the Start and locks a contained job's mounts on a thread the
+//     filter is not on, hands both results to main over a channel, and ends.
+//   - the clone3 supervisor (seccomp.go): started once the filter is on; ends with the process.
+//   - the signal forwarder and the lifeline reader: started once the command runs; end with the process.
 
 import (
 	"encoding/json"
@@ -57,13 +52,11 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // the job's Start.
 type initSetup struct {
 	Hostname  string   `json:"hostname"`       // the job id
-	Own       *jobUser `json:"own,omitempty"`  // a contained job's own host uid:gid, root of its user namespace; nil: not contained
+	Own       *jobUser `json:"own,omitempty"`  // a contained job's own host uid:gid (its userns root); nil: uncontained
 	TmpSize   uint64   `json:"tmp_size"`       // bytes of each private tmpfs, when contained
 	Cgroup2   string   `json:"cgroup2"`        // the cgroup2 mount point, when contained
 	JobCgroup string   `json:"job_cgroup"`     // <job>/job, bound read-only on Cgroup2 when contained
 	Dirs      []string `json:"dirs,omitempty"` // -job_dirs: DIR/<id> is made the job's own and bound on DIR
-
-	writable []string // the mounts of a contained job's own that it may write (setupMounts, lockMounts)
 }
 
 // initConfig is what the server tells the init at the Start: the command to run.
@@ -91,7 +84,7 @@ type startReport struct {
 type stage string
 
 const (
-	stageSetup stage = "setup" // the init's own namespaces or files: the server's fault
+	stageSetup stage = "setup" // the init's own namespaces, mounts, filter or credentials: the server's fault
 	stageDir   stage = "dir"   // the requested working directory
 	stagePath  stage = "path"  // finding the command
 	stageExec  stage = "exec"  // the exec itself
@@ -116,33 +109,13 @@ func runInit() int {
 		fmt.Fprintln(os.Stderr, "rund init: internal command, run by rund serve as a job's PID 1")
 		return 2
 	}
-	// The command gets fds 0-2 only: not our control pipes, and not whatever rund itself inherited
-	// without O_CLOEXEC from the one that started it (os/exec passes those on). close_range(2).
-	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
-		return 1
-	}
-	// Up to the config, the work is done before the job's Start: namespaces, and the signal handlers
-	// (the kernel drops signals to a PID 1 without a handler; rund sends none before the start report).
-	setup, setupErr := prepare()
-	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, forwardedSignals...)
 	cfgPipe, repPipe := initPipe(3, "config"), initPipe(4, "report")
 	dec, enc := json.NewDecoder(cfgPipe), json.NewEncoder(repPipe)
-	// The Start is read on another thread, unfiltered (Go starts none from a locked one, runtime newm),
-	// where lockMounts may mount; it costs no wakeup: a locked thread never polls its own pipe.
-	var cfg initConfig
-	read := make(chan error)
-	go func() {
-		err := dec.Decode(&cfg)
-		if err == nil && setupErr == nil && setup.Own != nil {
-			setupErr = lockMounts(setup.writable)
-		}
-		read <- err
-	}()
-	if err := <-read; err != nil {
-		return 1
+	sigs := make(chan os.Signal, 8)
+	pid, fail := setUpJob(dec, sigs)
+	if fail == errNoStart {
+		return 1 // rund is gone: no one to report to
 	}
-	pid, fail := startCommand(cfg, setup.Own, setupErr)
 	if fail != nil {
 		enc.Encode(fail)
 		return 1
@@ -171,23 +144,174 @@ func runInit() int {
 	return 0 // our exit makes the kernel SIGKILL whatever is left in the namespace
 }
 
-// prepare sets up the job's namespaces and mounts as the init's RUND_INIT says, then what the command
-// inherits from the thread that forks it (dropInherited). All of that is a thread's (no_new_privs,
-// groups, session keyring, seccomp filter), so that thread is the caller's, locked to it from here on.
-func prepare() (initSetup, error) {
-	var setup initSetup
-	if err := json.Unmarshal([]byte(os.Getenv("RUND_INIT")), &setup); err != nil {
-		return setup, err
+// errNoStart is setUpJob's answer when the config pipe broke before a Start came: rund is gone.
+var errNoStart = &startReport{Msg: "no Start: rund is gone"}
+
+// setUpJob is the whole of a job's setup, in the order it happens, from the init's first instruction
+// to its command's: one call per step, each under the privilege state it runs in (the comments in
+// capitals). A contained job takes every step; an uncontained one (-unsafe_uncontained_jobs) skips
+// those under "if contained" and its mount table has /proc alone. It returns the command's pid, or the
+// report of the step that failed.
+//
+// Invariant (fail closed): a step that fails ends the setup, and no command runs; setUpJob never goes
+// on past an error (TestSetupStepsFatal fails each step in turn). The steps of a spare run before its
+// Start, where no job code runs; at the Start only the mounts are locked and the command started.
+func setUpJob(start *json.Decoder, sigs chan<- os.Signal) (int, *startReport) {
+	setupFailed := func(err error) (int, *startReport) {
+		return 0, failure(stageSetup, err, "set up the job: %v", err)
 	}
-	if err := setupNamespaces(&setup); err != nil {
-		return setup, err
+	// HOST ROOT, every capability, in the host's user namespace and in new PID, mount, network, UTS
+	// and IPC namespaces (spawn.go). No thread is filtered. The mounts are the host's, shared.
+	//
+	// The command gets fds 0-2 only: not our control pipes, and not whatever rund itself inherited
+	// without O_CLOEXEC from the one that started it (os/exec passes those on). close_range(2).
+	if err := step("close inherited fds", closeInherited); err != nil {
+		return setupFailed(err)
 	}
-	// The first use of a type builds encoding/json's reflection caches: done here, not in the Start
-	// (BENCHMARKS.md, "Where a Start's time goes").
+	var s initSetup
+	if err := step("read the setup", func() error { return readSetup(&s) }); err != nil {
+		return setupFailed(err)
+	}
+	contained := s.Own != nil
+	if err := step("make mounts slaves", makeMountsSlaves); err != nil {
+		return setupFailed(err)
+	}
+	mounts := jobMounts(s)
+	if err := step("make the job's mounts", func() error { return makeMounts(mounts, s) }); err != nil {
+		return setupFailed(err)
+	}
+	// MOUNTS MADE: the job's own (jobMounts) over the host's, all writable as far as their modes go,
+	// until they are locked at the Start.
+	if err := step("set the hostname", func() error { return unix.Sethostname([]byte(s.Hostname)) }); err != nil {
+		return setupFailed(err)
+	}
+	if err := step("bring lo up", loopbackUp); err != nil {
+		return setupFailed(err)
+	}
+	warmJSON()
+	// From here on this goroutine keeps its thread: what the command inherits from the thread that
+	// forks it (no_new_privs, groups, session keyring, seccomp filter) is that thread's alone.
+	runtime.LockOSThread()
+	if err := step("set no_new_privs", setNoNewPrivs); err != nil {
+		return setupFailed(err)
+	}
+	if err := step("join a new session keyring", joinSessionKeyring); err != nil {
+		return setupFailed(err)
+	}
+	if contained {
+		// Root's supplementary groups: the command's user namespace refuses setgroups, so it could
+		// not drop them itself.
+		if err := step("drop supplementary groups", func() error { return unix.Setgroups(nil) }); err != nil {
+			return setupFailed(err)
+		}
+		// The filter's rules for our own fork need two Ps (seccomp.go); spawn.go starts us with one.
+		runtime.GOMAXPROCS(2)
+		var listener int
+		if err := step("install the syscall filter", func() (err error) {
+			listener, err = installJobFilter()
+			return err
+		}); err != nil {
+			return setupFailed(err)
+		}
+		// FILTER INSTALLED ON THIS THREAD: it and what it forks are filtered; the init's other
+		// threads are not (Go starts none from a locked thread, runtime newm).
+		go superviseClone3(listener)
+	}
+	// The kernel drops signals to a PID 1 without a handler; rund sends none before the start report.
+	signal.Notify(sigs, forwardedSignals...)
+	// A SPARE, READY: it waits here for its Start. No job code has run.
+	lock := func() error { return nil }
+	if contained {
+		lock = func() error { return step("lock the mounts", func() error { return lockMounts(mounts) }) }
+	}
+	cfg, readErr, lockErr := awaitStart(start, lock)
+	if readErr != nil {
+		return 0, errNoStart
+	}
+	if lockErr != nil {
+		return setupFailed(lockErr)
+	}
+	// MOUNTS LOCKED (contained): read-only but for the writable ones of jobMounts; the host's mounts
+	// no longer propagate in.
+	path, fail := findCommand(cfg, s.Own) // as the job's own uid: what it could see itself
+	if fail != nil {
+		return 0, fail
+	}
+	pid, err := forkCommand(path, cfg, s.Own)
+	if err != nil {
+		return 0, failure(stageExec, err, "exec %q: %v", cfg.Argv[0], errnoText(err))
+	}
+	// THE COMMAND RUNS (contained) as the job's own host uid, root of a user namespace of its own that
+	// holds no capability over the job's other namespaces, filtered, with the mounts locked.
+	return pid, nil
+}
+
+// failStep names a step that fails on purpose: the tests' way to prove each one fatal
+// (TestSetupStepsFatal, through the test binary's "init"). rund never sets it.
+var failStep string
+
+// step runs one step of setUpJob and names it in its error.
+func step(name string, do func() error) error {
+	if name == failStep {
+		return fmt.Errorf("%s: failed on purpose (failStep)", name)
+	}
+	if err := do(); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}
+
+// readSetup reads the init's RUND_INIT (spawn.go).
+func readSetup(s *initSetup) error { return json.Unmarshal([]byte(os.Getenv("RUND_INIT")), s) }
+
+func closeInherited() error { return unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC) }
+
+// makeMountsSlaves makes every mount a slave of the host's: nothing mounted here shows on the host,
+// while the host's mounts and unmounts still reach a spare that waits (mount_namespaces(7)), which so
+// neither misses a new mount nor pins an unmounted one. A contained job's Start makes them private.
+func makeMountsSlaves() error { return unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, "") }
+
+// setNoNewPrivs: no setuid binary or file capability raises what the command may do (prctl(2)).
+func setNoNewPrivs() error { return unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }
+
+// joinSessionKeyring gives the init, and so the command, a new anonymous session keyring
+// (keyrings(7), KEYCTL_JOIN_SESSION_KEYRING with no name): the command can neither read nor add to the
+// keys of the server's session. A kernel built without keys has none to share (ENOSYS).
+func joinSessionKeyring() error {
+	_, _, e := unix.Syscall(unix.SYS_KEYCTL, unix.KEYCTL_JOIN_SESSION_KEYRING, 0, 0)
+	if e != 0 && e != unix.ENOSYS {
+		return e
+	}
+	return nil
+}
+
+// warmJSON builds encoding/json's reflection caches for the Start and its report, here and not in the
+// Start (BENCHMARKS.md, "Where a Start's time goes").
+func warmJSON() {
 	json.Unmarshal([]byte(`{"argv":["x"],"env":["k=v"],"dir":"/"}`), new(initConfig))
 	json.Marshal(startReport{Pid: 1})
-	runtime.LockOSThread()
-	return setup, dropInherited(setup.Own != nil)
+}
+
+// awaitStart reads the Start and then runs lock, on another goroutine: its thread is not the locked
+// one that the filter is on (Go starts no thread from a locked one, runtime newm), so it may mount, and
+// a locked thread waiting on the pipe itself would cost a wakeup at the Start. readErr is the pipe's
+// (rund is gone); lock runs only after a Start.
+func awaitStart(start *json.Decoder, lock func() error) (cfg initConfig, readErr, lockErr error) {
+	type result struct {
+		cfg              initConfig
+		readErr, lockErr error
+	}
+	done := make(chan result)
+	go func() {
+		var r result
+		r.readErr = start.Decode(&r.cfg)
+		if r.readErr == nil {
+			r.lockErr = lock()
+		}
+		done <- r
+	}()
+	r := <-done
+	return r.cfg, r.readErr, r.lockErr
 }
 
 // initPipe wraps one of the init's pipes for the runtime's poller. os/exec hands them over blocking, and
@@ -212,29 +336,17 @@ func reap(pid int) syscall.WaitStatus {
 	}
 }
 
-// startCommand starts the command as PID 2 in the job's cgroup; own is a contained job's uid and gid.
-func startCommand(cfg initConfig, own *jobUser, setupErr error) (int, *startReport) {
-	if setupErr != nil {
-		return 0, failure(stageSetup, setupErr, "set up job namespaces: %v", setupErr)
-	}
-	path, fail := findCommand(cfg, own)
-	if fail != nil {
-		return 0, fail
-	}
+// forkCommand starts the command as PID 2 in the job's cgroup (fd 5); own is a contained job's uid and
+// gid (nil: uncontained). The command's stdin is the init's own /dev/null (spawn.go gives the init no
+// Stdin, so os/exec opens os.DevNull for it).
+func forkCommand(path string, cfg initConfig, own *jobUser) (int, error) {
 	sys := &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: 5}
-	// The command's stdin is the init's own /dev/null (spawn.go gives the init no Stdin, so os/exec
-	// opens os.DevNull for it).
 	attr := &syscall.ProcAttr{Dir: cfg.Dir, Env: cfg.Env, Files: []uintptr{0, 1, 2}, Sys: sys}
-	forkExec := syscall.ForkExec
-	if own != nil {
-		ownUserns(sys, own)
-		forkExec = forkExecFiltered
+	if own == nil {
+		return syscall.ForkExec(path, cfg.Argv, attr)
 	}
-	pid, err := forkExec(path, cfg.Argv, attr)
-	if err != nil {
-		return 0, failure(stageExec, err, "exec %q: %v", cfg.Argv[0], errnoText(err))
-	}
-	return pid, nil
+	ownUserns(sys, own)
+	return forkExecFiltered(path, cfg.Argv, attr)
 }
 
 // findCommand checks the working directory and finds the command as the job's own uid (nil, an
@@ -243,14 +355,14 @@ func startCommand(cfg initConfig, own *jobUser, setupErr error) (int, *startRepo
 // such file"; issue 15).
 func findCommand(cfg initConfig, user *jobUser) (path string, fail *startReport) {
 	err := asJobUser(user, func() {
-		if fi, err := os.Stat(cfg.Dir); err != nil || !fi.IsDir() {
-			if err == nil {
-				err = syscall.ENOTDIR
-			}
+		fi, err := os.Stat(cfg.Dir)
+		if err == nil && !fi.IsDir() {
+			err = syscall.ENOTDIR
+		}
+		if err != nil {
 			fail = failure(stageDir, err, "working directory %q: %v", cfg.Dir, errnoText(err))
 			return
 		}
-		var err error
 		path, err = lookPath(cfg.Argv[0], cfg.Dir, cfg.Env)
 		switch {
 		case errors.Is(err, syscall.ENOENT) && !strings.Contains(cfg.Argv[0], "/"):
@@ -267,24 +379,51 @@ func findCommand(cfg initConfig, user *jobUser) (path string, fail *startReport)
 
 // asJobUser runs check with the filesystem ids of u (nil: root's, as they are) and no supplementary
 // groups (setfsuid(2): a non-zero fsuid also takes root's file capabilities out of the effective set,
-// capabilities(7)), then takes root's ids back. All of these are the calling thread's: the init's own, locked to it
-// (runInit), whose groups the command does not inherit (ownUserns).
+// capabilities(7)), then takes root's ids back. All of these are the calling thread's: the init's own,
+// locked to it (setUpJob), whose groups the command does not inherit (ownUserns). Each change is made
+// alone and read back; check runs only if all took, and an error (a change, or the way back, that did
+// not take) fails the job's start: the thread's ids are then unknown, and the init ends.
 func asJobUser(u *jobUser, check func()) error {
 	if u == nil {
 		check()
 		return nil
 	}
-	err := errors.Join(unix.Setgroups(nil), unix.Setfsgid(int(u.GID)), unix.Setfsuid(int(u.UID)))
-	// setfsuid(2) reports no error; its result is read back.
-	gid, _ := unix.SetfsgidRetGid(int(u.GID))
-	uid, _ := unix.SetfsuidRetUid(int(u.UID))
-	if err == nil && (uid != int(u.UID) || gid != int(u.GID)) {
-		err = fmt.Errorf("setfsuid %d, setfsgid %d: have %d, %d", u.UID, u.GID, uid, gid)
+	if err := unix.Setgroups(nil); err != nil {
+		return fmt.Errorf("setgroups: %w", err)
 	}
-	if err == nil {
-		check()
+	if err := setFSGID(u.GID); err != nil {
+		return err
 	}
-	return errors.Join(err, unix.Setfsuid(0), unix.Setfsgid(0))
+	if err := setFSUID(u.UID); err != nil {
+		return errors.Join(err, setFSGID(0))
+	}
+	check()
+	if err := setFSUID(0); err != nil {
+		return err
+	}
+	return setFSGID(0)
+}
+
+// setFSUID sets the thread's fsuid and reads it back. setfsuid(2) reports no error: it returns the
+// previous fsuid whether or not the change took, and a call with -1, never a valid id, changes nothing
+// and returns the one in force.
+func setFSUID(id uint32) error {
+	unix.SetfsuidRetUid(int(id))
+	now, _ := unix.SetfsuidRetUid(-1)
+	if now != int(id) {
+		return fmt.Errorf("setfsuid %d: the fsuid is still %d", id, now)
+	}
+	return nil
+}
+
+// setFSGID is setFSUID for the fsgid (setfsgid(2) works the same way).
+func setFSGID(id uint32) error {
+	unix.SetfsgidRetGid(int(id))
+	now, _ := unix.SetfsgidRetGid(-1)
+	if now != int(id) {
+		return fmt.Errorf("setfsgid %d: the fsgid is still %d", id, now)
+	}
+	return nil
 }
 
 // ownUserns puts the command in a new user namespace in which uid and gid 0 are the job's own host uid
@@ -297,40 +436,8 @@ func ownUserns(sys *syscall.SysProcAttr, u *jobUser) {
 	sys.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(u.UID), Size: 1}}
 	sys.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(u.GID), Size: 1}}
 	sys.GidMappingsEnableSetgroups = false // the command can never take a group back
-	// uid and gid 0 of the new namespace; the groups stay the empty list dropInherited left.
+	// uid and gid 0 of the new namespace; the groups stay the empty list setUpJob left.
 	sys.Credential = &syscall.Credential{NoSetGroups: true}
-}
-
-// dropInherited gives up, for the init and so for the command, what every job would otherwise share
-// with the server. no_new_privs (prctl(2)): no setuid binary or file capability raises what the
-// command may do. A new anonymous session keyring (keyrings(7), KEYCTL_JOIN_SESSION_KEYRING with no
-// name): the command can neither read nor add to the keys of the server's session. A kernel built
-// without keys has none to share (ENOSYS).
-//
-// A contained job also loses the server's supplementary groups (root's: its user namespace refuses
-// setgroups, so the command could not drop them itself) and gets the syscall filter (seccomp.go), whose
-// supervisor this starts; the filter's rules for the init's own fork need two Ps and no collection in
-// progress (seccomp.go), arranged here, before the Start.
-func dropInherited(contained bool) error {
-	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-		return fmt.Errorf("set no_new_privs: %w", err)
-	}
-	if _, _, e := unix.Syscall(unix.SYS_KEYCTL, unix.KEYCTL_JOIN_SESSION_KEYRING, 0, 0); e != 0 && e != unix.ENOSYS {
-		return fmt.Errorf("join a new session keyring: %w", e)
-	}
-	if !contained {
-		return nil
-	}
-	if err := unix.Setgroups(nil); err != nil {
-		return fmt.Errorf("drop supplementary groups: %w", err)
-	}
-	runtime.GOMAXPROCS(2)
-	listener, err := installJobFilter()
-	if err != nil {
-		return err
-	}
-	go superviseClone3(listener)
-	return nil
 }
 
 func failure(st stage, err error, format string, args ...any) *startReport {
@@ -346,101 +453,6 @@ func errnoText(err error) string {
 		return errno.Error()
 	}
 	return err.Error()
-}
-
-// setupNamespaces runs in the init, inside the new namespaces: mounts made slaves of the host's (so
-// nothing mounted here shows on the host, while the host's mounts and unmounts still reach the job: a
-// spare's namespace can be old, and must neither miss a new mount nor pin an unmounted one;
-// mount_namespaces(7)), a /proc of the new PID namespace, loopback up, hostname = the job id.
-func setupNamespaces(s *initSetup) error {
-	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
-		return fmt.Errorf("make mounts slaves: %w", err)
-	}
-	if s.Own != nil {
-		if err := setupMounts(s); err != nil {
-			return err
-		}
-	}
-	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
-		return fmt.Errorf("mount /proc: %w", err)
-	}
-	s.writable = append(s.writable, "/proc")
-	if err := unix.Sethostname([]byte(s.Hostname)); err != nil {
-		return fmt.Errorf("sethostname: %w", err)
-	}
-	return loopbackUp()
-}
-
-// privateDirs get a fresh tmpfs in each contained job.
-var privateDirs = []string{"/tmp", "/var/tmp", "/dev/shm"}
-
-// setupMounts makes a contained job's own mounts, ahead of its Start: fresh tmpfs on privateDirs where
-// the host has those directories (charged to the memory cgroup of the job, which writes them), on the
-// cgroup2 mount the job's own cgroup, read-only, and on each of s.Dirs the job's own directory in it.
-// Those it may write it lists in s.writable: at the Start, lockMounts makes every other mount
-// read-only, those the host made meanwhile included. No job code runs before that.
-func setupMounts(s *initSetup) error {
-	for _, d := range s.Dirs { // made as the host's root, whose mounts are writable here until the Start
-		own := filepath.Join(d, s.Hostname)
-		err := os.Mkdir(own, 0o700)
-		if err == nil {
-			err = os.Lchown(own, int(s.Own.UID), int(s.Own.GID))
-		}
-		if err == nil {
-			err = bindMount(own, d, 0)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	for _, dir := range privateDirs {
-		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-			continue // nothing of the host's to hide there
-		}
-		opts := fmt.Sprintf("mode=1777,size=%d", s.TmpSize)
-		if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
-			return fmt.Errorf("mount tmpfs on %s: %w", dir, err)
-		}
-		s.writable = append(s.writable, dir)
-	}
-	if err := bindMount(s.JobCgroup, s.Cgroup2, unix.MS_RDONLY|unix.MS_NOEXEC); err != nil {
-		return err
-	}
-	s.writable = append(s.writable, s.Dirs...)
-	return nil
-}
-
-// lockMounts, at a contained job's Start, stops the host's mounts from propagating into the job's
-// namespace (MS_PRIVATE, mount_namespaces(7)), and makes every mount read-only (mount_setattr(2),
-// AT_RECURSIVE), what propagated in while the sandbox waited as a spare included, then the job's own
-// writable mounts writable again. A spare stays a slave
-// while it waits, so that it pins no filesystem the host unmounts meanwhile; a running job pins what it
-// saw at its Start, as a container does. Without this, a host mount made after setupMounts would be
-// writable in the job wherever its modes let "others" write.
-func lockMounts(writable []string) error {
-	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY, Propagation: unix.MS_PRIVATE}
-	if err := unix.MountSetattr(unix.AT_FDCWD, "/", unix.AT_RECURSIVE, attr); err != nil {
-		return fmt.Errorf("lock mounts: %w", err)
-	}
-	for _, dir := range writable {
-		if err := unix.MountSetattr(unix.AT_FDCWD, dir, 0, &unix.MountAttr{Attr_clr: unix.MOUNT_ATTR_RDONLY}); err != nil {
-			return fmt.Errorf("make %s writable: %w", dir, err)
-		}
-	}
-	return nil
-}
-
-// bindMount binds src on dst, nosuid, nodev and with flags: a bind mount takes flags only on a remount
-// (mount(2)).
-func bindMount(src, dst string, flags uintptr) error {
-	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("bind %s on %s: %w", src, dst, err)
-	}
-	flags |= unix.MS_BIND | unix.MS_REMOUNT | unix.MS_NOSUID | unix.MS_NODEV
-	if err := unix.Mount("", dst, "", flags, ""); err != nil {
-		return fmt.Errorf("remount %s: %w", dst, err)
-	}
-	return nil
 }
 
 // loopbackUp sets IFF_UP on "lo", the only interface of a new network namespace (netdevice(7)).

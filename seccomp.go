@@ -236,11 +236,21 @@ func ownThread(tid uint32) bool {
 }
 
 // forkExecFiltered is syscall.ForkExec from the goroutine that installed the job's filter, refused
-// unless clear of the deadlocks at the top of the file: two Ps or more, and the collector off (GOGC=off,
-// spawn.go), so that no collection can be on its way.
+// unless clear of the deadlocks at the top of the file (two Ps or more, and the collector off: GOGC=off,
+// spawn.go, so that no collection can be on its way) and unless the calling thread is filtered: what
+// it forks inherits its filter, and an unfiltered command must never start.
 func forkExecFiltered(path string, argv []string, attr *syscall.ProcAttr) (pid int, err error) {
-	if n, gc := runtime.GOMAXPROCS(0), debug.SetGCPercent(-1); n < 2 || gc >= 0 {
-		return 0, fmt.Errorf("fork %s under the job's seccomp filter: GOMAXPROCS %d and GOGC %d, want 2 or more and off", path, n, gc)
+	procs := runtime.GOMAXPROCS(0)
+	// SetGCPercent is the only way to read GOGC, and it sets it too: to -1 (off), which it already is.
+	gc := debug.SetGCPercent(-1)
+	if procs < 2 || gc >= 0 {
+		return 0, fmt.Errorf("fork %s under the job's seccomp filter: GOMAXPROCS %d and GOGC %d, want 2 or more and off",
+			path, procs, gc)
+	}
+	mode, err := unix.PrctlRetInt(unix.PR_GET_SECCOMP, 0, 0, 0, 0)
+	if err != nil || mode != 2 { // 2: SECCOMP_MODE_FILTER
+		return 0, fmt.Errorf("fork %s under the job's seccomp filter: this thread's seccomp mode is %d (%v), want 2",
+			path, mode, err)
 	}
 	return syscall.ForkExec(path, argv, attr)
 }
