@@ -13,6 +13,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"log"
 	"maps"
 	"slices"
 	"strings"
@@ -49,34 +51,51 @@ type manager struct {
 }
 
 func newManager(cg *cgroupFS, cfg jobsConfig) *manager {
-	return &manager{cg: cg, cfg: cfg, pool: newPool(cg, cfg.spareInits, cfg.contain), budget: &budget{max: cfg.outputBudget},
-		jobs: map[string]*job{}, finished: map[string][]*job{}, running: map[string]int{}}
+	return &manager{cg: cg, cfg: cfg, pool: newPool(cg, cfg.spareInits, cfg.contain),
+		budget: &budget{max: cfg.outputBudget},
+		jobs:   map[string]*job{}, finished: map[string][]*job{}, running: map[string]int{}}
 }
 
 // start runs a validated job for owner.
 func (m *manager) start(owner []string, spec *jobSpec) (*job, error) {
 	if cs := m.cg.missing(spec.lim); len(cs) > 0 {
-		return nil, clientErr(errUnsupported, "this host cannot enforce the requested limits: cgroup controller %s not available",
+		return nil, clientErr(errUnsupported,
+			"this host cannot enforce the requested limits: cgroup controller %s not available",
 			strings.Join(cs, " and controller "))
 	}
 	if err := m.reserve(owner); err != nil {
 		return nil, err
 	}
-	sb, err := m.pool.take()
-	var j *job
-	if err == nil {
-		j, err = begin(sb, owner, spec, m.cg, m.cfg, m.budget)
-	}
-	if err == nil {
-		err = m.register(j, owner)
-	}
+	j, err := m.launch(owner, spec)
 	if err != nil {
 		m.release(owner)
 		m.pool.refill()
 		return nil, err
 	}
+	if err := m.register(j, owner); err != nil { // the server is closing: register ended the job
+		m.release(owner)
+		return nil, err
+	}
 	time.AfterFunc(refillDelay, m.pool.refill) // or sooner, once the job is gone (register)
 	return j, nil
+}
+
+// launch begins the job in a sandbox from the pool. A spare whose init died while it waited (killed,
+// or out of memory) is discarded by begin, and the next one is taken: more than the pool holds, and
+// take makes a fresh one. The Start does not fail for it. Only errInitGone counts: the command never
+// reached that init, so it cannot have run twice.
+func (m *manager) launch(owner []string, spec *jobSpec) (*job, error) {
+	for tries := 0; ; tries++ {
+		sb, err := m.pool.take()
+		if err != nil {
+			return nil, err
+		}
+		j, err := begin(sb, owner, spec, m.cg, m.cfg, m.budget)
+		if !errors.Is(err, errInitGone) || tries > m.cfg.spareInits {
+			return j, err
+		}
+		log.Printf("sandbox %s: its init died while it waited; taking another", sb.id)
+	}
 }
 
 // reserve counts a job against the server's and its client's bounds, or says why it cannot run.
@@ -141,7 +160,8 @@ func (m *manager) get(id string, caller []string) (*job, error) {
 // list returns the caller's jobs, oldest first.
 func (m *manager) list(caller []string) []*job {
 	m.mu.Lock()
-	js := slices.DeleteFunc(slices.Collect(maps.Values(m.jobs)), func(j *job) bool { return !sharesIdentity(j.owner, caller) })
+	notCallers := func(j *job) bool { return !sharesIdentity(j.owner, caller) }
+	js := slices.DeleteFunc(slices.Collect(maps.Values(m.jobs)), notCallers)
 	m.mu.Unlock()
 	// By start time: an id's time is when its sandbox was made, which for a spare precedes the Start.
 	slices.SortFunc(js, func(a, b *job) int { return a.started.Compare(b.started) })

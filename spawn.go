@@ -55,7 +55,7 @@ func startInit(cg *jobCgroup, setup initSetup, stdout, stderr *os.File) (*proc, 
 		// they have not.
 		Env: []string{"GOMAXPROCS=1", "GOGC=off", "RUND_INIT=" + string(arg)},
 		// No Stdin: os/exec opens /dev/null for it, the init's fd 0, which its command inherits
-		// (init.go startCommand).
+		// (init.go forkCommand).
 		Stdout:     stdout,
 		Stderr:     stderr,
 		ExtraFiles: []*os.File{cfgR, repW, jobFD},
@@ -76,21 +76,29 @@ func startInit(cg *jobCgroup, setup initSetup, stdout, stderr *os.File) (*proc, 
 }
 
 // begin sends the init its command and waits for the start report. If the command did not start, the
-// caller ends the init (sandbox.discard).
+// caller ends the init (sandbox.discard). errInitGone: the init was gone before the command was sent.
 func (p *proc) begin(cfg initConfig) error {
-	var rep startReport
 	err := json.NewEncoder(p.lifeline).Encode(cfg)
-	if err == nil {
-		err = p.reports.Decode(&rep)
+	if errors.Is(err, syscall.EPIPE) {
+		return fmt.Errorf("%w: %v", errInitGone, err)
 	}
-	switch {
-	case err != nil:
+	if err != nil {
+		return fmt.Errorf("send the job's command to its init: %w", err)
+	}
+	var rep startReport
+	if err := p.reports.Decode(&rep); err != nil {
 		return fmt.Errorf("job init did not start: %w", err)
-	case rep.Pid == 0:
+	}
+	if rep.Pid == 0 {
 		return startFailure(rep)
 	}
 	return nil
 }
+
+// errInitGone is begin's error when the config pipe had no reader left: the init had exited (the
+// kernel gives EPIPE only then, pipe(7)), so the command never reached it and cannot have run. The
+// init alone holds the pipe's read end; its command does not inherit it (close_range, init.go).
+var errInitGone = errors.New("the job's init is gone")
 
 // signal sends sig to the init, which forwards it to the command.
 func (p *proc) signal(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
@@ -132,8 +140,10 @@ func startFailure(rep startReport) error {
 
 // errnoKinds is the kind of a failed path lookup or exec of the command, by its errno; any other errno
 // is errNotStarted.
-var errnoKinds = map[syscall.Errno]error{syscall.ENOENT: errNotFound, syscall.EACCES: errDenied, syscall.EPERM: errDenied,
-	syscall.ENOEXEC: errInvalid, syscall.E2BIG: errInvalid}
+var errnoKinds = map[syscall.Errno]error{
+	syscall.ENOENT: errNotFound, syscall.EACCES: errDenied, syscall.EPERM: errDenied,
+	syscall.ENOEXEC: errInvalid, syscall.E2BIG: errInvalid,
+}
 
 func closeAll(fs []*os.File) {
 	for _, f := range fs {
