@@ -163,22 +163,35 @@ func (p *pool) newSandbox() (*sandbox, error) {
 		}
 		sb.contain, setup.Own, setup.TmpSize, setup.Dirs = c, sb.own, c.tmpSize, c.dirs
 	}
-	var pipes [4]*os.File // out r/w, err r/w
-	if sb.cg, err = p.cg.create(sb.id); err != nil {
-		err = fmt.Errorf("create job cgroup: %w", err)
-	} else if pipes[0], pipes[1], err = os.Pipe(); err == nil {
-		if pipes[2], pipes[3], err = os.Pipe(); err == nil {
-			setup.Cgroup2, setup.JobCgroup = p.cg.mount, sb.cg.jobDir()
-			sb.proc, err = startInit(sb.cg, setup, pipes[1], pipes[3])
-		}
-	}
-	closeAll([]*os.File{pipes[1], pipes[3]}) // the init holds its own copies
-	sb.outputs = [2]*os.File{pipes[0], pipes[2]}
-	if err != nil {
+	if err := sb.start(p.cg, setup); err != nil {
 		sb.discard()
 		return nil, err
 	}
 	return sb, nil
+}
+
+// start makes the sandbox's cgroups and output pipes, and starts its init. On error, what it made
+// is in sb, for discard.
+func (sb *sandbox) start(cg *cgroupFS, setup initSetup) error {
+	var err error
+	if sb.cg, err = cg.create(sb.id); err != nil {
+		return fmt.Errorf("create job cgroup: %w", err)
+	}
+	stdout, stdoutW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	sb.outputs[0] = stdout
+	defer stdoutW.Close() // the init holds its own copies of the write ends
+	stderr, stderrW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	sb.outputs[1] = stderr
+	defer stderrW.Close()
+	setup.Cgroup2, setup.JobCgroup = cg.mount, sb.cg.jobDir()
+	sb.proc, err = startInit(sb.cg, setup, stdoutW, stderrW)
+	return err
 }
 
 // discard ends a sandbox that no job will use and removes what it holds.
@@ -225,7 +238,8 @@ type uidRange struct {
 // range: a job would own that user's files.
 func newUIDRange(first, count uint32) (*uidRange, error) {
 	if first == 0 || count == 0 || uint64(first)+uint64(count) > 1<<32-1 {
-		return nil, fmt.Errorf("job uid range %d+%d: want a first uid above 0 and a count that ends below 2^32-1", first, count)
+		return nil, fmt.Errorf("job uid range %d+%d: want a first uid above 0 and a count that ends below 2^32-1",
+			first, count)
 	}
 	for _, file := range []string{"/etc/passwd", "/etc/group"} {
 		data, err := os.ReadFile(file)
@@ -237,9 +251,11 @@ func newUIDRange(first, count uint32) (*uidRange, error) {
 			if len(f) < 3 {
 				continue
 			}
-			if id, err := strconv.ParseUint(f[2], 10, 32); err == nil && id >= uint64(first) && id-uint64(first) < uint64(count) {
-				return nil, fmt.Errorf("job uid range %d+%d holds %s's id %d, from %s", first, count, f[0], id, file)
+			id, err := strconv.ParseUint(f[2], 10, 32)
+			if err != nil || id < uint64(first) || id-uint64(first) >= uint64(count) {
+				continue
 			}
+			return nil, fmt.Errorf("job uid range %d+%d holds %s's id %d, from %s", first, count, f[0], id, file)
 		}
 	}
 	// The rotation starts at a random offset, so that a restarted server does not give out first the
