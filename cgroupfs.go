@@ -37,16 +37,27 @@ type limits struct {
 	rbps, wbps, riops, wiops uint64 // io.max
 }
 
-// controllers lists the controllers a set of limits needs.
+// controllers lists the controllers a set of limits needs, each named beside the limit that needs it.
 func (l limits) controllers() []string {
 	var cs []string
-	// One figure per controller, in the order of wantedControllers.
-	for i, v := range []uint64{l.cpuQuota, l.rbps | l.wbps | l.riops | l.wiops, l.memory, l.pids} {
-		if v != 0 {
-			cs = append(cs, wantedControllers[i])
-		}
+	if l.cpuQuota != 0 {
+		cs = append(cs, "cpu")
+	}
+	if l.hasIO() {
+		cs = append(cs, "io")
+	}
+	if l.memory != 0 {
+		cs = append(cs, "memory")
+	}
+	if l.pids != 0 {
+		cs = append(cs, "pids")
 	}
 	return cs
+}
+
+// hasIO reports whether any io.max limit is set.
+func (l limits) hasIO() bool {
+	return l.rbps != 0 || l.wbps != 0 || l.riops != 0 || l.wiops != 0
 }
 
 // cgroupFS is rund's view of the cgroup2 hierarchy. It is set up once and read-only afterwards.
@@ -193,7 +204,7 @@ func ownCgroup() (string, error) {
 // missing names every controller that lim needs and the hierarchy cannot give, or is empty.
 func (cg *cgroupFS) missing(lim limits) []string {
 	out := slices.DeleteFunc(lim.controllers(), func(c string) bool { return cg.available[c] })
-	if cg.available["io"] && lim.rbps|lim.wbps|lim.riops|lim.wiops != 0 && len(cg.ioDevices) == 0 {
+	if cg.available["io"] && lim.hasIO() && len(cg.ioDevices) == 0 {
 		out = append(out, "io (rund serve was given no -io_devices)")
 	}
 	return out
