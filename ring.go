@@ -99,7 +99,9 @@ func (h *hold) Release() {
 
 // Read is the ring's Read for h's reader: asking for off means every byte before it has been taken,
 // so the hold moves there first.
-func (h *hold) Read(ctx context.Context, off int64, buf []byte, follow bool) (n int, s stream, at int64, lost int64, err error) {
+func (h *hold) Read(ctx context.Context, off int64, buf []byte, follow bool) (
+	n int, s stream, at int64, lost int64, err error,
+) {
 	h.r.mu.Lock()
 	if off > h.off {
 		h.off, h.progress = off, time.Now()
@@ -313,7 +315,9 @@ func (r *ring) Forget() {
 // otherwise it blocks until data arrives, Close, or ctx is done (ctx.Err()).
 // If off > tail, it returns an error wrapping errOffsetBeyondEnd; an empty buf
 // or a negative off is an error too.
-func (r *ring) Read(ctx context.Context, off int64, buf []byte, follow bool) (n int, s stream, at int64, lost int64, err error) {
+func (r *ring) Read(ctx context.Context, off int64, buf []byte, follow bool) (
+	n int, s stream, at int64, lost int64, err error,
+) {
 	if len(buf) == 0 || off < 0 {
 		return 0, 0, off, 0, fmt.Errorf("ring: Read with offset %d into %d-byte buffer", off, len(buf))
 	}

@@ -139,7 +139,8 @@ func parseSignal(s string) (unix.Signal, error) {
 	for _, f := range append(forwardedSignals, unix.SIGKILL) {
 		names = append(names, unix.SignalName(f.(unix.Signal)))
 	}
-	return 0, clientErr(errInvalid, "signal %.20q is not one a job may be sent (%s, or their numbers)", s, strings.Join(names, " "))
+	return 0, clientErr(errInvalid, "signal %.20q is not one a job may be sent (%s, or their numbers)",
+		s, strings.Join(names, " "))
 }
 
 // statusCommand is the command as Status and List show it: cut at 1 KiB, so that a List of many jobs
