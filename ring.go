@@ -185,7 +185,8 @@ func newRing(capacity int) *ring {
 // len(data) < limit, so nothing has wrapped yet.
 func (r *ring) grow(need int64) {
 	size := min(max(int64(2*len(r.data)), need, 4<<10), int64(r.limit))
-	if !r.budget.take(size-int64(len(r.data)), false) {
+	granted := r.budget.take(size-int64(len(r.data)), false)
+	if !granted {
 		floor := int64(min(maxPumpRead, r.capacity))
 		if int64(len(r.data)) >= floor {
 			r.limit = len(r.data)
@@ -204,7 +205,8 @@ func (r *ring) grow(need int64) {
 // always). Caller holds mu.
 func (r *ring) growSegs() {
 	n := min(max(2*len(r.segs), 16), r.segMax)
-	if !r.budget.take(int64(n-len(r.segs))*segmentSize, len(r.segs) == 0) {
+	granted := r.budget.take(int64(n-len(r.segs))*segmentSize, len(r.segs) == 0)
+	if !granted {
 		r.segMax = len(r.segs)
 		return
 	}
