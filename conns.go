@@ -143,7 +143,8 @@ func (f *inflight) admit(ctx context.Context) error {
 
 // decCount counts one less for key in a map of counts, which keeps no zero entry.
 func decCount(counts map[string]int, key string) {
-	if counts[key]--; counts[key] == 0 {
+	counts[key]--
+	if counts[key] == 0 {
 		delete(counts, key)
 	}
 }

@@ -131,7 +131,8 @@ func (s *server) Start(ctx context.Context, req *rpcpb.JobStartRequest) (*rpcpb.
 		if err := g.CheckValid(); err != nil {
 			return nil, clientErr(errInvalid, "stop_grace_period: %v", err)
 		}
-		if grace = g.AsDuration(); grace == 0 { // unlike an unset one, which means the default
+		grace = g.AsDuration()
+		if grace == 0 { // unlike an unset one, which means the default
 			return nil, clientErr(errInvalid, "stop grace period 0s: want more than 0, at most %v (or none, for %v)",
 				maxGrace, defaultGrace)
 		}
