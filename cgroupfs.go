@@ -37,16 +37,27 @@ type limits struct {
 	rbps, wbps, riops, wiops uint64 // io.max
 }
 
-// controllers lists the controllers a set of limits needs.
+// controllers lists the controllers a set of limits needs, each named beside the limit that needs it.
 func (l limits) controllers() []string {
 	var cs []string
-	// One figure per controller, in the order of wantedControllers.
-	for i, v := range []uint64{l.cpuQuota, l.rbps | l.wbps | l.riops | l.wiops, l.memory, l.pids} {
-		if v != 0 {
-			cs = append(cs, wantedControllers[i])
-		}
+	if l.cpuQuota != 0 {
+		cs = append(cs, "cpu")
+	}
+	if l.hasIO() {
+		cs = append(cs, "io")
+	}
+	if l.memory != 0 {
+		cs = append(cs, "memory")
+	}
+	if l.pids != 0 {
+		cs = append(cs, "pids")
 	}
 	return cs
+}
+
+// hasIO reports whether any io.max limit is set.
+func (l limits) hasIO() bool {
+	return l.rbps != 0 || l.wbps != 0 || l.riops != 0 || l.wiops != 0
 }
 
 // cgroupFS is rund's view of the cgroup2 hierarchy. It is set up once and read-only afterwards.
@@ -136,7 +147,9 @@ func setupCgroups(parent string, ioDevices []string) (*cgroupFS, error) {
 // into a leaf of its own (the way a service manager would have placed it).
 func (cg *cgroupFS) enableControllers() error {
 	offered := strings.Fields(readString(filepath.Join(cg.mount, "cgroup.controllers")))
-	wanted := slices.DeleteFunc(slices.Clone(wantedControllers), func(c string) bool { return !slices.Contains(offered, c) })
+	wanted := slices.DeleteFunc(slices.Clone(wantedControllers), func(c string) bool {
+		return !slices.Contains(offered, c)
+	})
 	if len(wanted) == 0 {
 		return fmt.Errorf("none of %v is offered by %s (held by cgroup v1?)", wantedControllers, cg.mount)
 	}
@@ -193,7 +206,7 @@ func ownCgroup() (string, error) {
 // missing names every controller that lim needs and the hierarchy cannot give, or is empty.
 func (cg *cgroupFS) missing(lim limits) []string {
 	out := slices.DeleteFunc(lim.controllers(), func(c string) bool { return cg.available[c] })
-	if cg.available["io"] && lim.rbps|lim.wbps|lim.riops|lim.wiops != 0 && len(cg.ioDevices) == 0 {
+	if cg.available["io"] && lim.hasIO() && len(cg.ioDevices) == 0 {
 		out = append(out, "io (rund serve was given no -io_devices)")
 	}
 	return out
@@ -232,41 +245,63 @@ func (cg *cgroupFS) create(id string) (_ *jobCgroup, err error) {
 	return j, nil
 }
 
+// limitWrite is one value for one control file of a job's cgroup.
+type limitWrite struct {
+	file  string // name in the cgroup directory
+	value string // written in one write(2) (writeFile)
+}
+
+// writeLimits writes lim into the control files of the cgroup dir, one file after another; the first
+// failed write ends it, and its error names the file.
 func (cg *cgroupFS) writeLimits(dir string, lim limits) error {
-	var w []string // file, value pairs
+	var writes []limitWrite
 	if lim.cpuQuota != 0 {
-		w = append(w, "cpu.max", fmt.Sprintf("%d 100000", lim.cpuQuota))
+		writes = append(writes, limitWrite{file: "cpu.max", value: fmt.Sprintf("%d 100000", lim.cpuQuota)})
 	}
 	if lim.memory != 0 {
-		w = append(w, "memory.max", strconv.FormatUint(lim.memory, 10))
-		// Without this, anonymous memory over the limit goes to swap and the limit means little.
+		writes = append(writes, limitWrite{file: "memory.max", value: strconv.FormatUint(lim.memory, 10)})
+		// Without this, anonymous memory over the limit goes to swap and the limit means little. The file
+		// is absent when the kernel does not account swap.
 		if _, err := os.Stat(filepath.Join(dir, "memory.swap.max")); err == nil {
-			w = append(w, "memory.swap.max", "0")
+			writes = append(writes, limitWrite{file: "memory.swap.max", value: "0"})
 		}
 	}
 	if lim.pids != 0 {
-		w = append(w, "pids.max", strconv.FormatUint(lim.pids, 10))
+		writes = append(writes, limitWrite{file: "pids.max", value: strconv.FormatUint(lim.pids, 10)})
 	}
 	if io := ioMaxValue(lim); io != "" {
+		// One write per device: a write to io.max sets the keys of one MAJ:MIN (cgroup v2, io.max;
+		// block/blk-throttle.c, tg_set_limit).
 		for _, dev := range cg.ioDevices {
-			w = append(w, "io.max", dev+io)
+			writes = append(writes, limitWrite{file: "io.max", value: dev + io})
 		}
 	}
-	for i := 0; i < len(w); i += 2 {
-		if err := writeFile(filepath.Join(dir, w[i]), w[i+1]); err != nil {
+	for _, w := range writes {
+		if err := writeFile(filepath.Join(dir, w.file), w.value); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// ioMaxKey is one key of an io.max line and its limit; 0 means unset.
+type ioMaxKey struct {
+	key   string
+	value uint64
+}
+
 // ioMaxValue formats the keys of one io.max line (" rbps=N wbps=N"), or "" when no io limit is set.
 func ioMaxValue(lim limits) string {
+	keys := []ioMaxKey{
+		{key: "rbps", value: lim.rbps},
+		{key: "wbps", value: lim.wbps},
+		{key: "riops", value: lim.riops},
+		{key: "wiops", value: lim.wiops},
+	}
 	var b strings.Builder
-	keys := []string{"rbps", "wbps", "riops", "wiops"}
-	for i, v := range []uint64{lim.rbps, lim.wbps, lim.riops, lim.wiops} {
-		if v != 0 {
-			fmt.Fprintf(&b, " %s=%d", keys[i], v)
+	for _, k := range keys {
+		if k.value != 0 {
+			fmt.Fprintf(&b, " %s=%d", k.key, k.value)
 		}
 	}
 	return b.String()

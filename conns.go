@@ -126,7 +126,8 @@ func (f *inflight) admit(ctx context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.all >= f.b.maxInflight || f.byClient[key] >= f.b.maxInflightPerClient {
-		return clientErr(errExhausted, "too many requests in flight (%d of yours at most, %d in all); retry when some are done",
+		return clientErr(errExhausted,
+			"too many requests in flight (%d of yours at most, %d in all); retry when some are done",
 			f.b.maxInflightPerClient, f.b.maxInflight)
 	}
 	f.all++
@@ -142,7 +143,8 @@ func (f *inflight) admit(ctx context.Context) error {
 
 // decCount counts one less for key in a map of counts, which keeps no zero entry.
 func decCount(counts map[string]int, key string) {
-	if counts[key]--; counts[key] == 0 {
+	counts[key]--
+	if counts[key] == 0 {
 		delete(counts, key)
 	}
 }

@@ -99,7 +99,9 @@ func (h *hold) Release() {
 
 // Read is the ring's Read for h's reader: asking for off means every byte before it has been taken,
 // so the hold moves there first.
-func (h *hold) Read(ctx context.Context, off int64, buf []byte, follow bool) (n int, s stream, at int64, lost int64, err error) {
+func (h *hold) Read(ctx context.Context, off int64, buf []byte, follow bool) (
+	n int, s stream, at int64, lost int64, err error,
+) {
 	h.r.mu.Lock()
 	if off > h.off {
 		h.off, h.progress = off, time.Now()
@@ -183,7 +185,8 @@ func newRing(capacity int) *ring {
 // len(data) < limit, so nothing has wrapped yet.
 func (r *ring) grow(need int64) {
 	size := min(max(int64(2*len(r.data)), need, 4<<10), int64(r.limit))
-	if !r.budget.take(size-int64(len(r.data)), false) {
+	granted := r.budget.take(size-int64(len(r.data)), false)
+	if !granted {
 		floor := int64(min(maxPumpRead, r.capacity))
 		if int64(len(r.data)) >= floor {
 			r.limit = len(r.data)
@@ -202,7 +205,8 @@ func (r *ring) grow(need int64) {
 // always). Caller holds mu.
 func (r *ring) growSegs() {
 	n := min(max(2*len(r.segs), 16), r.segMax)
-	if !r.budget.take(int64(n-len(r.segs))*segmentSize, len(r.segs) == 0) {
+	granted := r.budget.take(int64(n-len(r.segs))*segmentSize, len(r.segs) == 0)
+	if !granted {
 		r.segMax = len(r.segs)
 		return
 	}
@@ -313,7 +317,9 @@ func (r *ring) Forget() {
 // otherwise it blocks until data arrives, Close, or ctx is done (ctx.Err()).
 // If off > tail, it returns an error wrapping errOffsetBeyondEnd; an empty buf
 // or a negative off is an error too.
-func (r *ring) Read(ctx context.Context, off int64, buf []byte, follow bool) (n int, s stream, at int64, lost int64, err error) {
+func (r *ring) Read(ctx context.Context, off int64, buf []byte, follow bool) (
+	n int, s stream, at int64, lost int64, err error,
+) {
 	if len(buf) == 0 || off < 0 {
 		return 0, 0, off, 0, fmt.Errorf("ring: Read with offset %d into %d-byte buffer", off, len(buf))
 	}

@@ -50,19 +50,25 @@ func newGRPCServer(tlsCfg *tls.Config, m *manager, c serveConfig) (*grpc.Server,
 		grpc.InTapHandle(func(ctx context.Context, info *tap.Info) (context.Context, error) {
 			return ctx, publicError(info.FullMethodName, f.admit(ctx)) // a log stream counts until it ends
 		}),
-		grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-			resp, err := h(ctx, req)
-			return resp, publicError(info.FullMethod, err)
-		}),
-		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-			return publicError(info.FullMethod, h(srv, ss))
-		}))
+		grpc.UnaryInterceptor(publicUnary), grpc.StreamInterceptor(publicStream))
 	rpcpb.RegisterJobControllerServer(srv, &server{m: m})
 	hs := health.NewServer() // the whole server ("") is SERVING until Shutdown; so is the job API
 	hs.SetServingStatus(rpcpb.JobController_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)
 	return srv, hs
+}
+
+// publicUnary is the unary interceptor: a unary handler's error reaches the client through publicError.
+func publicUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	resp, err := h(ctx, req)
+	return resp, publicError(info.FullMethod, err)
+}
+
+// publicStream is the stream interceptor: a streaming handler's error reaches the client through
+// publicError.
+func publicStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	return publicError(info.FullMethod, h(srv, ss))
 }
 
 type server struct {
@@ -125,8 +131,10 @@ func (s *server) Start(ctx context.Context, req *rpcpb.JobStartRequest) (*rpcpb.
 		if err := g.CheckValid(); err != nil {
 			return nil, clientErr(errInvalid, "stop_grace_period: %v", err)
 		}
-		if grace = g.AsDuration(); grace == 0 { // unlike an unset one, which means the default
-			return nil, clientErr(errInvalid, "stop grace period 0s: want more than 0, at most %v (or none, for %v)", maxGrace, defaultGrace)
+		grace = g.AsDuration()
+		if grace == 0 { // unlike an unset one, which means the default
+			return nil, clientErr(errInvalid, "stop grace period 0s: want more than 0, at most %v (or none, for %v)",
+				maxGrace, defaultGrace)
 		}
 	}
 	spec, err := validate(req.GetName(), req.GetArgs(), req.GetEnv(), req.GetDir(), grace, lim)

@@ -69,7 +69,8 @@ func validate(name string, args, env []string, dir string, grace time.Duration, 
 			return bad("env entry %.40q is not KEY=VALUE", kv)
 		}
 	}
-	if dir = cmp.Or(dir, "/"); dir[0] != '/' {
+	dir = cmp.Or(dir, "/")
+	if dir[0] != '/' {
 		return bad("working directory %.40q is not an absolute path", dir)
 	}
 	switch {
@@ -104,7 +105,7 @@ func validateLimits(lim limits) error {
 // physicalMemory is the host's RAM in bytes; a memory limit above it would limit nothing.
 func physicalMemory() uint64 {
 	var si unix.Sysinfo_t
-	if unix.Sysinfo(&si) != nil {
+	if err := unix.Sysinfo(&si); err != nil {
 		return 1 << 62
 	}
 	return uint64(si.Totalram) * uint64(si.Unit) // Totalram is 32 bits on 32-bit arches
@@ -139,7 +140,8 @@ func parseSignal(s string) (unix.Signal, error) {
 	for _, f := range append(forwardedSignals, unix.SIGKILL) {
 		names = append(names, unix.SignalName(f.(unix.Signal)))
 	}
-	return 0, clientErr(errInvalid, "signal %.20q is not one a job may be sent (%s, or their numbers)", s, strings.Join(names, " "))
+	return 0, clientErr(errInvalid, "signal %.20q is not one a job may be sent (%s, or their numbers)",
+		s, strings.Join(names, " "))
 }
 
 // statusCommand is the command as Status and List show it: cut at 1 KiB, so that a List of many jobs
@@ -148,7 +150,8 @@ func statusCommand(argv []string) []string {
 	var out []string
 	n := 0
 	for i, a := range argv {
-		if n += len(a); n > 1024 {
+		n += len(a)
+		if n > 1024 {
 			return append(out, fmt.Sprintf("... (%d more args)", len(argv)-i))
 		}
 		out = append(out, a)
