@@ -270,8 +270,7 @@ func (cg *cgroupFS) writeLimits(dir string, lim limits) error {
 		writes = append(writes, limitWrite{file: "pids.max", value: strconv.FormatUint(lim.pids, 10)})
 	}
 	if io := ioMaxValue(lim); io != "" {
-		// One write per device: a write to io.max sets the keys of one MAJ:MIN (cgroup v2, io.max;
-		// block/blk-throttle.c, tg_set_limit).
+		// One write per device: io.max's lines are keyed by MAJ:MIN, and a write sets one (cgroup v2).
 		for _, dev := range cg.ioDevices {
 			writes = append(writes, limitWrite{file: "io.max", value: dev + io})
 		}
