@@ -49,7 +49,8 @@ func (b *budget) take(n int64, force bool) bool {
 		victim := b.finished[0]
 		b.finished = b.finished[1:]
 		b.mu.Unlock()
-		if !victim.giveUp(false) { // a lossless reader still reads it: keep it, try the next
+		given := victim.giveUp(false)
+		if !given { // a lossless reader still reads it: keep it, try the next
 			b.closed(victim) // back at the end of the finished rings
 			kept++
 		}
