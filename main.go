@@ -343,17 +343,3 @@ func fdBoundConns(c serveConfig) int {
 	}
 	return c.conns.maxConns
 }
-
-func runCerts(args []string) int {
-	fs := flag.NewFlagSet("rund certs", flag.ContinueOnError)
-	dir := fs.String("dir", configDir(), "directory to write into; existing keys are never overwritten")
-	if code, ok := parseArgs(fs, args, "usage: rund certs [-dir DIR]\n\nWrite a development PKI: a CA, a server certificate for localhost, and client\ncertificates for two identities (client, client2), each with its key."); !ok {
-		return code
-	}
-	if err := writeDevPKI(*dir); err != nil {
-		fmt.Fprintf(os.Stderr, "rund certs: %v\n", err)
-		return 1
-	}
-	fmt.Printf("wrote a development PKI to %s/\n", *dir)
-	return 0
-}
