@@ -21,10 +21,18 @@ import (
 	"time"
 )
 
+const certsHead = `usage: rund certs [-dir DIR]
+
+Write a development PKI: a CA, a server certificate for localhost, and client
+certificates for two identities (client, client2), each with its key.`
+
+// runCerts is `rund certs`: it writes the development PKI into -dir, which rund serve and rund client
+// look in by default (defaultFile).
 func runCerts(args []string) int {
 	fs := flag.NewFlagSet("rund certs", flag.ContinueOnError)
 	dir := fs.String("dir", configDir(), "directory to write into; existing keys are never overwritten")
-	if code, ok := parseArgs(fs, args, "usage: rund certs [-dir DIR]\n\nWrite a development PKI: a CA, a server certificate for localhost, and client\ncertificates for two identities (client, client2), each with its key."); !ok {
+	code, ok := parseArgs(fs, args, certsHead)
+	if !ok {
 		return code
 	}
 	if err := writeDevPKI(*dir); err != nil {
@@ -35,6 +43,19 @@ func runCerts(args []string) int {
 	return 0
 }
 
+// devLeaves are the development PKI's certificates besides its CA, each written as file.crt and file.key.
+var devLeaves = []struct {
+	file string
+	spec certSpec
+}{
+	{file: "server", spec: certSpec{name: "localhost", dns: []string{"localhost"},
+		ips: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}},
+	{file: "client", spec: certSpec{name: "client", dns: []string{"client"},
+		eku: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}},
+	{file: "client2", spec: certSpec{name: "client2", dns: []string{"client2"},
+		eku: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}},
+}
+
 // writeDevPKI writes a development PKI into dir: ca.crt, server.{crt,key} (localhost, 127.0.0.1, ::1)
 // and two distinct clients, client.{crt,key} and client2.{crt,key}. The CA's key is never written: it
 // signs these four and is dropped, so nobody can mint more certificates from a dev setup.
@@ -42,43 +63,44 @@ func writeDevPKI(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
+	if err := refuseDevPKIFiles(dir); err != nil {
+		return err
+	}
 	ca, err := issue(certSpec{name: "rund development CA", isCA: true}, nil)
 	if err != nil {
 		return err
 	}
-	leaves := []struct {
-		file string
-		spec certSpec
-	}{
-		{"server", certSpec{name: "localhost", dns: []string{"localhost"},
-			ips: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}},
-		{"client", certSpec{name: "client", dns: []string{"client"}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}},
-		{"client2", certSpec{name: "client2", dns: []string{"client2"}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}},
-	}
-	// Refuse before writing anything: a certificate replaced next to a key that is kept would leave a
-	// PKI whose certificates match neither the keys nor each other.
-	files := []string{"ca.crt"}
-	for _, l := range leaves {
-		files = append(files, l.file+".crt", l.file+".key")
-	}
-	for _, f := range files {
-		switch _, err := os.Lstat(filepath.Join(dir, f)); {
-		case err == nil:
-			return fmt.Errorf("%s: %w (remove the old development PKI first)", filepath.Join(dir, f), os.ErrExist)
-		case !errors.Is(err, os.ErrNotExist):
-			return err
-		}
-	}
 	if err := createPEM(filepath.Join(dir, "ca.crt"), 0o644, "CERTIFICATE", ca.cert.Raw); err != nil {
 		return err
 	}
-	for _, l := range leaves {
+	for _, l := range devLeaves {
 		leaf, err := issue(l.spec, ca)
-		if err == nil {
-			err = leaf.write(dir, l.file)
-		}
 		if err != nil {
 			return fmt.Errorf("write %s certificate: %w", l.file, err)
+		}
+		if err := leaf.write(dir, l.file); err != nil {
+			return fmt.Errorf("write %s certificate: %w", l.file, err)
+		}
+	}
+	return nil
+}
+
+// refuseDevPKIFiles fails, with an os.ErrExist error, if dir holds any file writeDevPKI writes. It is
+// called before anything is written: a certificate replaced next to a key that is kept would leave a
+// PKI whose certificates match neither the keys nor each other.
+func refuseDevPKIFiles(dir string) error {
+	files := []string{"ca.crt"}
+	for _, l := range devLeaves {
+		files = append(files, l.file+".crt", l.file+".key")
+	}
+	for _, f := range files {
+		path := filepath.Join(dir, f)
+		_, err := os.Lstat(path)
+		if err == nil {
+			return fmt.Errorf("%s: %w (remove the old development PKI first)", path, os.ErrExist)
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			return err
 		}
 	}
 	return nil
@@ -106,7 +128,7 @@ type issued struct {
 func issue(spec certSpec, parent *issued) (*issued, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P521(), rand.Reader)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("generate a key for %q: %w", spec.name, err)
 	}
 	notBefore := cmp.Or(spec.notBefore, time.Now().Add(-time.Hour))    // unset: valid from an hour ago
 	notAfter := cmp.Or(spec.notAfter, notBefore.Add(365*24*time.Hour)) // unset: for a year
@@ -130,17 +152,20 @@ func issue(spec certSpec, parent *issued) (*issued, error) {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent.cert, &key.PublicKey, parent.key)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("sign the certificate of %q: %w", spec.name, err)
 	}
 	cert, err := x509.ParseCertificate(der)
-	return &issued{cert: cert, key: key}, err
+	if err != nil {
+		return nil, fmt.Errorf("read back the certificate of %q: %w", spec.name, err)
+	}
+	return &issued{cert: cert, key: key}, nil
 }
 
 // write saves the certificate (0644) and key (0600) as dir/name.crt and dir/name.key, replacing neither.
 func (i *issued) write(dir, name string) error {
 	keyDER, err := x509.MarshalECPrivateKey(i.key)
 	if err != nil {
-		return err
+		return fmt.Errorf("encode the key of %s: %w", name, err)
 	}
 	if err := createPEM(filepath.Join(dir, name+".crt"), 0o644, "CERTIFICATE", i.cert.Raw); err != nil {
 		return err
