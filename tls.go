@@ -25,7 +25,8 @@ func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
 		return tls.Certificate{}, err
 	}
 	if fi.Mode().Perm()&0o077 != 0 {
-		return tls.Certificate{}, fmt.Errorf("private key %s has mode %v: it must not be readable by group or others (chmod 600 %s)",
+		return tls.Certificate{}, fmt.Errorf(
+			"private key %s has mode %v: it must not be readable by group or others (chmod 600 %s)",
 			keyFile, fi.Mode().Perm(), keyFile)
 	}
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
@@ -50,7 +51,12 @@ func tlsFiles(caFile, certFile, keyFile string) (*tls.Config, error) {
 	if !pool.AppendCertsFromPEM(data) {
 		return nil, fmt.Errorf("read CA %s: no PEM certificate in it", caFile)
 	}
-	return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}, RootCAs: pool, ClientCAs: pool}, nil
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{cert},
+		RootCAs:      pool,
+		ClientCAs:    pool,
+	}, nil
 }
 
 // serverTLS is the server's configuration: mutual TLS 1.3 against caFile.
@@ -79,10 +85,11 @@ func rotatingTLS(ca, cert, key string) (listen *tls.Config, reload func() error,
 	var current atomic.Pointer[tls.Config]
 	reload = func() error {
 		cfg, err := serverTLS(ca, cert, key)
-		if err == nil {
-			current.Store(cfg)
+		if err != nil {
+			return err
 		}
-		return err
+		current.Store(cfg)
+		return nil
 	}
 	get := func(*tls.ClientHelloInfo) (*tls.Config, error) { return current.Load(), nil }
 	return &tls.Config{MinVersion: tls.VersionTLS13, GetConfigForClient: get}, reload, reload()
