@@ -231,10 +231,10 @@ func containFlags(fs *flag.FlagSet) func() (*containment, error) {
 			return nil, nil
 		}
 		uids, err := newUIDRange(uint32(min(*uidFirst, 1<<32-1)), uint32(min(*uidCount, 1<<32-1)))
-		if err == nil {
-			err = checkJobDirs(dirs)
-		}
 		if err != nil {
+			return nil, err
+		}
+		if err := checkJobDirs(dirs); err != nil {
 			return nil, err
 		}
 		return &containment{uids: uids, tmpSize: *tmpSize, dirs: dirs}, nil
@@ -249,19 +249,75 @@ func containFlags(fs *flag.FlagSet) func() (*containment, error) {
 // check them.)
 func checkJobDirs(dirs []string) error {
 	for i, d := range dirs {
-		if real, err := filepath.EvalSymlinks(d); !filepath.IsAbs(d) || err == nil && real != d || d == "/" {
-			return fmt.Errorf("-job_dirs %q: want an absolute path other than /, clean and with no symbolic link", d)
+		if err := checkJobDirPath(d); err != nil {
+			return err
 		}
-		if fi, err := os.Stat(d); err != nil || !fi.IsDir() || fi.Sys().(*syscall.Stat_t).Uid != 0 || fi.Mode()&0o022 != 0 {
-			return fmt.Errorf("-job_dirs %q: want an existing directory, owned by root and writable by no one else", d)
+		if err := checkJobDirOwner(d); err != nil {
+			return err
 		}
-		for j, o := range slices.Concat(dirs, privateDirs, []string{"/proc", "/sys"}) {
-			if j != i && (o == d || strings.HasPrefix(d, o+"/") || strings.HasPrefix(o, d+"/")) {
+		for j, o := range dirs {
+			if j != i && nested(d, o) {
+				return fmt.Errorf("-job_dirs %q: the same as, inside or around %s", d, o)
+			}
+		}
+		// A job's own mounts: its bind would hide its private directories (init.go) or be hidden by
+		// them, and in /proc or /sys the init would make and chown DIR/<id> in a kernel file system
+		// (in /sys/fs/cgroup, a cgroup).
+		for _, o := range slices.Concat(privateDirs, []string{"/proc", "/sys"}) {
+			if nested(d, o) {
 				return fmt.Errorf("-job_dirs %q: the same as, inside or around %s", d, o)
 			}
 		}
 	}
 	return nil
+}
+
+// checkJobDirPath refuses a -job_dirs path that is not absolute, not clean, /, or has a symbolic link
+// on it: the checks below compare paths as strings, and the init binds d itself.
+func checkJobDirPath(d string) error {
+	const want = "want an absolute path other than /, clean and with no symbolic link"
+	if !filepath.IsAbs(d) {
+		return fmt.Errorf("-job_dirs %q: %s", d, want)
+	}
+	if filepath.Clean(d) != d {
+		return fmt.Errorf("-job_dirs %q: %s (its clean form is %s)", d, want, filepath.Clean(d))
+	}
+	if d == "/" {
+		return fmt.Errorf("-job_dirs %q: %s", d, want)
+	}
+	real, err := filepath.EvalSymlinks(d)
+	if err != nil {
+		return fmt.Errorf("-job_dirs %q: want an existing directory with no symbolic link on its path: %w", d, err)
+	}
+	if real != d {
+		return fmt.Errorf("-job_dirs %q: %s (it resolves to %s)", d, want, real)
+	}
+	return nil
+}
+
+// checkJobDirOwner refuses a -job_dirs path that is not a directory, or that a user but root could
+// change: the init makes DIR/<id> in it as root.
+func checkJobDirOwner(d string) error {
+	const want = "want an existing directory, owned by root and writable by no one else"
+	fi, err := os.Stat(d)
+	if err != nil {
+		return fmt.Errorf("-job_dirs %q: %s: %w", d, want, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("-job_dirs %q: %s (it is not a directory)", d, want)
+	}
+	if uid := fi.Sys().(*syscall.Stat_t).Uid; uid != 0 {
+		return fmt.Errorf("-job_dirs %q: %s (its owner is uid %d)", d, want, uid)
+	}
+	if fi.Mode()&0o022 != 0 {
+		return fmt.Errorf("-job_dirs %q: %s (its mode is %v)", d, want, fi.Mode().Perm())
+	}
+	return nil
+}
+
+// nested says whether the clean paths a and b are the same, or one is inside the other.
+func nested(a, b string) bool {
+	return a == b || strings.HasPrefix(a, b+"/") || strings.HasPrefix(b, a+"/")
 }
 
 // serve runs the server until SIGTERM or SIGINT, then stops accepting, ends every job, removes their
