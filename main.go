@@ -78,13 +78,15 @@ func parseFlags(fs *flag.FlagSet, args []string, head string, stdout io.Writer) 
 // line on stderr; ok is false when the command must exit with code.
 func parseArgs(fs *flag.FlagSet, args []string, head string) (code int, ok bool) {
 	err := parseFlags(fs, args, head, os.Stdout)
-	if err == nil && fs.NArg() > 0 {
-		err = fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
 	if errors.Is(err, flag.ErrHelp) {
 		return 0, false
-	} else if err != nil {
+	}
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", fs.Name(), err)
+		return 2, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
 		return 2, false
 	}
 	return 0, true
@@ -161,29 +163,10 @@ example:
 func runServe(args []string) int {
 	var c serveConfig
 	fs := flag.NewFlagSet("rund serve", flag.ContinueOnError)
-	fs.StringVar(&c.addr, "addr", ":8000", "listen address")
-	fs.StringVar(&c.ca, "ca", defaultFile("ca.crt"), "CA certificate that client certificates must chain to")
-	fs.StringVar(&c.cert, "cert", defaultFile("server.crt"), "server certificate")
-	fs.StringVar(&c.key, "key", defaultFile("server.key"), "server private key (mode 0600)")
-	fs.StringVar(&c.cgroupParent, "cgroup", "", "cgroup2 directory for job cgroups (default <cgroup2 mount>/rund)")
-	fs.Func("io_devices", "comma-separated MAJ:MIN whole-disk block devices that io limits apply to (without them, io limits are refused)",
-		func(s string) error { c.ioDevices = strings.Split(s, ","); return nil })
-	fs.IntVar(&c.ringSize, "log_buffer", 1<<20, "bytes of output kept per job")
-	fs.IntVar(&c.retainJobs, "retain_jobs", 1000, "finished jobs kept for status and log, per client")
-	fs.IntVar(&c.maxJobs, "max_jobs", 1000, "live jobs the server runs at most")
-	fs.IntVar(&c.maxJobsPerClient, "max_jobs_per_client", 100, "live jobs one client identity runs at most")
-	fs.IntVar(&c.spareInits, "spare_inits", 2, "job inits started ahead of the Starts that will use them; 0 for none")
-	fs.Int64Var(&c.outputBudget, "output_budget", min(256<<20, int64(physicalMemory()/8)),
-		"bytes of output all jobs' rings may hold together; finished jobs' output goes first (by default min(256 MiB, RAM/8), here)")
-	fs.IntVar(&c.conns.maxConns, "max_conns", 1000, "open connections at most (lowered to keep fds for jobs)")
-	fs.IntVar(&c.conns.maxPending, "max_pending_conns", 256, "connections in their TLS handshake at most, in all")
-	fs.IntVar(&c.conns.maxPendingPerIP, "max_pending_conns_per_ip", 8, "connections in their TLS handshake at most, per source address")
-	fs.IntVar(&c.conns.maxInflight, "max_requests", 1024, "requests in flight at most, in all (a log stream until it ends)")
-	fs.IntVar(&c.conns.maxInflightPerClient, "max_requests_per_client", 128, "requests in flight at most, per client identity (a log stream until it ends)")
-	fs.DurationVar(&c.losslessTimeout, "lossless_timeout", 30*time.Second,
-		"a lossless log reader (rund client run and log) that reads nothing this long no longer holds its job back")
+	serveFlags(fs, &c)
 	contain := containFlags(fs)
-	if code, ok := parseArgs(fs, args, serveHead); !ok {
+	code, ok := parseArgs(fs, args, serveHead)
+	if !ok {
 		return code
 	}
 	for _, bad := range []struct {
@@ -200,16 +183,48 @@ func runServe(args []string) int {
 			return 2
 		}
 	}
-	var err error
-	if c.contain, err = contain(); err != nil {
+	contained, err := contain()
+	if err != nil {
 		log.Printf("rund serve: %v", err)
 		return 2
 	}
-	if err := serve(c); err != nil {
+	c.contain = contained
+	err = serve(c)
+	if err != nil {
 		log.Printf("rund serve: %v", err)
 		return 1
 	}
 	return 0
+}
+
+// serveFlags registers rund serve's flags, other than containment's (containFlags), each into its field of c.
+func serveFlags(fs *flag.FlagSet, c *serveConfig) {
+	fs.StringVar(&c.addr, "addr", ":8000", "listen address")
+	fs.StringVar(&c.ca, "ca", defaultFile("ca.crt"), "CA certificate that client certificates must chain to")
+	fs.StringVar(&c.cert, "cert", defaultFile("server.crt"), "server certificate")
+	fs.StringVar(&c.key, "key", defaultFile("server.key"), "server private key (mode 0600)")
+	fs.StringVar(&c.cgroupParent, "cgroup", "", "cgroup2 directory for job cgroups (default <cgroup2 mount>/rund)")
+	fs.Func("io_devices",
+		"comma-separated MAJ:MIN whole-disk block devices that io limits apply to (without them, io limits are refused)",
+		func(s string) error { c.ioDevices = strings.Split(s, ","); return nil })
+	fs.IntVar(&c.ringSize, "log_buffer", 1<<20, "bytes of output kept per job")
+	fs.IntVar(&c.retainJobs, "retain_jobs", 1000, "finished jobs kept for status and log, per client")
+	fs.IntVar(&c.maxJobs, "max_jobs", 1000, "live jobs the server runs at most")
+	fs.IntVar(&c.maxJobsPerClient, "max_jobs_per_client", 100, "live jobs one client identity runs at most")
+	fs.IntVar(&c.spareInits, "spare_inits", 2, "job inits started ahead of the Starts that will use them; 0 for none")
+	fs.Int64Var(&c.outputBudget, "output_budget", min(256<<20, int64(physicalMemory()/8)),
+		"bytes of output all jobs' rings may hold together; finished jobs' output goes first "+
+			"(by default min(256 MiB, RAM/8), here)")
+	fs.IntVar(&c.conns.maxConns, "max_conns", 1000, "open connections at most (lowered to keep fds for jobs)")
+	fs.IntVar(&c.conns.maxPending, "max_pending_conns", 256, "connections in their TLS handshake at most, in all")
+	fs.IntVar(&c.conns.maxPendingPerIP, "max_pending_conns_per_ip", 8,
+		"connections in their TLS handshake at most, per source address")
+	fs.IntVar(&c.conns.maxInflight, "max_requests", 1024,
+		"requests in flight at most, in all (a log stream until it ends)")
+	fs.IntVar(&c.conns.maxInflightPerClient, "max_requests_per_client", 128,
+		"requests in flight at most, per client identity (a log stream until it ends)")
+	fs.DurationVar(&c.losslessTimeout, "lossless_timeout", 30*time.Second,
+		"a lossless log reader (rund client run and log) that reads nothing this long no longer holds its job back")
 }
 
 // containFlags registers the flags of job containment; what it returns makes the containment from
@@ -217,11 +232,14 @@ func runServe(args []string) int {
 func containFlags(fs *flag.FlagSet) func() (*containment, error) {
 	uncontained := fs.Bool("unsafe_uncontained_jobs", false,
 		"run jobs as host root, with the host's mounts, cgroups and syscalls: anyone with a client certificate owns the host")
-	uidFirst := fs.Uint("job_uid_first", 1879048192, "first host uid (and gid) of contained jobs; each live job has one of its own")
+	uidFirst := fs.Uint("job_uid_first", 1879048192,
+		"first host uid (and gid) of contained jobs; each live job has one of its own")
 	uidCount := fs.Uint("job_uid_count", 65536, "how many host uids from -job_uid_first contained jobs may use")
-	tmpSize := fs.Uint64("job_tmp_size", 256<<20, "bytes of each contained job's private /tmp, /var/tmp and /dev/shm (charged to its memory)")
+	tmpSize := fs.Uint64("job_tmp_size", 256<<20,
+		"bytes of each contained job's private /tmp, /var/tmp and /dev/shm (charged to its memory)")
 	var dirs []string
-	fs.Func("job_dirs", "comma-separated root-owned host directories where contained jobs may write: each sees DIR as its own new DIR/<job id>, kept if not empty",
+	fs.Func("job_dirs", "comma-separated root-owned host directories where contained jobs may write: "+
+		"each sees DIR as its own new DIR/<job id>, kept if not empty",
 		func(s string) error { dirs = strings.Split(s, ","); return nil })
 	return func() (*containment, error) {
 		if *uncontained {
@@ -363,14 +381,12 @@ func serve(c serveConfig) error {
 		case err = <-served:
 			stop = true
 		case s := <-sigs:
-			if s != syscall.SIGHUP {
-				log.Printf("%v: stopping every job", s)
-				stop = true
-			} else if rerr := reload(); rerr != nil {
-				log.Printf("SIGHUP: keeping the old certificates: %v", rerr)
-			} else {
-				log.Printf("SIGHUP: reloaded %s, %s and %s", c.ca, c.cert, c.key)
+			if s == syscall.SIGHUP {
+				reloadTLS(c, reload)
+				continue
 			}
+			log.Printf("%v: stopping every job", s)
+			stop = true
 		}
 	}
 	health.Shutdown() // NOT_SERVING to every watcher
@@ -385,6 +401,15 @@ func serve(c serveConfig) error {
 	return err
 }
 
+// reloadTLS re-reads the server's certificates on SIGHUP; if it cannot, the old ones stay in use.
+func reloadTLS(c serveConfig, reload func() error) {
+	if err := reload(); err != nil {
+		log.Printf("SIGHUP: keeping the old certificates: %v", err)
+		return
+	}
+	log.Printf("SIGHUP: reloaded %s, %s and %s", c.ca, c.cert, c.key)
+}
+
 // fdBoundConns is -max_conns, lowered if need be so that connections cannot take the fds that jobs
 // need: each live job or spare holds four (its output pipes, its init's two), a starting one a few
 // more for a moment, and the server a few hundred of its own. Go raises the soft RLIMIT_NOFILE to the
@@ -394,7 +419,8 @@ func fdBoundConns(c serveConfig) int {
 	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) // cannot fail for RLIMIT_NOFILE
 	room := int(min(l.Cur, 1<<30)) - 256 - 4*(c.maxJobs+c.spareInits)
 	if room < c.conns.maxConns {
-		log.Printf("-max_conns %d lowered to %d: RLIMIT_NOFILE is %d and jobs need theirs", c.conns.maxConns, max(room, 16), l.Cur)
+		log.Printf("-max_conns %d lowered to %d: RLIMIT_NOFILE is %d and jobs need theirs",
+			c.conns.maxConns, max(room, 16), l.Cur)
 		return max(room, 16)
 	}
 	return c.conns.maxConns
