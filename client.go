@@ -37,15 +37,59 @@ import (
 	"rund/rpcpb"
 )
 
-// clientCmds are the client's commands: name, arguments, what it does, an example (for its -h).
-var clientCmds = [][4]string{
-	{"start", "[flags] [--] NAME [ARG...]", "start a job; print its id", "start -max_memory_usage 512MiB -cpus 0.5 -- sh -c 'echo hi'"},
-	{"run", "[flags] [--] NAME [ARG...]", "start a job, stream all its output, exit with its exit code", "run -max_pids 64 -- ls -l /"},
-	{"status", "[flags] ID", "print a job's status as JSON", "status $ID"},
-	{"stop", "[flags] ID", "stop a job (SIGTERM, grace period, SIGKILL); print its final status as JSON", "stop $ID"},
-	{"log", "[flags] ID", "stream a job's output: its stdout to stdout, its stderr to stderr", "log -follow=false $ID"},
-	{"signal", "[flags] ID SIGNAL", "send a signal (INT, TERM, HUP, ... or a number) to the job's command", "signal $ID INT"},
-	{"list", "[flags]", "list your jobs in a table, oldest first", "list -state running"},
+// clientCmd is one of the client's commands.
+type clientCmd struct {
+	name     string
+	operands string // what follows its flags, as its usage line shows it
+	nargs    int    // how many operands it takes, or commandLine
+	help     string // what it does, for the client's help and its own -h
+	example  string // for its -h, after "rund client "
+}
+
+// commandLine, as a clientCmd's nargs, is a command to run and its arguments: any number, of which
+// startFlags wants one at least.
+const commandLine = -1
+
+// clientCmds are the client's commands, in the order its help lists them.
+var clientCmds = []clientCmd{
+	{name: "start", operands: "[--] NAME [ARG...]", nargs: commandLine,
+		help:    "start a job; print its id",
+		example: "start -max_memory_usage 512MiB -cpus 0.5 -- sh -c 'echo hi'"},
+	{name: "run", operands: "[--] NAME [ARG...]", nargs: commandLine,
+		help:    "start a job, stream all its output, exit with its exit code",
+		example: "run -max_pids 64 -- ls -l /"},
+	{name: "status", operands: "ID", nargs: 1,
+		help:    "print a job's status as JSON",
+		example: "status $ID"},
+	{name: "stop", operands: "ID", nargs: 1,
+		help:    "stop a job (SIGTERM, grace period, SIGKILL); print its final status as JSON",
+		example: "stop $ID"},
+	{name: "log", operands: "ID", nargs: 1,
+		help:    "stream a job's output: its stdout to stdout, its stderr to stderr",
+		example: "log -follow=false $ID"},
+	{name: "signal", operands: "ID SIGNAL", nargs: 2,
+		help:    "send a signal (INT, TERM, HUP, ... or a number) to the job's command",
+		example: "signal $ID INT"},
+	{name: "list", operands: "", nargs: 0,
+		help:    "list your jobs in a table, oldest first",
+		example: "list -state running"},
+}
+
+// usage is what follows the command's name in its usage line.
+func (c clientCmd) usage() string {
+	return strings.TrimSpace("[flags] " + c.operands)
+}
+
+// checkArgs refuses operands that are not as many as c takes.
+func (c clientCmd) checkArgs(pos []string) error {
+	if c.nargs == commandLine || len(pos) == c.nargs {
+		return nil
+	}
+	if c.nargs == 0 {
+		return fmt.Errorf("unexpected argument %q; rund client %s -h for help", pos[0], c.name)
+	}
+	return fmt.Errorf("want %d argument(s) (%s), got %d; rund client %s -h for help",
+		c.nargs, c.operands, len(pos), c.name)
 }
 
 const clientNotes = `
@@ -60,7 +104,7 @@ func clientUsage() string {
 	var b strings.Builder
 	b.WriteString("usage: rund client <command> [flags] [args]; rund client <command> -h for its flags\n\ncommands:\n")
 	for _, c := range clientCmds {
-		fmt.Fprintf(&b, "  %-6s %-27s %s\n", c[0], c[1], c[2])
+		fmt.Fprintf(&b, "  %-6s %-27s %s\n", c.name, c.usage(), c.help)
 	}
 	return b.String() + fmt.Sprintf(clientNotes, configDir())
 }
@@ -105,7 +149,7 @@ func runClient(args []string, out clientIO) int {
 func clientCommand(cmd string, args []string, out clientIO) (int, error) {
 	var names []string
 	for _, c := range clientCmds {
-		names = append(names, c[0])
+		names = append(names, c.name)
 	}
 	i := slices.Index(names, cmd)
 	if i < 0 {
@@ -114,19 +158,22 @@ func clientCommand(cmd string, args []string, out clientIO) (int, error) {
 	spec := clientCmds[i]
 	fs := flag.NewFlagSet("rund client "+cmd, flag.ContinueOnError)
 	o, build := clientFlags(cmd, fs)
-	head := fmt.Sprintf("usage: rund client %s %s\n\n%s.\n\nexample:\n  rund client %s", cmd, spec[1], spec[2], spec[3])
+	head := fmt.Sprintf("usage: rund client %s %s\n\n%s.\n\nexample:\n  rund client %s",
+		cmd, spec.usage(), spec.help, spec.example)
 	pos, err := parseInterspersed(fs, args, head, out.stdout, build == nil)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0, nil
-	} else if err != nil {
+	}
+	if err != nil {
 		return 2, err
 	}
-	if want := strings.Count(spec[1], "ID") + strings.Count(spec[1], "SIGNAL"); build == nil && len(pos) != want {
-		return 2, fmt.Errorf("want %d argument(s) (%s), got %d; rund client %s -h for help", want, spec[1][8:], len(pos), cmd)
+	if err := spec.checkArgs(pos); err != nil {
+		return 2, err
 	}
 	var req *rpcpb.JobStartRequest
 	if build != nil {
-		if req, err = build(pos); err != nil {
+		req, err = build(pos)
+		if err != nil {
 			return 2, err
 		}
 	}
@@ -138,22 +185,25 @@ func clientCommand(cmd string, args []string, out clientIO) (int, error) {
 	return callClient(context.Background(), c, cmd, pos, req, o, out)
 }
 
-// callClient makes the call that cmd stands for and prints its result.
-func callClient(ctx context.Context, c rpcpb.JobControllerClient, cmd string, pos []string, req *rpcpb.JobStartRequest, o *clientOpts, out clientIO) (int, error) {
-	id := &rpcpb.JobIdentifier{Ulid: append(pos, "")[0]}
+// callClient makes the call that cmd stands for and prints its result. pos are the operands, as many as
+// cmd's entry in clientCmds takes (clientCommand checked): for status, stop, signal and log, pos[0] is
+// the job's id.
+func callClient(ctx context.Context, c rpcpb.JobControllerClient, cmd string, pos []string,
+	req *rpcpb.JobStartRequest, o *clientOpts, out clientIO) (int, error) {
 	switch cmd {
 	case "start":
 		id, err := c.Start(ctx, req)
-		if err == nil {
-			fmt.Fprintln(out.stdout, id.Ulid)
+		if err != nil {
+			return 1, err
 		}
-		return exitOnErr(err)
+		fmt.Fprintln(out.stdout, id.Ulid)
+		return 0, nil
 	case "run":
 		return runJob(ctx, c, req, o.verbose, out)
 	case "status":
-		return out.printJSON(c.Status(ctx, id))
+		return out.printJSON(c.Status(ctx, &rpcpb.JobIdentifier{Ulid: pos[0]}))
 	case "stop":
-		return out.printJSON(c.Stop(ctx, id))
+		return out.printJSON(c.Stop(ctx, &rpcpb.JobIdentifier{Ulid: pos[0]}))
 	case "list":
 		l, err := c.List(ctx, &rpcpb.ListRequest{})
 		if err != nil {
@@ -161,22 +211,28 @@ func callClient(ctx context.Context, c rpcpb.JobControllerClient, cmd string, po
 		}
 		return out.printList(l, o, time.Now())
 	case "signal":
-		_, err := c.Signal(ctx, &rpcpb.SignalRequest{Ulid: id.Ulid, Signal: pos[1]})
+		_, err := c.Signal(ctx, &rpcpb.SignalRequest{Ulid: pos[0], Signal: pos[1]})
 		return exitOnErr(err)
 	}
-	lr := &rpcpb.LogRequest{Ulid: id.Ulid, Offset: o.offset, NoFollow: !o.follow, Lossless: !o.lossy}
+	// What is left is log.
+	lr := &rpcpb.LogRequest{Ulid: pos[0], Offset: o.offset, NoFollow: !o.follow, Lossless: !o.lossy}
 	var lost uint64
-	if err := streamLog(ctx, c, lr, &lost, out); err != nil || lost == 0 {
-		return exitOnErr(err)
+	err := streamLog(ctx, c, lr, &lost, out)
+	if err != nil {
+		return 1, err
 	}
-	return exitLost, nil
+	if lost > 0 {
+		return exitLost, nil
+	}
+	return 0, nil
 }
 
 // clientFlags registers the flags that cmd takes; build is nil but for start and run.
 func clientFlags(cmd string, fs *flag.FlagSet) (o *clientOpts, build func([]string) (*rpcpb.JobStartRequest, error)) {
 	o, dir := &clientOpts{}, configDir()
 	fs.StringVar(&o.addr, "addr", "", "server address (else $RUND_ADDR, else localhost:8000)")
-	fs.StringVar(&o.ca, "ca", "", "CA certificate that signed the server's (else $RUND_CA, else ca.crt in ./tls or "+dir+")")
+	fs.StringVar(&o.ca, "ca", "",
+		"CA certificate that signed the server's (else $RUND_CA, else ca.crt in ./tls or "+dir+")")
 	fs.StringVar(&o.cert, "cert", "", "client certificate (else $RUND_CERT, else client.crt in ./tls or "+dir+")")
 	fs.StringVar(&o.key, "key", "", "client private key (else $RUND_KEY, else client.key in ./tls or "+dir+")")
 	switch cmd {
@@ -206,7 +262,8 @@ func clientFlags(cmd string, fs *flag.FlagSet) (o *clientOpts, build func([]stri
 
 // parseInterspersed parses args with fs and returns the arguments that are not flags; interspersed,
 // flags may also come after them (rund client status ID -addr X), until a "--".
-func parseInterspersed(fs *flag.FlagSet, args []string, head string, stdout io.Writer, interspersed bool) ([]string, error) {
+func parseInterspersed(fs *flag.FlagSet, args []string, head string, stdout io.Writer,
+	interspersed bool) ([]string, error) {
 	var pos []string
 	for {
 		if err := parseFlags(fs, args, head, stdout); err != nil {
@@ -229,9 +286,12 @@ func startFlags(fs *flag.FlagSet) func(pos []string) (*rpcpb.JobStartRequest, er
 		name, help string
 		field      **wrapperspb.UInt64Value
 	}{
-		{"max_memory_usage", "memory.max, bytes, e.g. 512MiB or 1.5G", &req.MaxMemoryUsage}, {"max_pids", "pids.max, e.g. 64 or 1k", &req.MaxPids},
-		{"max_rbps", "io.max, bytes read/s, e.g. 10MB/s", &req.MaxRbps}, {"max_wbps", "io.max, bytes written/s, e.g. 10MB/s", &req.MaxWbps},
-		{"max_riops", "io.max, reads/s, e.g. 1000 or 10k", &req.MaxRiops}, {"max_wiops", "io.max, writes/s, e.g. 1000 or 10k", &req.MaxWiops},
+		{name: "max_memory_usage", help: "memory.max, bytes, e.g. 512MiB or 1.5G", field: &req.MaxMemoryUsage},
+		{name: "max_pids", help: "pids.max, e.g. 64 or 1k", field: &req.MaxPids},
+		{name: "max_rbps", help: "io.max, bytes read/s, e.g. 10MB/s", field: &req.MaxRbps},
+		{name: "max_wbps", help: "io.max, bytes written/s, e.g. 10MB/s", field: &req.MaxWbps},
+		{name: "max_riops", help: "io.max, reads/s, e.g. 1000 or 10k", field: &req.MaxRiops},
+		{name: "max_wiops", help: "io.max, writes/s, e.g. 1000 or 10k", field: &req.MaxWiops},
 	} {
 		fs.Func(l.name, l.help, func(s string) error {
 			n, err := parseSize(s)
@@ -239,14 +299,15 @@ func startFlags(fs *flag.FlagSet) func(pos []string) (*rpcpb.JobStartRequest, er
 			return err
 		})
 	}
-	fs.Func("max_cpu_bandwidth", "cpu.max quota in us per 100000 us period, e.g. 50000 for half a CPU", func(s string) error {
-		n, err := strconv.ParseUint(s, 10, 32)
-		req.MaxCpuBandwidth = wrapperspb.UInt32(uint32(n))
-		if err != nil {
-			return errors.New("want microseconds per 100000 us period, 0 to 4294967295")
-		}
-		return nil
-	})
+	fs.Func("max_cpu_bandwidth", "cpu.max quota in us per 100000 us period, e.g. 50000 for half a CPU",
+		func(s string) error {
+			n, err := strconv.ParseUint(s, 10, 32)
+			req.MaxCpuBandwidth = wrapperspb.UInt32(uint32(n))
+			if err != nil {
+				return errors.New("want microseconds per 100000 us period, 0 to 4294967295")
+			}
+			return nil
+		})
 	fs.Func("cpus", "CPUs the job may use, e.g. 0.5 (= -max_cpu_bandwidth 50000)", func(s string) error {
 		f, err := strconv.ParseFloat(s, 64)
 		if err != nil || !(f > 0 && f*100000 < 1<<32) {
@@ -256,11 +317,12 @@ func startFlags(fs *flag.FlagSet) func(pos []string) (*rpcpb.JobStartRequest, er
 		return nil
 	})
 	fs.StringVar(&req.Dir, "dir", "", "absolute working directory (default /)")
-	fs.Func("grace", "stop grace period between SIGTERM and SIGKILL, e.g. 30s, 2m or 30 (seconds; default 10s)", func(s string) error {
-		d, err := parseDuration(s)
-		req.StopGracePeriod = durationpb.New(d)
-		return err
-	})
+	fs.Func("grace", "stop grace period between SIGTERM and SIGKILL, e.g. 30s, 2m or 30 (seconds; default 10s)",
+		func(s string) error {
+			d, err := parseDuration(s)
+			req.StopGracePeriod = durationpb.New(d)
+			return err
+		})
 	fs.Func("env", "KEY=VALUE added to the job's environment (repeatable)", func(s string) error {
 		req.Env = append(req.Env, s)
 		return nil
@@ -278,14 +340,17 @@ func startFlags(fs *flag.FlagSet) func(pos []string) (*rpcpb.JobStartRequest, er
 // name, in that order (clientNotes).
 func dial(o *clientOpts) (*grpc.ClientConn, rpcpb.JobControllerClient, error) {
 	cfg, err := clientTLS(cmp.Or(o.ca, os.Getenv("RUND_CA"), defaultFile("ca.crt")),
-		cmp.Or(o.cert, os.Getenv("RUND_CERT"), defaultFile("client.crt")), cmp.Or(o.key, os.Getenv("RUND_KEY"), defaultFile("client.key")))
+		cmp.Or(o.cert, os.Getenv("RUND_CERT"), defaultFile("client.crt")),
+		cmp.Or(o.key, os.Getenv("RUND_KEY"), defaultFile("client.key")))
 	if errors.Is(err, os.ErrNotExist) {
-		err = fmt.Errorf("%w (give -ca, -cert and -key, or set RUND_CA, RUND_CERT and RUND_KEY, or run rund certs)", err)
+		return nil, nil, fmt.Errorf(
+			"%w (give -ca, -cert and -key, or set RUND_CA, RUND_CERT and RUND_KEY, or run rund certs)", err)
 	}
 	if err != nil {
 		return nil, nil, err
 	}
-	conn, err := grpc.NewClient(cmp.Or(o.addr, os.Getenv("RUND_ADDR"), "localhost:8000"), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	addr := cmp.Or(o.addr, os.Getenv("RUND_ADDR"), "localhost:8000")
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -305,10 +370,11 @@ func (out clientIO) printJSON(m proto.Message, err error) (int, error) {
 		return 1, err
 	}
 	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
-	if err == nil {
-		fmt.Fprintln(out.stdout, string(b))
+	if err != nil {
+		return 1, err
 	}
-	return exitOnErr(err)
+	fmt.Fprintln(out.stdout, string(b))
+	return 0, nil
 }
 
 // printList prints the jobs that -state selects in List's order, oldest start first (rpc.proto): their
@@ -346,7 +412,8 @@ func (out clientIO) printList(l *rpcpb.JobList, o *clientOpts, now time.Time) (i
 		if len(command) > 40 {
 			command = command[:37] + "..."
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s ago\t%s\t%s\t%s\t%s\n", j.Ulid, strings.ToLower(strings.TrimPrefix(j.State.String(), "STATE_")),
+		state := strings.ToLower(strings.TrimPrefix(j.State.String(), "STATE_"))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s ago\t%s\t%s\t%s\t%s\n", j.Ulid, state,
 			exit, humanDuration(now.Sub(start)), humanDuration(end.Sub(start)),
 			humanDuration(j.UserTime.AsDuration()+j.SystemTime.AsDuration()), humanBytes(j.MemoryPeak), command)
 	}
@@ -356,7 +423,8 @@ func (out clientIO) printList(l *rpcpb.JobList, o *clientOpts, now time.Time) (i
 // streamLog writes a job's output until the stream ends, moving req.Offset past each byte written, so
 // that a retry with req resumes there. A gap (bytes overwritten before they could be sent) is reported
 // on stderr and added to lost.
-func streamLog(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.LogRequest, lost *uint64, out clientIO) error {
+func streamLog(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.LogRequest, lost *uint64,
+	out clientIO) error {
 	stream, err := c.ReadLog(ctx, req) // sends req before it returns
 	if err != nil {
 		return err
@@ -383,7 +451,8 @@ func streamLog(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.LogR
 // runJob starts a job, follows its whole log (resuming from the last offset if the stream breaks),
 // passes on the signals the client gets, and returns the job's exit code, or 128+signal as a shell
 // would.
-func runJob(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.JobStartRequest, verbose bool, out clientIO) (int, error) {
+func runJob(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.JobStartRequest, verbose bool,
+	out clientIO) (int, error) {
 	req.HoldOutput = true // nothing is overwritten before the log below attaches
 	id, err := c.Start(ctx, req)
 	if err != nil {
@@ -397,7 +466,8 @@ func runJob(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.JobStar
 	lr := &rpcpb.LogRequest{Ulid: id.Ulid, Lossless: true}
 	var lost uint64
 	for tries := 0; ; tries++ {
-		if err = streamLog(ctx, c, lr, &lost, out); err == nil {
+		err = streamLog(ctx, c, lr, &lost, out)
+		if err == nil {
 			break
 		}
 		if tries == 5 {

@@ -14,7 +14,8 @@ import (
 
 // kernelNeeds are the newest kernel features rund uses, each with the release that brought it (clone(2),
 // mount_setattr(2), Documentation/admin-guide/cgroup-v2.rst): so rund needs Linux 5.19.
-const kernelNeeds = "clone3 with CLONE_INTO_CGROUP (Linux 5.7), mount_setattr(2) (5.12), cgroup.kill (5.14) and memory.peak (5.19)"
+const kernelNeeds = "clone3 with CLONE_INTO_CGROUP (Linux 5.7), mount_setattr(2) (5.12), " +
+	"cgroup.kill (5.14) and memory.peak (5.19)"
 
 // checkKernel refuses a kernel release older than 5.19.
 func checkKernel(release string) error {

@@ -78,13 +78,15 @@ func parseFlags(fs *flag.FlagSet, args []string, head string, stdout io.Writer) 
 // line on stderr; ok is false when the command must exit with code.
 func parseArgs(fs *flag.FlagSet, args []string, head string) (code int, ok bool) {
 	err := parseFlags(fs, args, head, os.Stdout)
-	if err == nil && fs.NArg() > 0 {
-		err = fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
 	if errors.Is(err, flag.ErrHelp) {
 		return 0, false
-	} else if err != nil {
+	}
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", fs.Name(), err)
+		return 2, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
 		return 2, false
 	}
 	return 0, true
@@ -161,29 +163,10 @@ example:
 func runServe(args []string) int {
 	var c serveConfig
 	fs := flag.NewFlagSet("rund serve", flag.ContinueOnError)
-	fs.StringVar(&c.addr, "addr", ":8000", "listen address")
-	fs.StringVar(&c.ca, "ca", defaultFile("ca.crt"), "CA certificate that client certificates must chain to")
-	fs.StringVar(&c.cert, "cert", defaultFile("server.crt"), "server certificate")
-	fs.StringVar(&c.key, "key", defaultFile("server.key"), "server private key (mode 0600)")
-	fs.StringVar(&c.cgroupParent, "cgroup", "", "cgroup2 directory for job cgroups (default <cgroup2 mount>/rund)")
-	fs.Func("io_devices", "comma-separated MAJ:MIN whole-disk block devices that io limits apply to (without them, io limits are refused)",
-		func(s string) error { c.ioDevices = strings.Split(s, ","); return nil })
-	fs.IntVar(&c.ringSize, "log_buffer", 1<<20, "bytes of output kept per job")
-	fs.IntVar(&c.retainJobs, "retain_jobs", 1000, "finished jobs kept for status and log, per client")
-	fs.IntVar(&c.maxJobs, "max_jobs", 1000, "live jobs the server runs at most")
-	fs.IntVar(&c.maxJobsPerClient, "max_jobs_per_client", 100, "live jobs one client identity runs at most")
-	fs.IntVar(&c.spareInits, "spare_inits", 2, "job inits started ahead of the Starts that will use them; 0 for none")
-	fs.Int64Var(&c.outputBudget, "output_budget", min(256<<20, int64(physicalMemory()/8)),
-		"bytes of output all jobs' rings may hold together; finished jobs' output goes first (by default min(256 MiB, RAM/8), here)")
-	fs.IntVar(&c.conns.maxConns, "max_conns", 1000, "open connections at most (lowered to keep fds for jobs)")
-	fs.IntVar(&c.conns.maxPending, "max_pending_conns", 256, "connections in their TLS handshake at most, in all")
-	fs.IntVar(&c.conns.maxPendingPerIP, "max_pending_conns_per_ip", 8, "connections in their TLS handshake at most, per source address")
-	fs.IntVar(&c.conns.maxInflight, "max_requests", 1024, "requests in flight at most, in all (a log stream until it ends)")
-	fs.IntVar(&c.conns.maxInflightPerClient, "max_requests_per_client", 128, "requests in flight at most, per client identity (a log stream until it ends)")
-	fs.DurationVar(&c.losslessTimeout, "lossless_timeout", 30*time.Second,
-		"a lossless log reader (rund client run and log) that reads nothing this long no longer holds its job back")
+	serveFlags(fs, &c)
 	contain := containFlags(fs)
-	if code, ok := parseArgs(fs, args, serveHead); !ok {
+	code, ok := parseArgs(fs, args, serveHead)
+	if !ok {
 		return code
 	}
 	for _, bad := range []struct {
@@ -200,16 +183,48 @@ func runServe(args []string) int {
 			return 2
 		}
 	}
-	var err error
-	if c.contain, err = contain(); err != nil {
+	contained, err := contain()
+	if err != nil {
 		log.Printf("rund serve: %v", err)
 		return 2
 	}
-	if err := serve(c); err != nil {
+	c.contain = contained
+	err = serve(c)
+	if err != nil {
 		log.Printf("rund serve: %v", err)
 		return 1
 	}
 	return 0
+}
+
+// serveFlags registers rund serve's flags, other than containment's (containFlags), each into its field of c.
+func serveFlags(fs *flag.FlagSet, c *serveConfig) {
+	fs.StringVar(&c.addr, "addr", ":8000", "listen address")
+	fs.StringVar(&c.ca, "ca", defaultFile("ca.crt"), "CA certificate that client certificates must chain to")
+	fs.StringVar(&c.cert, "cert", defaultFile("server.crt"), "server certificate")
+	fs.StringVar(&c.key, "key", defaultFile("server.key"), "server private key (mode 0600)")
+	fs.StringVar(&c.cgroupParent, "cgroup", "", "cgroup2 directory for job cgroups (default <cgroup2 mount>/rund)")
+	fs.Func("io_devices",
+		"comma-separated MAJ:MIN whole-disk block devices that io limits apply to (without them, io limits are refused)",
+		func(s string) error { c.ioDevices = strings.Split(s, ","); return nil })
+	fs.IntVar(&c.ringSize, "log_buffer", 1<<20, "bytes of output kept per job")
+	fs.IntVar(&c.retainJobs, "retain_jobs", 1000, "finished jobs kept for status and log, per client")
+	fs.IntVar(&c.maxJobs, "max_jobs", 1000, "live jobs the server runs at most")
+	fs.IntVar(&c.maxJobsPerClient, "max_jobs_per_client", 100, "live jobs one client identity runs at most")
+	fs.IntVar(&c.spareInits, "spare_inits", 2, "job inits started ahead of the Starts that will use them; 0 for none")
+	fs.Int64Var(&c.outputBudget, "output_budget", min(256<<20, int64(physicalMemory()/8)),
+		"bytes of output all jobs' rings may hold together; finished jobs' output goes first "+
+			"(by default min(256 MiB, RAM/8), here)")
+	fs.IntVar(&c.conns.maxConns, "max_conns", 1000, "open connections at most (lowered to keep fds for jobs)")
+	fs.IntVar(&c.conns.maxPending, "max_pending_conns", 256, "connections in their TLS handshake at most, in all")
+	fs.IntVar(&c.conns.maxPendingPerIP, "max_pending_conns_per_ip", 8,
+		"connections in their TLS handshake at most, per source address")
+	fs.IntVar(&c.conns.maxInflight, "max_requests", 1024,
+		"requests in flight at most, in all (a log stream until it ends)")
+	fs.IntVar(&c.conns.maxInflightPerClient, "max_requests_per_client", 128,
+		"requests in flight at most, per client identity (a log stream until it ends)")
+	fs.DurationVar(&c.losslessTimeout, "lossless_timeout", 30*time.Second,
+		"a lossless log reader (rund client run and log) that reads nothing this long no longer holds its job back")
 }
 
 // containFlags registers the flags of job containment; what it returns makes the containment from
@@ -217,11 +232,14 @@ func runServe(args []string) int {
 func containFlags(fs *flag.FlagSet) func() (*containment, error) {
 	uncontained := fs.Bool("unsafe_uncontained_jobs", false,
 		"run jobs as host root, with the host's mounts, cgroups and syscalls: anyone with a client certificate owns the host")
-	uidFirst := fs.Uint("job_uid_first", 1879048192, "first host uid (and gid) of contained jobs; each live job has one of its own")
+	uidFirst := fs.Uint("job_uid_first", 1879048192,
+		"first host uid (and gid) of contained jobs; each live job has one of its own")
 	uidCount := fs.Uint("job_uid_count", 65536, "how many host uids from -job_uid_first contained jobs may use")
-	tmpSize := fs.Uint64("job_tmp_size", 256<<20, "bytes of each contained job's private /tmp, /var/tmp and /dev/shm (charged to its memory)")
+	tmpSize := fs.Uint64("job_tmp_size", 256<<20,
+		"bytes of each contained job's private /tmp, /var/tmp and /dev/shm (charged to its memory)")
 	var dirs []string
-	fs.Func("job_dirs", "comma-separated root-owned host directories where contained jobs may write: each sees DIR as its own new DIR/<job id>, kept if not empty",
+	fs.Func("job_dirs", "comma-separated root-owned host directories where contained jobs may write: "+
+		"each sees DIR as its own new DIR/<job id>, kept if not empty",
 		func(s string) error { dirs = strings.Split(s, ","); return nil })
 	return func() (*containment, error) {
 		if *uncontained {
@@ -231,10 +249,10 @@ func containFlags(fs *flag.FlagSet) func() (*containment, error) {
 			return nil, nil
 		}
 		uids, err := newUIDRange(uint32(min(*uidFirst, 1<<32-1)), uint32(min(*uidCount, 1<<32-1)))
-		if err == nil {
-			err = checkJobDirs(dirs)
-		}
 		if err != nil {
+			return nil, err
+		}
+		if err := checkJobDirs(dirs); err != nil {
 			return nil, err
 		}
 		return &containment{uids: uids, tmpSize: *tmpSize, dirs: dirs}, nil
@@ -249,19 +267,75 @@ func containFlags(fs *flag.FlagSet) func() (*containment, error) {
 // check them.)
 func checkJobDirs(dirs []string) error {
 	for i, d := range dirs {
-		if real, err := filepath.EvalSymlinks(d); !filepath.IsAbs(d) || err == nil && real != d || d == "/" {
-			return fmt.Errorf("-job_dirs %q: want an absolute path other than /, clean and with no symbolic link", d)
+		if err := checkJobDirPath(d); err != nil {
+			return err
 		}
-		if fi, err := os.Stat(d); err != nil || !fi.IsDir() || fi.Sys().(*syscall.Stat_t).Uid != 0 || fi.Mode()&0o022 != 0 {
-			return fmt.Errorf("-job_dirs %q: want an existing directory, owned by root and writable by no one else", d)
+		if err := checkJobDirOwner(d); err != nil {
+			return err
 		}
-		for j, o := range slices.Concat(dirs, privateDirs, []string{"/proc", "/sys"}) {
-			if j != i && (o == d || strings.HasPrefix(d, o+"/") || strings.HasPrefix(o, d+"/")) {
+		for j, o := range dirs {
+			if j != i && nested(d, o) {
+				return fmt.Errorf("-job_dirs %q: the same as, inside or around %s", d, o)
+			}
+		}
+		// A job's own mounts: its bind would hide its private directories (init.go) or be hidden by
+		// them, and in /proc or /sys the init would make and chown DIR/<id> in a kernel file system
+		// (in /sys/fs/cgroup, a cgroup).
+		for _, o := range slices.Concat(privateDirs, []string{"/proc", "/sys"}) {
+			if nested(d, o) {
 				return fmt.Errorf("-job_dirs %q: the same as, inside or around %s", d, o)
 			}
 		}
 	}
 	return nil
+}
+
+// checkJobDirPath refuses a -job_dirs path that is not absolute, not clean, /, or has a symbolic link
+// on it: the checks below compare paths as strings, and the init binds d itself.
+func checkJobDirPath(d string) error {
+	const want = "want an absolute path other than /, clean and with no symbolic link"
+	if !filepath.IsAbs(d) {
+		return fmt.Errorf("-job_dirs %q: %s", d, want)
+	}
+	if filepath.Clean(d) != d {
+		return fmt.Errorf("-job_dirs %q: %s (its clean form is %s)", d, want, filepath.Clean(d))
+	}
+	if d == "/" {
+		return fmt.Errorf("-job_dirs %q: %s", d, want)
+	}
+	real, err := filepath.EvalSymlinks(d)
+	if err != nil {
+		return fmt.Errorf("-job_dirs %q: want an existing directory with no symbolic link on its path: %w", d, err)
+	}
+	if real != d {
+		return fmt.Errorf("-job_dirs %q: %s (it resolves to %s)", d, want, real)
+	}
+	return nil
+}
+
+// checkJobDirOwner refuses a -job_dirs path that is not a directory, or that a user but root could
+// change: the init makes DIR/<id> in it as root.
+func checkJobDirOwner(d string) error {
+	const want = "want an existing directory, owned by root and writable by no one else"
+	fi, err := os.Stat(d)
+	if err != nil {
+		return fmt.Errorf("-job_dirs %q: %s: %w", d, want, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("-job_dirs %q: %s (it is not a directory)", d, want)
+	}
+	if uid := fi.Sys().(*syscall.Stat_t).Uid; uid != 0 {
+		return fmt.Errorf("-job_dirs %q: %s (its owner is uid %d)", d, want, uid)
+	}
+	if fi.Mode()&0o022 != 0 {
+		return fmt.Errorf("-job_dirs %q: %s (its mode is %v)", d, want, fi.Mode().Perm())
+	}
+	return nil
+}
+
+// nested says whether the clean paths a and b are the same, or one is inside the other.
+func nested(a, b string) bool {
+	return a == b || strings.HasPrefix(a, b+"/") || strings.HasPrefix(b, a+"/")
 }
 
 // serve runs the server until SIGTERM or SIGINT, then stops accepting, ends every job, removes their
@@ -307,14 +381,12 @@ func serve(c serveConfig) error {
 		case err = <-served:
 			stop = true
 		case s := <-sigs:
-			if s != syscall.SIGHUP {
-				log.Printf("%v: stopping every job", s)
-				stop = true
-			} else if rerr := reload(); rerr != nil {
-				log.Printf("SIGHUP: keeping the old certificates: %v", rerr)
-			} else {
-				log.Printf("SIGHUP: reloaded %s, %s and %s", c.ca, c.cert, c.key)
+			if s == syscall.SIGHUP {
+				reloadTLS(c, reload)
+				continue
 			}
+			log.Printf("%v: stopping every job", s)
+			stop = true
 		}
 	}
 	health.Shutdown() // NOT_SERVING to every watcher
@@ -329,6 +401,15 @@ func serve(c serveConfig) error {
 	return err
 }
 
+// reloadTLS re-reads the server's certificates on SIGHUP; if it cannot, the old ones stay in use.
+func reloadTLS(c serveConfig, reload func() error) {
+	if err := reload(); err != nil {
+		log.Printf("SIGHUP: keeping the old certificates: %v", err)
+		return
+	}
+	log.Printf("SIGHUP: reloaded %s, %s and %s", c.ca, c.cert, c.key)
+}
+
 // fdBoundConns is -max_conns, lowered if need be so that connections cannot take the fds that jobs
 // need: each live job or spare holds four (its output pipes, its init's two), a starting one a few
 // more for a moment, and the server a few hundred of its own. Go raises the soft RLIMIT_NOFILE to the
@@ -338,22 +419,9 @@ func fdBoundConns(c serveConfig) int {
 	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) // cannot fail for RLIMIT_NOFILE
 	room := int(min(l.Cur, 1<<30)) - 256 - 4*(c.maxJobs+c.spareInits)
 	if room < c.conns.maxConns {
-		log.Printf("-max_conns %d lowered to %d: RLIMIT_NOFILE is %d and jobs need theirs", c.conns.maxConns, max(room, 16), l.Cur)
+		log.Printf("-max_conns %d lowered to %d: RLIMIT_NOFILE is %d and jobs need theirs",
+			c.conns.maxConns, max(room, 16), l.Cur)
 		return max(room, 16)
 	}
 	return c.conns.maxConns
-}
-
-func runCerts(args []string) int {
-	fs := flag.NewFlagSet("rund certs", flag.ContinueOnError)
-	dir := fs.String("dir", configDir(), "directory to write into; existing keys are never overwritten")
-	if code, ok := parseArgs(fs, args, "usage: rund certs [-dir DIR]\n\nWrite a development PKI: a CA, a server certificate for localhost, and client\ncertificates for two identities (client, client2), each with its key."); !ok {
-		return code
-	}
-	if err := writeDevPKI(*dir); err != nil {
-		fmt.Fprintf(os.Stderr, "rund certs: %v\n", err)
-		return 1
-	}
-	fmt.Printf("wrote a development PKI to %s/\n", *dir)
-	return 0
 }

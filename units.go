@@ -14,10 +14,14 @@ import (
 	"time"
 )
 
+// sizeUnits are the units parseSize reads: powers of 1024, then powers of 1000 (K as well as k).
 var sizeUnits = []struct {
 	suffix string
 	mult   uint64
-}{{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40}, {"k", 1e3}, {"K", 1e3}, {"M", 1e6}, {"G", 1e9}, {"T", 1e12}}
+}{
+	{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40},
+	{"k", 1e3}, {"K", 1e3}, {"M", 1e6}, {"G", 1e9}, {"T", 1e12},
+}
 
 var errSize = errors.New("want a whole number with an optional unit: k M G T (1000^n) or Ki Mi Gi Ti (1024^n), " +
 	"then an optional B and /s, e.g. 512M, 1.5GiB, 10MB/s, 100k")
