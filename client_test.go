@@ -79,6 +79,7 @@ func TestClientErrors(t *testing.T) {
 		{[]string{"start"}, 2, "no command given"},
 		{[]string{"status"}, 2, "want 1 argument"},
 		{[]string{"frobnicate"}, 2, "unknown command"},
+		{[]string{"list", "x"}, 2, "unexpected argument"}, // it used to panic: the count came from the help text
 	} {
 		code, out, errs := ts.runCLI(t, tc.args...)
 		firstLine, _, _ := strings.Cut(errs, "\n")
