@@ -66,7 +66,7 @@ var e2eChecks = []string{
 	"ns-ppid", "ns-proc", "ns-net", "ns-hostname",
 	"esc-cgroup-root", "esc-other-job-kill", "esc-raise-limits", "esc-server-key", "esc-proc-umount", "esc-remount",
 	"esc-mount", "esc-host-write", "esc-shared-tmp", "esc-nsenter", "esc-userns", "esc-keyring", "esc-seccomp",
-	"esc-in-a-row",
+	"esc-in-a-row", "esc-ucounts",
 	"stop-grace",
 	"cpu-unlimited", "cpu-limited",
 	"memory-oom", "memory-usable",
@@ -385,6 +385,7 @@ func TestE2EGuest(t *testing.T) {
 		{"spares", g.checkSpares},
 		{"ns-ppid", g.checkNamespaces},
 		{"esc-cgroup-root", g.checkEscapes},
+		{"esc-ucounts", g.checkUcounts},
 		{"stop-grace", g.checkStop},
 		{"cpu-unlimited", g.checkCPUUnlimited},
 		{"cpu-limited", g.checkCPULimited},
@@ -708,6 +709,36 @@ func (g *e2eGuest) checkNamespaces() {
 	g.report("ns-net", slices.Equal(f["if"], []string{"lo up=true"}) && slices.Equal(f["loopback-dial"], []string{"true"}),
 		"interfaces %q, dial on loopback %s", f["if"], strings.Join(f["loopback-dial"], ","))
 	g.report("ns-hostname", slices.Equal(f["hostname"], []string{id}), "hostname %q, job id %q", strings.Join(f["hostname"], ","), id)
+}
+
+// checkUcounts (esc-ucounts): a job that holds every inotify instance and message queue byte its uid
+// may have leaves guest root one of each, and a second job as many as the first (TestContainUcounts on
+// the host): the job's counts are its own uid's, not root's.
+func (g *e2eGuest) checkUcounts() {
+	var ids []string
+	defer func() {
+		for _, id := range ids {
+			g.stop(id)
+		}
+	}()
+	held := func() (map[string][]string, error) {
+		id, err := g.start(&rpcpb.JobStartRequest{Name: e2eTest, Args: []string{"probe", "hold-quotas"}})
+		if err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+		out, _, err := g.until(id, "held\n")
+		return facts(out), err
+	}
+	first, err1 := held()
+	inotifyErr, mqErr := rootTakesQuotas()
+	second, err2 := held()
+	same := fmt.Sprint(first["inotify"], first["mqueues"]) == fmt.Sprint(second["inotify"], second["mqueues"])
+	ok := err1 == nil && err2 == nil && inotifyErr == nil && mqErr == nil && same &&
+		len(first["inotify"]) == 1 && first["inotify"][0] != "0" && len(first["mqueues"]) == 1 && first["mqueues"][0] != "0"
+	g.report("esc-ucounts", ok, "first job: inotify %v, mqueues %v (%v); guest root: inotify_init %v, mq_open %v; "+
+		"second job: inotify %v, mqueues %v (%v)", first["inotify"], first["mqueues"], err1, inotifyErr, mqErr,
+		second["inotify"], second["mqueues"], err2)
 }
 
 // The escapes of issue 15, each tried by contained jobs under the real kernel: one esc-* check per

@@ -478,6 +478,8 @@ func probe(what []string) int {
 			}
 		case "syscalls": // "syscall=<name> <errno or ok>" for each syscall the job's filter denies (seccomp_test.go)
 			probeSyscalls()
+		case "hold-quotas": // inotify instances and message queues, as many as it may, held (ucounts_test.go)
+			holdQuotas()
 		}
 	}
 	return 0

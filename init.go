@@ -237,12 +237,33 @@ func setUpJob(start *json.Decoder, sigs chan<- os.Signal) (int, *startReport) {
 	if fail != nil {
 		return 0, fail
 	}
+	securebits := 0
+	if contained {
+		// The user namespace that the fork makes is owned by the effective uid of the thread that forks.
+		if err := step("take the job's ids to fork", func() (err error) {
+			securebits, err = becomeJobOwner(s.Own)
+			return err
+		}); err != nil {
+			return setupFailed(err)
+		}
+	}
+	// THE JOB'S EFFECTIVE UID AND GID ON THIS THREAD, with its capabilities (contained): the fork.
 	pid, err := forkCommand(path, cfg, s.Own)
+	if contained {
+		// Not a step: the command has started. Root's uid was never left (real and saved), so this
+		// cannot fail; if it did, the command is killed and the job does not start.
+		if lerr := leaveJobOwner(securebits); lerr != nil {
+			if err == nil {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+			return setupFailed(fmt.Errorf("take root's ids back: %w", lerr))
+		}
+	}
 	if err != nil {
 		return 0, failure(stageExec, err, "exec %q: %v", cfg.Argv[0], errnoText(err))
 	}
-	// THE COMMAND RUNS (contained) as the job's own host uid, root of a user namespace of its own that
-	// holds no capability over the job's other namespaces, filtered, with the mounts locked.
+	// THE COMMAND RUNS (contained) as the job's own host uid, root of a user namespace of its own, owned
+	// by that uid, that holds no capability over the job's other namespaces; filtered; mounts locked.
 	return pid, nil
 }
 
@@ -375,69 +396,6 @@ func findCommand(cfg initConfig, user *jobUser) (path string, fail *startReport)
 		return "", failure(stageSetup, err, "take the job user's ids: %v", err)
 	}
 	return path, fail
-}
-
-// asJobUser runs check with the filesystem ids of u (nil: root's, as they are) and no supplementary
-// groups (setfsuid(2): a non-zero fsuid also takes root's file capabilities out of the effective set,
-// capabilities(7)), then takes root's ids back. All of these are the calling thread's: the init's own,
-// locked to it (setUpJob), whose groups the command does not inherit (ownUserns). Each change is made
-// alone and read back; check runs only if all took, and an error (a change, or the way back, that did
-// not take) fails the job's start: the thread's ids are then unknown, and the init ends.
-func asJobUser(u *jobUser, check func()) error {
-	if u == nil {
-		check()
-		return nil
-	}
-	if err := unix.Setgroups(nil); err != nil {
-		return fmt.Errorf("setgroups: %w", err)
-	}
-	if err := setFSGID(u.GID); err != nil {
-		return err
-	}
-	if err := setFSUID(u.UID); err != nil {
-		return errors.Join(err, setFSGID(0))
-	}
-	check()
-	if err := setFSUID(0); err != nil {
-		return err
-	}
-	return setFSGID(0)
-}
-
-// setFSUID sets the thread's fsuid and reads it back. setfsuid(2) reports no error: it returns the
-// previous fsuid whether or not the change took, and a call with -1, never a valid id, changes nothing
-// and returns the one in force.
-func setFSUID(id uint32) error {
-	unix.SetfsuidRetUid(int(id))
-	now, _ := unix.SetfsuidRetUid(-1)
-	if now != int(id) {
-		return fmt.Errorf("setfsuid %d: the fsuid is still %d", id, now)
-	}
-	return nil
-}
-
-// setFSGID is setFSUID for the fsgid (setfsgid(2) works the same way).
-func setFSGID(id uint32) error {
-	unix.SetfsgidRetGid(int(id))
-	now, _ := unix.SetfsgidRetGid(-1)
-	if now != int(id) {
-		return fmt.Errorf("setfsgid %d: the fsgid is still %d", id, now)
-	}
-	return nil
-}
-
-// ownUserns puts the command in a new user namespace in which uid and gid 0 are the job's own host uid
-// and gid (user_namespaces(7)), and in a new cgroup namespace rooted at its cgroup: clone3 puts it
-// into <job>/job before the namespace takes its root (cgroup_namespaces(7)). Its other namespaces stay
-// owned by the host's user namespace, in which it holds no capability: it can neither mount, unmount
-// nor remount, set the hostname or configure the network, and no file of the host's is its own.
-func ownUserns(sys *syscall.SysProcAttr, u *jobUser) {
-	sys.Cloneflags = syscall.CLONE_NEWUSER | syscall.CLONE_NEWCGROUP
-	sys.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(u.UID), Size: 1}}
-	sys.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(u.GID), Size: 1}}
-	sys.GidMappingsEnableSetgroups = false // the command can never take a group back
-	// uid and gid 0 of the new namespace; the groups stay the empty list setUpJob left.
-	sys.Credential = &syscall.Credential{NoSetGroups: true}
 }
 
 func failure(st stage, err error, format string, args ...any) *startReport {

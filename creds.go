@@ -1,0 +1,146 @@
+package main
+
+// creds.go holds the credential changes of the init's forking thread (init.go setUpJob), each made on
+// that thread alone and read back: the job's filesystem ids while its command is looked for
+// (asJobUser), the job's effective ids while the command is forked, so that the job's user namespace
+// is its own uid's (becomeJobOwner, leaveJobOwner), and the command's own user namespace (ownUserns).
+// x/sys's Setresuid and Setresgid change every thread of the process (Go's syscall package, since Go
+// 1.16); the calls here are raw, for the calling thread only, as credentials are in Linux
+// (credentials(7)).
+
+import (
+	"errors"
+	"fmt"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// asJobUser runs check with the filesystem ids of u (nil: root's, as they are) and no supplementary
+// groups (setfsuid(2): a non-zero fsuid also takes root's file capabilities out of the effective set,
+// capabilities(7)), then takes root's ids back. All of these are the calling thread's: the init's own,
+// locked to it (setUpJob), whose groups the command does not inherit (ownUserns). Each change is made
+// alone and read back; check runs only if all took, and an error (a change, or the way back, that did
+// not take) fails the job's start: the thread's ids are then unknown, and the init ends.
+func asJobUser(u *jobUser, check func()) error {
+	if u == nil {
+		check()
+		return nil
+	}
+	if err := unix.Setgroups(nil); err != nil {
+		return fmt.Errorf("setgroups: %w", err)
+	}
+	if err := setFSGID(u.GID); err != nil {
+		return err
+	}
+	if err := setFSUID(u.UID); err != nil {
+		return errors.Join(err, setFSGID(0))
+	}
+	check()
+	if err := setFSUID(0); err != nil {
+		return err
+	}
+	return setFSGID(0)
+}
+
+// setFSUID sets the thread's fsuid and reads it back. setfsuid(2) reports no error: it returns the
+// previous fsuid whether or not the change took, and a call with -1, never a valid id, changes nothing
+// and returns the one in force.
+func setFSUID(id uint32) error {
+	unix.SetfsuidRetUid(int(id))
+	now, _ := unix.SetfsuidRetUid(-1)
+	if now != int(id) {
+		return fmt.Errorf("setfsuid %d: the fsuid is still %d", id, now)
+	}
+	return nil
+}
+
+// setFSGID is setFSUID for the fsgid (setfsgid(2) works the same way).
+func setFSGID(id uint32) error {
+	unix.SetfsgidRetGid(int(id))
+	now, _ := unix.SetfsgidRetGid(-1)
+	if now != int(id) {
+		return fmt.Errorf("setfsgid %d: the fsgid is still %d", id, now)
+	}
+	return nil
+}
+
+// ownUserns puts the command in a new user namespace in which uid and gid 0 are the job's own host uid
+// and gid (user_namespaces(7)), and in a new cgroup namespace rooted at its cgroup: clone3 puts it
+// into <job>/job before the namespace takes its root (cgroup_namespaces(7)). Its other namespaces stay
+// owned by the host's user namespace, in which it holds no capability: it can neither mount, unmount
+// nor remount, set the hostname or configure the network, and no file of the host's is its own.
+func ownUserns(sys *syscall.SysProcAttr, u *jobUser) {
+	sys.Cloneflags = syscall.CLONE_NEWUSER | syscall.CLONE_NEWCGROUP
+	sys.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(u.UID), Size: 1}}
+	sys.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(u.GID), Size: 1}}
+	sys.GidMappingsEnableSetgroups = false // the command can never take a group back
+	// uid and gid 0 of the new namespace; the groups stay the empty list setUpJob left.
+	sys.Credential = &syscall.Credential{NoSetGroups: true}
+}
+
+// secbitNoSetuidFixup is SECBIT_NO_SETUID_FIXUP (linux/securebits.h): a change of the thread's uids
+// leaves its capabilities as they are (capabilities(7), "Effect of user ID changes on capabilities").
+const secbitNoSetuidFixup = 1 << 2
+
+// sysSetresuid and the rest are the calls with 32-bit ids; 32-bit arm numbers them apart (creds_arm.go).
+var sysSetresuid, sysSetresgid, sysGetresuid, sysGetresgid uintptr = unix.SYS_SETRESUID, unix.SYS_SETRESGID,
+	unix.SYS_GETRESUID, unix.SYS_GETRESGID
+
+// becomeJobOwner sets the calling thread's effective uid and gid to the job's own, keeping its
+// capabilities (secbitNoSetuidFixup), so that the user namespace its next clone makes is owned by the
+// job's uid (user_namespaces(7): the owner is the effective uid of the process that creates it). The
+// kernel charges a user's counts in a namespace up the chain of owners (ucounts: inotify instances and
+// watches, mqueue bytes, pending signals, user namespaces, processes), so the job's are charged to its
+// own uid, never to host root. The capabilities are what the fork needs: CAP_DAC_OVERRIDE to clone into
+// the job's cgroup (the kernel checks its cgroup.procs with the caller's ids, clone(2)
+// CLONE_INTO_CGROUP), CAP_SETUID and CAP_SETGID to write the command's uid and gid maps. The command
+// gets neither the securebit nor the capabilities: a new user namespace resets both for the child
+// (kernel/user_namespace.c, set_cred_user_ns). The real and saved uids stay 0, so leaveJobOwner may
+// take root's back.
+func becomeJobOwner(u *jobUser) (securebits int, err error) {
+	securebits, err = unix.PrctlRetInt(unix.PR_GET_SECUREBITS, 0, 0, 0, 0)
+	if err != nil {
+		return 0, fmt.Errorf("read the securebits: %w", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_SECUREBITS, uintptr(securebits|secbitNoSetuidFixup), 0, 0, 0); err != nil {
+		return 0, fmt.Errorf("set SECBIT_NO_SETUID_FIXUP: %w", err)
+	}
+	if err := setEffectiveIDs(u.UID, u.GID); err != nil {
+		return 0, errors.Join(err, leaveJobOwner(securebits))
+	}
+	return securebits, nil
+}
+
+// leaveJobOwner takes root's effective ids and the thread's securebits as they were back, checked.
+func leaveJobOwner(securebits int) error {
+	if err := setEffectiveIDs(0, 0); err != nil {
+		return err
+	}
+	if err := unix.Prctl(unix.PR_SET_SECUREBITS, uintptr(securebits), 0, 0, 0); err != nil {
+		return fmt.Errorf("set the securebits back: %w", err)
+	}
+	return nil
+}
+
+// setEffectiveIDs sets the calling thread's effective uid and gid (the real and saved ones stay), and
+// reads them back. The gid goes first: with the uid first, a thread without the securebit could lose
+// CAP_SETGID before it.
+func setEffectiveIDs(uid, gid uint32) error {
+	keep := ^uintptr(0) // -1: leave that id as it is (setresuid(2))
+	if _, _, e := unix.RawSyscall(sysSetresgid, keep, uintptr(gid), keep); e != 0 {
+		return fmt.Errorf("setresgid -1 %d -1: %w", gid, e)
+	}
+	if _, _, e := unix.RawSyscall(sysSetresuid, keep, uintptr(uid), keep); e != 0 {
+		return fmt.Errorf("setresuid -1 %d -1: %w", uid, e)
+	}
+	var r, e, s uint32
+	unix.RawSyscall(sysGetresuid, uintptr(unsafe.Pointer(&r)), uintptr(unsafe.Pointer(&e)), uintptr(unsafe.Pointer(&s)))
+	var rg, eg, sg uint32
+	unix.RawSyscall(sysGetresgid, uintptr(unsafe.Pointer(&rg)), uintptr(unsafe.Pointer(&eg)), uintptr(unsafe.Pointer(&sg)))
+	if e != uid || eg != gid {
+		return fmt.Errorf("set effective ids %d:%d: they are %d:%d", uid, gid, e, eg)
+	}
+	return nil
+}
