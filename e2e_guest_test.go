@@ -66,6 +66,7 @@ var e2eChecks = []string{
 	"ns-ppid", "ns-proc", "ns-net", "ns-hostname",
 	"esc-cgroup-root", "esc-other-job-kill", "esc-raise-limits", "esc-server-key", "esc-proc-umount", "esc-remount",
 	"esc-mount", "esc-host-write", "esc-shared-tmp", "esc-nsenter", "esc-userns", "esc-keyring", "esc-seccomp",
+	"esc-vsock",
 	"esc-in-a-row", "esc-ucounts",
 	"stop-grace",
 	"cpu-unlimited", "cpu-limited",
@@ -806,6 +807,7 @@ func vmEscapes() []vmEscape {
 		{"esc-userns", usernsTries, "", lookUserns},
 		{"esc-keyring", keyringTries, "", lookKeyring},
 		{"esc-seccomp", nil, e2eTest + " probe syscalls", lookSeccomp},
+		{"esc-vsock", nil, e2eTest + " probe syscalls", lookVsock},
 	}
 }
 
@@ -1238,6 +1240,20 @@ func lookSeccomp(g *e2eGuest, e escEnv, j escJob) []look {
 }
 
 // filterRefused reads the probe's syscall lines.
+// lookVsock: the job's socket(AF_VSOCK) is refused by the filter (EPERM), where the guest's own root
+// gets a socket or the kernel's own answer: vsock ignores network namespaces (seccomp.go refusedFamilies).
+func lookVsock(g *e2eGuest, e escEnv, j escJob) []look {
+	fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err == nil {
+		unix.Close(fd)
+	}
+	job := syscallResults(j.out)["socket"]
+	return []look{
+		{fmt.Sprintf("the job's socket(AF_VSOCK): %s", job), job == "EPERM"},
+		{fmt.Sprintf("the guest root's socket(AF_VSOCK): %v (not the filter's EPERM)", err), err != unix.EPERM},
+	}
+}
+
 func filterRefused(out string) []look {
 	calls := syscallResults(out)
 	var through []string

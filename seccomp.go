@@ -51,10 +51,24 @@ import (
 type action int
 
 const (
-	deny      action = iota // EPERM
-	denyNewNS               // EPERM if the flags (argument 0) ask for any new namespace (nsFlags)
-	supervise               // SECCOMP_RET_USER_NOTIF: superviseClone3 decides
+	deny       action = iota // EPERM
+	denyNewNS                // EPERM if the flags (argument 0) ask for any new namespace (nsFlags)
+	supervise                // SECCOMP_RET_USER_NOTIF: superviseClone3 decides
+	denyFamily               // EPERM if the address family (argument 0) is one of refusedFamilies
 )
+
+// refusedFamilies are the address families whose sockets reach past the job's network namespace, which
+// gives it only "lo": the filter refuses socket(2) for them, as Docker's default profile refuses
+// AF_VSOCK. The rest either follow the network namespace or are refused outside the initial one by the
+// kernel itself (Bluetooth, NFC, AppleTalk: "if (!net_eq(net, &init_net)) return -EAFNOSUPPORT").
+var refusedFamilies = []uint32{
+	// vsock ignores network namespaces: a job could reach the hypervisor's, or the VM host's, vsock
+	// services (vsock(7)).
+	unix.AF_VSOCK,
+	// Qualcomm IPC Router: one global table of nodes and ports (net/qrtr), the SoC's modem and other
+	// remote processors, whatever the namespace.
+	unix.AF_QIPCRTR,
+}
 
 type syscallRule struct {
 	name string
@@ -110,6 +124,8 @@ var jobRules = []syscallRule{
 	// ones). 32-bit arm adds its y2038 calls in seccomp_arm.go.
 	{"settimeofday", unix.SYS_SETTIMEOFDAY, deny}, {"clock_settime", unix.SYS_CLOCK_SETTIME, deny},
 	{"clock_adjtime", unix.SYS_CLOCK_ADJTIME, deny}, {"adjtimex", unix.SYS_ADJTIMEX, deny},
+	// Sockets that leave the network namespace (refusedFamilies).
+	{"socket", unix.SYS_SOCKET, denyFamily},
 }
 
 // auditArch is the arch a native syscall reports in seccomp_data (linux/audit.h). Any other (i386 on
@@ -152,6 +168,13 @@ func jobFilter() ([]unix.SockFilter, error) {
 			p = append(p, jump(unix.BPF_JEQ, nr, 0, 1), ret(unix.SECCOMP_RET_USER_NOTIF))
 		case denyNewNS: // the accumulator then holds the flags, not nr: the match ends here either way
 			p = append(p, jump(unix.BPF_JEQ, nr, 0, 4), load(dataArg0), jump(unix.BPF_JSET, nsFlags, 0, 1), eperm, allow)
+		case denyFamily: // as denyNewNS: load, one test per family (to the eperm past allow), allow, eperm
+			n := len(refusedFamilies)
+			p = append(p, jump(unix.BPF_JEQ, nr, 0, uint8(n+3)), load(dataArg0))
+			for i, f := range refusedFamilies {
+				p = append(p, jump(unix.BPF_JEQ, f, uint8(n-i), 0))
+			}
+			p = append(p, allow, eperm)
 		}
 	}
 	return append(p, allow), nil

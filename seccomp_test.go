@@ -84,7 +84,8 @@ func TestSeccompFilterProgram(t *testing.T) {
 		if _, dup := want[r.nr]; dup {
 			t.Errorf("%s (%d) is in jobRules twice", r.name, r.nr)
 		}
-		want[r.nr] = map[action]uint32{deny: eperm, denyNewNS: allow, supervise: unix.SECCOMP_RET_USER_NOTIF}[r.act]
+		want[r.nr] = map[action]uint32{deny: eperm, denyNewNS: allow, supervise: unix.SECCOMP_RET_USER_NOTIF,
+			denyFamily: allow}[r.act]
 	}
 	for name := range syscallProbes { // the probes' list is the filter's, written out a second time
 		if !names[name] && !strings.HasSuffix(name, "-plain") && (!strings.HasSuffix(name, "time64") || runtime.GOARCH == "arm") {
@@ -97,6 +98,13 @@ func TestSeccompFilterProgram(t *testing.T) {
 	for nr, w := range want {
 		if got := runBPF(t, prog, int32(nr), arch, 0); got != w {
 			t.Errorf("syscall %d: action %#x, want %#x", nr, got, w)
+		}
+	}
+	families := map[uint64]uint32{unix.AF_VSOCK: eperm, unix.AF_QIPCRTR: eperm, unix.AF_UNIX: allow, unix.AF_INET: allow,
+		unix.AF_INET6: allow, unix.AF_NETLINK: allow, unix.AF_PACKET: allow, unix.AF_VSOCK | 1<<32: eperm}
+	for family, w := range families { // arg0 is an int: its upper half is not the family's
+		if got := runBPF(t, prog, int32(unix.SYS_SOCKET), arch, family); got != w {
+			t.Errorf("socket(%#x): action %#x, want %#x", family, got, w)
 		}
 	}
 	for _, nr := range []uintptr{unix.SYS_CLONE, unix.SYS_UNSHARE} {
@@ -145,6 +153,7 @@ var syscallProbes = map[string][6]uintptr{
 	"quotactl": {0xff}, "quotactl_fd": {bad, 0xff},
 	"settimeofday": {}, "clock_settime": {1000}, "clock_adjtime": {1000}, "adjtimex": {},
 	"clock_settime64": {1000}, "clock_adjtime64": {1000},
+	"socket": {unix.AF_VSOCK, unix.SOCK_STREAM | unix.SOCK_CLOEXEC, 0}, // "ok" or EAFNOSUPPORT where not filtered
 }
 
 // probeSyscalls is `probe syscalls`: one line "syscall=<name> <errno name or ok>" for each syscall of
