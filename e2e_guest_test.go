@@ -39,7 +39,9 @@ import (
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -67,7 +69,7 @@ var e2eChecks = []string{
 	"esc-cgroup-root", "esc-other-job-kill", "esc-raise-limits", "esc-server-key", "esc-proc-umount", "esc-remount",
 	"esc-mount", "esc-host-write", "esc-shared-tmp", "esc-nsenter", "esc-userns", "esc-keyring", "esc-seccomp",
 	"esc-vsock",
-	"esc-in-a-row", "esc-ucounts",
+	"esc-in-a-row", "esc-ucounts", "esc-magic-dir",
 	"stop-grace",
 	"cpu-unlimited", "cpu-limited",
 	"memory-oom", "memory-usable",
@@ -387,6 +389,7 @@ func TestE2EGuest(t *testing.T) {
 		{"ns-ppid", g.checkNamespaces},
 		{"esc-cgroup-root", g.checkEscapes},
 		{"esc-ucounts", g.checkUcounts},
+		{"esc-magic-dir", g.checkMagicLinks},
 		{"stop-grace", g.checkStop},
 		{"cpu-unlimited", g.checkCPUUnlimited},
 		{"cpu-limited", g.checkCPULimited},
@@ -740,6 +743,27 @@ func (g *e2eGuest) checkUcounts() {
 	g.report("esc-ucounts", ok, "first job: inotify %v, mqueues %v (%v); guest root: inotify_init %v, mq_open %v; "+
 		"second job: inotify %v, mqueues %v (%v)", first["inotify"], first["mqueues"], err1, inotifyErr, mqErr,
 		second["inotify"], second["mqueues"], err2)
+}
+
+// checkMagicLinks (esc-magic-dir): a working directory or command through a magic link of /proc is
+// refused with InvalidArgument (TestContainMagicLinks on the host); before, -dir /proc/self/fd/5 was the
+// job's cgroup directory on the guest's cgroup2 mount.
+func (g *e2eGuest) checkMagicLinks() {
+	var bad []string
+	for _, c := range []struct{ dir, name string }{
+		{"/proc/self/fd/5", "ls"}, {"/proc/self/cwd", "ls"}, {"/proc/1/root/tmp", "ls"},
+		{"/", "/proc/self/exe"}, {"/", "/proc/self/root/bin/busybox"},
+	} {
+		id, err := g.start(&rpcpb.JobStartRequest{Name: c.name, Dir: c.dir})
+		if err == nil {
+			g.stop(id)
+		}
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), "magic link") {
+			bad = append(bad, fmt.Sprintf("dir %s command %s: %v", c.dir, c.name, err))
+		}
+	}
+	g.report("esc-magic-dir", len(bad) == 0, "5 starts through /proc's fd, cwd, root and exe links refused "+
+		"with InvalidArgument, but for: %v", bad)
 }
 
 // The escapes of issue 15, each tried by contained jobs under the real kernel: one esc-* check per

@@ -384,12 +384,20 @@ func findCommand(cfg initConfig, user *jobUser) (path string, fail *startReport)
 			fail = failure(stageDir, err, "working directory %q: %v", cfg.Dir, errnoText(err))
 			return
 		}
+		if throughMagicLink(cfg.Dir) {
+			fail = failure(stageDir, syscall.EINVAL, "working directory %q goes through a magic link of /proc "+
+				"(proc(5): fd, cwd, root, exe); name the directory itself", cfg.Dir)
+			return
+		}
 		path, err = lookPath(cfg.Argv[0], cfg.Dir, cfg.Env)
 		switch {
 		case errors.Is(err, syscall.ENOENT) && !strings.Contains(cfg.Argv[0], "/"):
 			fail = failure(stagePath, err, "command %q not found in the job's PATH", cfg.Argv[0])
 		case err != nil:
 			fail = failure(stagePath, err, "command %q: %v", cfg.Argv[0], errnoText(err))
+		case throughMagicLink(path):
+			fail = failure(stagePath, syscall.EINVAL, "command %q (%s) goes through a magic link of /proc "+
+				"(proc(5): fd, cwd, root, exe); name the file itself", cfg.Argv[0], path)
 		}
 	})
 	if err != nil {
@@ -429,6 +437,30 @@ func loopbackUp() error {
 		return fmt.Errorf("set lo up: %w", err)
 	}
 	return nil
+}
+
+// throughMagicLink reports whether path resolves only through a magic link of /proc (/proc/PID/fd/N,
+// cwd, root, exe; proc(5)). Those lead to what a process holds, not to a path: from the forked command,
+// before its exec, to the init's own open files (its cgroup handle, its pipes) and the server's
+// directories. openat2(2) RESOLVE_NO_MAGICLINKS refuses them with ELOOP; a path that fails so, and
+// resolves without the flag, goes through one. Other failures are left to the checks around it.
+func throughMagicLink(path string) bool {
+	how := unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_MAGICLINKS}
+	fd, err := unix.Openat2(unix.AT_FDCWD, path, &how)
+	if err == nil {
+		unix.Close(fd)
+		return false
+	}
+	if err != unix.ELOOP {
+		return false
+	}
+	how.Resolve = 0
+	fd, err = unix.Openat2(unix.AT_FDCWD, path, &how)
+	if err == nil {
+		unix.Close(fd)
+		return true
+	}
+	return err != unix.ELOOP
 }
 
 // lookPath finds the command the way execvp(3) does, but on the job's PATH rather than the server's.

@@ -142,7 +142,7 @@ func startFailure(rep startReport) error {
 // is errNotStarted.
 var errnoKinds = map[syscall.Errno]error{
 	syscall.ENOENT: errNotFound, syscall.EACCES: errDenied, syscall.EPERM: errDenied,
-	syscall.ENOEXEC: errInvalid, syscall.E2BIG: errInvalid,
+	syscall.ENOEXEC: errInvalid, syscall.E2BIG: errInvalid, syscall.EINVAL: errInvalid,
 }
 
 func closeAll(fs []*os.File) {
