@@ -60,6 +60,8 @@ const (
 	// write and has to move itself into a leaf first: cgroup v2's no-internal-process rule.
 	e2eSvc    = "/sys/fs/cgroup/svc"
 	e2eParent = e2eSvc + "/rund"
+	// e2eDefaultPids is the guest server's -job_max_pids: low enough for a fork bomb to meet (esc-nproc).
+	e2eDefaultPids = 64
 )
 
 // e2eChecks are the names TestE2EGuest reports, in order; TestVM expects a line for each.
@@ -69,7 +71,7 @@ var e2eChecks = []string{
 	"esc-cgroup-root", "esc-other-job-kill", "esc-raise-limits", "esc-server-key", "esc-proc-umount", "esc-remount",
 	"esc-mount", "esc-host-write", "esc-shared-tmp", "esc-nsenter", "esc-userns", "esc-keyring", "esc-seccomp",
 	"esc-vsock",
-	"esc-in-a-row", "esc-ucounts", "esc-magic-dir",
+	"esc-in-a-row", "esc-ucounts", "esc-magic-dir", "esc-nproc",
 	"stop-grace",
 	"cpu-unlimited", "cpu-limited",
 	"memory-oom", "memory-usable",
@@ -390,6 +392,7 @@ func TestE2EGuest(t *testing.T) {
 		{"esc-cgroup-root", g.checkEscapes},
 		{"esc-ucounts", g.checkUcounts},
 		{"esc-magic-dir", g.checkMagicLinks},
+		{"esc-nproc", g.checkDefaultPids},
 		{"stop-grace", g.checkStop},
 		{"cpu-unlimited", g.checkCPUUnlimited},
 		{"cpu-limited", g.checkCPULimited},
@@ -461,8 +464,8 @@ func (g *e2eGuest) setup() error {
 // service's cgroup, then execs rund. It returns once rund logs that it serves.
 func (g *e2eGuest) startServer(cgroup string) error {
 	script := fmt.Sprintf("echo $$ > %s/cgroup.procs && exec %s serve -addr %s -cgroup %s -io_devices %s "+
-		"-ca %s/ca.crt -cert %s/server.crt -key %s/server.key",
-		cgroup, e2eRund, e2eAddr, e2eParent, g.dev, e2eTLS, e2eTLS, e2eTLS)
+		"-ca %s/ca.crt -cert %s/server.crt -key %s/server.key -job_max_pids %d",
+		cgroup, e2eRund, e2eAddr, e2eParent, g.dev, e2eTLS, e2eTLS, e2eTLS, e2eDefaultPids)
 	cmd := exec.Command("/bin/sh", "-c", script)
 	cmd.Dir = "/"
 	stderr, err := cmd.StderrPipe()
@@ -764,6 +767,39 @@ func (g *e2eGuest) checkMagicLinks() {
 	}
 	g.report("esc-magic-dir", len(bad) == 0, "5 starts through /proc's fd, cwd, root and exe links refused "+
 		"with InvalidArgument, but for: %v", bad)
+}
+
+// checkDefaultPids (esc-nproc): a fork bomb whose Start sets no max_pids is held at the server's
+// -job_max_pids, which the guest's pids controller enforces as the job's pids.max, and its Stop
+// leaves nothing (TestContainProcessBound proves the RLIMIT_NPROC way, where there is no controller).
+func (g *e2eGuest) checkDefaultPids() {
+	req := tool("forkbomb", "200", "120s")
+	req.StopGracePeriod = durationpb.New(2 * time.Second)
+	id, err := g.start(req)
+	var line string
+	if err == nil {
+		line, err = g.waitLine(id, "forkbomb ")
+	}
+	if err != nil {
+		g.report("esc-nproc", false, "%v", err)
+		if id != "" {
+			g.stop(id)
+		}
+		return
+	}
+	f := toolFigures(line)
+	pidsMax, _ := os.ReadFile(filepath.Join(e2eParent, id, "job", "pids.max"))
+	current := cgroupValue(id, "pids.current", "")
+	procs := cgroupPIDs(filepath.Join(e2eParent, id, "job"))
+	final, stopErr := g.stop(id)
+	removed, left := gone(filepath.Join(e2eParent, id)), alive(procs)
+	ok := strings.TrimSpace(string(pidsMax)) == strconv.Itoa(e2eDefaultPids) && current <= e2eDefaultPids &&
+		f["failed"] > 0 && f["forked"] > 0 && stopErr == nil && final.GetState() == rpcpb.JobStatus_STATE_STOPPED &&
+		removed && left == 0
+	g.report("esc-nproc", ok, "no max_pids asked, -job_max_pids %d: pids.max %q, pids.current %d; the bomb forked "+
+		"%.0f, %.0f forks failed; stop %v %v, cgroup removed %v, %d of %d processes left", e2eDefaultPids,
+		strings.TrimSpace(string(pidsMax)), current, f["forked"], f["failed"], final.GetState(), stopErr, removed,
+		left, len(procs))
 }
 
 // The escapes of issue 15, each tried by contained jobs under the real kernel: one esc-* check per

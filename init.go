@@ -51,12 +51,13 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // initSetup is how the server starts an init (its RUND_INIT, as JSON): what it prepares before
 // the job's Start.
 type initSetup struct {
-	Hostname  string   `json:"hostname"`       // the job id
-	Own       *jobUser `json:"own,omitempty"`  // a contained job's own host uid:gid (its userns root); nil: uncontained
-	TmpSize   uint64   `json:"tmp_size"`       // bytes of each private tmpfs, when contained
-	Cgroup2   string   `json:"cgroup2"`        // the cgroup2 mount point, when contained
-	JobCgroup string   `json:"job_cgroup"`     // <job>/job, bound read-only on Cgroup2 when contained
-	Dirs      []string `json:"dirs,omitempty"` // -job_dirs: DIR/<id> is made the job's own and bound on DIR
+	Hostname  string   `json:"hostname"`        // the job id
+	Own       *jobUser `json:"own,omitempty"`   // a contained job's own host uid:gid (its userns root); nil: uncontained
+	TmpSize   uint64   `json:"tmp_size"`        // bytes of each private tmpfs, when contained
+	Cgroup2   string   `json:"cgroup2"`         // the cgroup2 mount point, when contained
+	JobCgroup string   `json:"job_cgroup"`      // <job>/job, bound read-only on Cgroup2 when contained
+	Dirs      []string `json:"dirs,omitempty"`  // -job_dirs: DIR/<id> is made the job's own and bound on DIR
+	NProc     uint64   `json:"nproc,omitempty"` // RLIMIT_NPROC of a contained job's command; 0: none
 }
 
 // initConfig is what the server tells the init at the Start: the command to run.
@@ -204,6 +205,12 @@ func setUpJob(start *json.Decoder, sigs chan<- os.Signal) (int, *startReport) {
 		if err := step("drop supplementary groups", func() error { return unix.Setgroups(nil) }); err != nil {
 			return setupFailed(err)
 		}
+		// Where no pids.max bounds the job (jobs.go newManager), its own uid does: RLIMIT_NPROC counts
+		// the tasks of the command's real uid in its user namespace (setrlimit(2)), the job's alone.
+		// The init, real uid 0, is exempt.
+		if err := step("bound the job's processes", func() error { return limitProcesses(s.NProc) }); err != nil {
+			return setupFailed(err)
+		}
 		// The filter's rules for our own fork need two Ps (seccomp.go); spawn.go starts us with one.
 		runtime.GOMAXPROCS(2)
 		var listener int
@@ -304,6 +311,15 @@ func joinSessionKeyring() error {
 		return e
 	}
 	return nil
+}
+
+// limitProcesses sets RLIMIT_NPROC, soft and hard, to n; 0 leaves it as it is. The command cannot raise
+// the hard limit: that takes CAP_SYS_RESOURCE in the host's user namespace.
+func limitProcesses(n uint64) error {
+	if n == 0 {
+		return nil
+	}
+	return unix.Setrlimit(unix.RLIMIT_NPROC, &unix.Rlimit{Cur: n, Max: n})
 }
 
 // warmJSON builds encoding/json's reflection caches for the Start and its report, here and not in the

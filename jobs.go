@@ -32,6 +32,7 @@ type jobsConfig struct {
 	contain          *containment  // how jobs are contained; nil: -unsafe_uncontained_jobs
 	losslessTimeout  time.Duration // a lossless reader that reads nothing this long is demoted
 	outputBudget     int64         // bytes all rings may hold together (budget.go)
+	defaultPids      uint64        // processes of a job whose Start sets no max_pids (-job_max_pids); 0: none
 }
 
 // manager is the job table.
@@ -51,6 +52,12 @@ type manager struct {
 }
 
 func newManager(cg *cgroupFS, cfg jobsConfig) *manager {
+	if cfg.contain != nil && !cg.available["pids"] {
+		// No pids.max to hold the default: each contained job's own uid bounds its processes instead.
+		contain := *cfg.contain
+		contain.nproc = cfg.defaultPids
+		cfg.contain = &contain
+	}
 	return &manager{cg: cg, cfg: cfg, pool: newPool(cg, cfg.spareInits, cfg.contain),
 		budget: &budget{max: cfg.outputBudget},
 		jobs:   map[string]*job{}, finished: map[string][]*job{}, running: map[string]int{}}
@@ -62,6 +69,9 @@ func (m *manager) start(owner []string, spec *jobSpec) (*job, error) {
 		return nil, clientErr(errUnsupported,
 			"this host cannot enforce the requested limits: cgroup controller %s not available",
 			strings.Join(cs, " and controller "))
+	}
+	if spec.lim.pids == 0 && m.cg.available["pids"] {
+		spec.lim.pids = m.cfg.defaultPids // none asked for: the server's default bound
 	}
 	if err := m.reserve(owner); err != nil {
 		return nil, err

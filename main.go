@@ -177,6 +177,7 @@ func runServe(args []string) int {
 		{c.outputBudget < int64(c.ringSize), "-output_budget must be at least -log_buffer"},
 		{c.losslessTimeout <= 0, "-lossless_timeout must be positive"},
 		{c.spareInits < 0 || c.spareInits > 64, "-spare_inits must be 0..64"},
+		{c.defaultPids > maxPids, fmt.Sprintf("-job_max_pids must be at most %d", maxPids)},
 	} {
 		if bad.is {
 			log.Printf("rund serve: %s", bad.msg)
@@ -223,6 +224,9 @@ func serveFlags(fs *flag.FlagSet, c *serveConfig) {
 		"requests in flight at most, in all (a log stream until it ends)")
 	fs.IntVar(&c.conns.maxInflightPerClient, "max_requests_per_client", 128,
 		"requests in flight at most, per client identity (a log stream until it ends)")
+	fs.Uint64Var(&c.defaultPids, "job_max_pids", 4096, "processes (threads) a job may have when its Start sets no "+
+		"max_pids: its pids.max, or where the pids controller is missing, RLIMIT_NPROC of a contained job's own uid; "+
+		"0 for no bound")
 	fs.DurationVar(&c.losslessTimeout, "lossless_timeout", 30*time.Second,
 		"a lossless log reader (rund client run and log) that reads nothing this long no longer holds its job back")
 }

@@ -42,6 +42,7 @@ type containment struct {
 	uids    *uidRange
 	tmpSize uint64   // bytes of each private tmpfs
 	dirs    []string // -job_dirs: each job writes its own DIR/<id> there (checkJobDirs)
+	nproc   uint64   // RLIMIT_NPROC of each job, where no pids controller bounds its processes; 0: none
 }
 
 // pool keeps spare sandboxes ready for Starts.
@@ -161,7 +162,7 @@ func (p *pool) newSandbox() (*sandbox, error) {
 		if sb.own, err = c.uids.take(); err != nil {
 			return nil, err
 		}
-		sb.contain, setup.Own, setup.TmpSize, setup.Dirs = c, sb.own, c.tmpSize, c.dirs
+		sb.contain, setup.Own, setup.TmpSize, setup.Dirs, setup.NProc = c, sb.own, c.tmpSize, c.dirs, c.nproc
 	}
 	if err := sb.start(p.cg, setup); err != nil {
 		sb.discard()

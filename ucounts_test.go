@@ -108,3 +108,30 @@ func TestContainUcounts(t *testing.T) {
 		}
 	}
 }
+
+// TestContainProcessBound: a job whose Start sets no max_pids is held at -job_max_pids, here by
+// RLIMIT_NPROC of its own uid (this host's cgroup2 has no pids controller; the VM suite's esc-nproc
+// proves pids.max), and its Stop leaves no process of its uid. Before, nothing bounded it.
+func TestContainProcessBound(t *testing.T) {
+	const bound = 32
+	ts := startServer(t, func(c *serveConfig) { c.defaultPids = bound })
+	if ts.cg.available["pids"] {
+		t.Skip("the pids controller is here: pids.max holds the default (TestLimits*)")
+	}
+	a := ts.dialAs(t, "a")
+	id := startJob(t, a, cmd(testExe, "e2e-tool", "forkbomb", "200", "60s"))
+	uid := jobUID(t, ts, id)
+	out, errs := outputUntil(t, a, id, "forkbomb ")
+	line := out[strings.Index(out, "forkbomb "):]
+	f := toolFigures(line[:strings.IndexByte(line, '\n')+1])
+	if f["forked"]+f["threads"] > bound || f["failed"] == 0 || f["forked"] == 0 {
+		t.Errorf("a fork bomb with -job_max_pids %d: %s (stderr %q); want at most %d tasks, and forks refused",
+			bound, line, errs, bound)
+	}
+	if st := stopJob(t, a, id); st.State.String() != "STATE_STOPPED" {
+		t.Errorf("stop: %v", st)
+	}
+	if left := uidProcs(uid); len(left) > 0 {
+		t.Errorf("processes of the job's uid %d left after its Stop: %v", uid, left)
+	}
+}
