@@ -62,6 +62,8 @@ const (
 	e2eParent = e2eSvc + "/rund"
 	// e2eDefaultPids is the guest server's -job_max_pids: low enough for a fork bomb to meet (esc-nproc).
 	e2eDefaultPids = 64
+	// e2eTmpSize is the guest server's -job_tmp_size, small enough to fill (esc-tmpfs-total).
+	e2eTmpSize = 32 << 20
 )
 
 // e2eChecks are the names TestE2EGuest reports, in order; TestVM expects a line for each.
@@ -72,6 +74,7 @@ var e2eChecks = []string{
 	"esc-mount", "esc-host-write", "esc-shared-tmp", "esc-nsenter", "esc-userns", "esc-keyring", "esc-seccomp",
 	"esc-vsock",
 	"esc-in-a-row", "esc-ucounts", "esc-magic-dir", "esc-nproc",
+	"esc-tmpfs-total",
 	"stop-grace",
 	"cpu-unlimited", "cpu-limited",
 	"memory-oom", "memory-usable",
@@ -393,6 +396,7 @@ func TestE2EGuest(t *testing.T) {
 		{"esc-ucounts", g.checkUcounts},
 		{"esc-magic-dir", g.checkMagicLinks},
 		{"esc-nproc", g.checkDefaultPids},
+		{"esc-tmpfs-total", g.checkTmpfs},
 		{"stop-grace", g.checkStop},
 		{"cpu-unlimited", g.checkCPUUnlimited},
 		{"cpu-limited", g.checkCPULimited},
@@ -464,8 +468,8 @@ func (g *e2eGuest) setup() error {
 // service's cgroup, then execs rund. It returns once rund logs that it serves.
 func (g *e2eGuest) startServer(cgroup string) error {
 	script := fmt.Sprintf("echo $$ > %s/cgroup.procs && exec %s serve -addr %s -cgroup %s -io_devices %s "+
-		"-ca %s/ca.crt -cert %s/server.crt -key %s/server.key -job_max_pids %d",
-		cgroup, e2eRund, e2eAddr, e2eParent, g.dev, e2eTLS, e2eTLS, e2eTLS, e2eDefaultPids)
+		"-ca %s/ca.crt -cert %s/server.crt -key %s/server.key -job_max_pids %d -job_tmp_size %d",
+		cgroup, e2eRund, e2eAddr, e2eParent, g.dev, e2eTLS, e2eTLS, e2eTLS, e2eDefaultPids, e2eTmpSize)
 	cmd := exec.Command("/bin/sh", "-c", script)
 	cmd.Dir = "/"
 	stderr, err := cmd.StderrPipe()
@@ -800,6 +804,34 @@ func (g *e2eGuest) checkDefaultPids() {
 		"%.0f, %.0f forks failed; stop %v %v, cgroup removed %v, %d of %d processes left", e2eDefaultPids,
 		strings.TrimSpace(string(pidsMax)), current, f["forked"], f["failed"], final.GetState(), stopErr, removed,
 		left, len(procs))
+}
+
+// checkTmpfs (esc-tmpfs-total): a job's /tmp, /var/tmp and /dev/shm share one -job_tmp_size (32 MiB
+// here: 20 MiB in /tmp leave no room for 20 more in /dev/shm), and the guest's memory controller charges
+// them to the job (with 16 MiB of memory, 24 MiB do not fit in /dev/shm). -job_tmp_total, the bound
+// where there is no memory controller, is proven on the host (TestContainTmpTotal).
+func (g *e2eGuest) checkTmpfs() {
+	shared := "head -c 20971520 /dev/zero > /tmp/a; echo $?; head -c 20971520 /dev/zero > /dev/shm/b; echo $?"
+	id, err := g.start(&rpcpb.JobStartRequest{Name: "/bin/sh", Args: []string{"-c", shared}})
+	var out, errs string
+	if err == nil {
+		out, errs, _, err = g.wait(id)
+	}
+	charged := "head -c 25165824 /dev/zero > /dev/shm/x; wc -c < /dev/shm/x"
+	req := &rpcpb.JobStartRequest{Name: "/bin/sh", Args: []string{"-c", charged},
+		MaxMemoryUsage: wrapperspb.UInt64(16 << 20)}
+	var mout string
+	var st *rpcpb.JobStatus
+	id2, err2 := g.start(req)
+	if err2 == nil {
+		mout, _, st, err2 = g.wait(id2)
+	}
+	held, _ := strconv.Atoi(strings.TrimSpace(mout))
+	ok := err == nil && out == "0\n1\n" && strings.Contains(errs, "No space left") && err2 == nil &&
+		(held < 24<<20 || st.GetState() == rpcpb.JobStatus_STATE_OOM_KILLED)
+	g.report("esc-tmpfs-total", ok, "20 MiB to /tmp then to /dev/shm: exit codes %q (%s) %v; with 16 MiB of "+
+		"memory, 24 MiB to /dev/shm: it holds %q, job %s %v", out, errorSummary(errs), err, strings.TrimSpace(mout),
+		exitText(st), err2)
 }
 
 // The escapes of issue 15, each tried by contained jobs under the real kernel: one esc-* check per

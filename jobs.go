@@ -33,6 +33,7 @@ type jobsConfig struct {
 	losslessTimeout  time.Duration // a lossless reader that reads nothing this long is demoted
 	outputBudget     int64         // bytes all rings may hold together (budget.go)
 	defaultPids      uint64        // processes of a job whose Start sets no max_pids (-job_max_pids); 0: none
+	tmpTotal         uint64        // bytes all contained jobs' tmpfs may hold, where memory is not there; 0: none
 }
 
 // manager is the job table.
@@ -52,10 +53,16 @@ type manager struct {
 }
 
 func newManager(cg *cgroupFS, cfg jobsConfig) *manager {
-	if cfg.contain != nil && !cg.available["pids"] {
-		// No pids.max to hold the default: each contained job's own uid bounds its processes instead.
+	if cfg.contain != nil {
 		contain := *cfg.contain
-		contain.nproc = cfg.defaultPids
+		if !cg.available["pids"] {
+			// No pids.max to hold the default: each contained job's own uid bounds its processes instead.
+			contain.nproc = cfg.defaultPids
+		}
+		if !cg.available["memory"] && cfg.tmpTotal > 0 {
+			// No memory cgroup to charge a job's tmpfs to: their sizes together are bounded instead.
+			contain.tmpTotal = &tmpBudget{max: cfg.tmpTotal}
+		}
 		cfg.contain = &contain
 	}
 	return &manager{cg: cg, cfg: cfg, pool: newPool(cg, cfg.spareInits, cfg.contain),

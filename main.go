@@ -224,6 +224,9 @@ func serveFlags(fs *flag.FlagSet, c *serveConfig) {
 		"requests in flight at most, in all (a log stream until it ends)")
 	fs.IntVar(&c.conns.maxInflightPerClient, "max_requests_per_client", 128,
 		"requests in flight at most, per client identity (a log stream until it ends)")
+	fs.Uint64Var(&c.tmpTotal, "job_tmp_total", physicalMemory()/2, "bytes the tmpfs of all contained jobs (and "+
+		"spares), -job_tmp_size each, may hold together where the memory controller is missing; 0 for no bound "+
+		"(by default RAM/2, here)")
 	fs.Uint64Var(&c.defaultPids, "job_max_pids", 4096, "processes (threads) a job may have when its Start sets no "+
 		"max_pids: its pids.max, or where the pids controller is missing, RLIMIT_NPROC of a contained job's own uid; "+
 		"0 for no bound")
@@ -240,7 +243,7 @@ func containFlags(fs *flag.FlagSet) func() (*containment, error) {
 		"first host uid (and gid) of contained jobs; each live job has one of its own")
 	uidCount := fs.Uint("job_uid_count", 65536, "how many host uids from -job_uid_first contained jobs may use")
 	tmpSize := fs.Uint64("job_tmp_size", 256<<20,
-		"bytes of each contained job's private /tmp, /var/tmp and /dev/shm (charged to its memory)")
+		"bytes of each contained job's private /tmp, /var/tmp and /dev/shm together (charged to its memory)")
 	var dirs []string
 	fs.Func("job_dirs", "comma-separated root-owned host directories where contained jobs may write: "+
 		"each sees DIR as its own new DIR/<job id>, kept if not empty",

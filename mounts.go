@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -18,22 +19,23 @@ import (
 type mountKind int
 
 const (
-	ownDir mountKind = iota // source (DIR/<id>) made, the job's own, and bound on target (DIR)
-	tmpfs                   // a fresh tmpfs of -job_tmp_size on target
-	bindRO                  // source bound on target read-only and noexec
-	procfs                  // a proc of the job's PID namespace on target
+	ownDir     mountKind = iota // source (DIR/<id>) made, the job's own, and bound on target (DIR)
+	tmpfs                       // a fresh tmpfs of -job_tmp_size on target, its root root's alone
+	scratchDir                  // source made in that tmpfs, mode 1777, and bound on target
+	bindRO                      // source bound on target read-only and noexec
+	procfs                      // a proc of the job's PID namespace on target
 )
 
 // jobMount is one mount a job gets over the host's. Every one is nosuid and nodev.
 type jobMount struct {
 	target   string
-	source   string // ownDir and bindRO: what is bound on target
+	source   string // ownDir, scratchDir and bindRO: what is bound on target
 	kind     mountKind
 	writable bool   // left writable when lockMounts makes every other mount read-only
 	why      string // why the job gets it, and why so
 }
 
-// privateDirs get a fresh tmpfs in each contained job.
+// privateDirs are each contained job's own, in one fresh tmpfs.
 var privateDirs = []string{"/tmp", "/var/tmp", "/dev/shm"}
 
 // jobMounts is the one place a job's mounts are decided: every mount it gets over the host's, in the
@@ -51,16 +53,36 @@ func jobMounts(s initSetup) []jobMount {
 		t = append(t, jobMount{target: d, source: filepath.Join(d, s.Hostname), kind: ownDir, writable: true,
 			why: "-job_dirs: the job writes its own DIR/<id> there, which outlives it; the rest of DIR is hidden"})
 	}
-	for _, d := range privateDirs {
-		if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
-			continue // nothing of the host's to hide there
-		}
-		t = append(t, jobMount{target: d, kind: tmpfs, writable: true,
-			why: "scratch space of the job's own, charged to its memory cgroup; hides the host's"})
-	}
+	t = append(t, scratchMounts()...)
 	t = append(t, jobMount{target: s.Cgroup2, source: s.JobCgroup, kind: bindRO,
 		why: "the job sees its own cgroup and no other one's; read-only, it cannot move a process or raise a limit"})
 	return append(t, proc)
+}
+
+// scratchMounts give the job's /tmp, /var/tmp and /dev/shm one tmpfs of -job_tmp_size between them:
+// it is mounted on the first, each gets a directory in it, and their binds hide the tmpfs' root, the
+// first's bind last (it covers the directories the others are bound from). A directory the host lacks
+// is left out: there is nothing of the host's to hide there.
+func scratchMounts() []jobMount {
+	var dirs []string
+	for _, d := range privateDirs {
+		if fi, err := os.Stat(d); err == nil && fi.IsDir() {
+			dirs = append(dirs, d)
+		}
+	}
+	if len(dirs) == 0 {
+		return nil
+	}
+	anchor := dirs[0]
+	t := []jobMount{{target: anchor, kind: tmpfs,
+		why: "the job's scratch space, one -job_tmp_size for the three, charged to its memory cgroup where " +
+			"there is one (else to -job_tmp_total); its root is hidden under the binds"}}
+	for _, d := range append(dirs[1:], anchor) {
+		name := strings.ReplaceAll(strings.TrimPrefix(d, "/"), "/", "-") // var-tmp
+		t = append(t, jobMount{target: d, source: filepath.Join(anchor, name), kind: scratchDir, writable: true,
+			why: "the job's own, hiding the host's; every user of the job may write it, as a /tmp"})
+	}
+	return t
 }
 
 // makeMounts makes mounts, as the host's root, in the job's mount namespace (its mounts are slaves).
@@ -85,11 +107,19 @@ func makeMount(m jobMount, s initSetup) error {
 		}
 		return bindMount(m.source, m.target, 0)
 	case tmpfs:
-		opts := fmt.Sprintf("mode=1777,size=%d", s.TmpSize)
+		opts := fmt.Sprintf("mode=0700,size=%d", s.TmpSize)
 		if err := unix.Mount("tmpfs", m.target, "tmpfs", flags, opts); err != nil {
 			return fmt.Errorf("mount tmpfs on %s: %w", m.target, err)
 		}
 		return nil
+	case scratchDir: // mode 1777 set after the mkdir, past the umask
+		if err := unix.Mkdir(m.source, 0o1777); err != nil {
+			return fmt.Errorf("mkdir %s: %w", m.source, err)
+		}
+		if err := unix.Chmod(m.source, 0o1777); err != nil {
+			return fmt.Errorf("chmod %s: %w", m.source, err)
+		}
+		return bindMount(m.source, m.target, 0)
 	case bindRO:
 		return bindMount(m.source, m.target, unix.MS_RDONLY|unix.MS_NOEXEC)
 	case procfs:

@@ -34,6 +34,7 @@ type sandbox struct {
 	proc    *proc
 	outputs [2]*os.File  // read ends of the stdout and stderr pipes
 	own     *jobUser     // a contained job's own uid and gid; nil if not contained
+	tmpHeld uint64       // bytes of contain.tmpTotal this sandbox holds
 	contain *containment // where own came from; nil if not contained
 }
 
@@ -43,6 +44,35 @@ type containment struct {
 	tmpSize uint64   // bytes of each private tmpfs
 	dirs    []string // -job_dirs: each job writes its own DIR/<id> there (checkJobDirs)
 	nproc   uint64   // RLIMIT_NPROC of each job, where no pids controller bounds its processes; 0: none
+	// tmpTotal bounds the tmpfs of all sandboxes together where no memory controller charges each to
+	// its job (jobs.go newManager); nil: none.
+	tmpTotal *tmpBudget
+}
+
+// tmpBudget is -job_tmp_total: the bytes that live sandboxes' tmpfs may hold together. A sandbox takes
+// its -job_tmp_size when it is made and gives it back when it is released, all its processes gone.
+type tmpBudget struct {
+	max uint64
+
+	mu   sync.Mutex // guards used
+	used uint64
+}
+
+func (b *tmpBudget) take(n uint64) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.used+n > b.max {
+		return clientErr(errExhausted, "the jobs' /tmp space is all taken: %d of -job_tmp_total %d bytes, and a job "+
+			"needs %d (-job_tmp_size)", b.used, b.max, n)
+	}
+	b.used += n
+	return nil
+}
+
+func (b *tmpBudget) give(n uint64) {
+	b.mu.Lock()
+	b.used -= n
+	b.mu.Unlock()
 }
 
 // pool keeps spare sandboxes ready for Starts.
@@ -159,10 +189,10 @@ func (p *pool) newSandbox() (*sandbox, error) {
 	sb := &sandbox{id: id.String()}
 	setup := initSetup{Hostname: sb.id}
 	if c := p.contain; c != nil {
-		if sb.own, err = c.uids.take(); err != nil {
+		if err := sb.takeOwn(c); err != nil {
 			return nil, err
 		}
-		sb.contain, setup.Own, setup.TmpSize, setup.Dirs, setup.NProc = c, sb.own, c.tmpSize, c.dirs, c.nproc
+		setup.Own, setup.TmpSize, setup.Dirs, setup.NProc = sb.own, c.tmpSize, c.dirs, c.nproc
 	}
 	if err := sb.start(p.cg, setup); err != nil {
 		sb.discard()
@@ -211,7 +241,28 @@ func (sb *sandbox) discard() {
 	sb.release()
 }
 
-// release gives the sandbox's uid back, once no process of it is left, and removes its directories
+// takeOwn takes a uid for the contained sandbox, and its tmpfs from c.tmpTotal where that bounds it.
+// On error it holds neither.
+func (sb *sandbox) takeOwn(c *containment) error {
+	if c.tmpTotal != nil {
+		if err := c.tmpTotal.take(c.tmpSize); err != nil {
+			return err
+		}
+		sb.tmpHeld = c.tmpSize
+	}
+	own, err := c.uids.take()
+	if err != nil {
+		if sb.tmpHeld > 0 {
+			c.tmpTotal.give(sb.tmpHeld)
+			sb.tmpHeld = 0
+		}
+		return err
+	}
+	sb.own, sb.contain = own, c
+	return nil
+}
+
+// release gives the sandbox's uid and tmpfs bytes back, once no process of it is left, and removes its directories
 // in -job_dirs that it left empty (a spare's, always); what a job wrote stays, under its uid.
 func (sb *sandbox) release() {
 	if sb.own != nil {
@@ -220,6 +271,9 @@ func (sb *sandbox) release() {
 		}
 		sb.contain.uids.give(sb.own.UID)
 		sb.own = nil
+		if sb.tmpHeld > 0 {
+			sb.contain.tmpTotal.give(sb.tmpHeld)
+		}
 	}
 }
 
