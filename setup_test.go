@@ -206,3 +206,21 @@ func TestForkRefusedUnfiltered(t *testing.T) {
 		t.Errorf("fork from an unfiltered thread: %v, want it refused", err)
 	}
 }
+
+// BenchmarkJobOwner is what issue 22's user namespace owner adds to each contained Start: the forking
+// thread's change to the job's effective ids and back (creds.go), on a thread of its own.
+func BenchmarkJobOwner(b *testing.B) {
+	requireRoot(b)
+	u := &jobUser{UID: 1879048192 + 4242, GID: 1879048192 + 4243}
+	onOwnThread(func() {
+		for b.Loop() {
+			bits, err := becomeJobOwner(u)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := leaveJobOwner(bits); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -223,7 +223,8 @@ func goBuildStatic(goarch string, args ...string) error {
 	return nil
 }
 
-// vmBoot is how every guest's /init begins: busybox's applets, the mounts, loopback up. The applets'
+// vmBoot is how every guest's /init begins: busybox's applets, the mounts, /dev/shm and /var/tmp as a
+// real system has them (a contained job's scratch directories), loopback up. The applets'
 // links are made in the guest, by the guest's own busybox, which the host may not be able to run.
 const vmBoot = `#!/bin/sh
 /bin/busybox --install -s
@@ -234,6 +235,7 @@ mount -t devtmpfs devtmpfs /dev
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
+mkdir -p /dev/shm /var/tmp
 ip link set lo up
 `
 
