@@ -777,18 +777,8 @@ func (g *e2eGuest) checkMagicLinks() {
 // -job_max_pids, which the guest's pids controller enforces as the job's pids.max, and its Stop
 // leaves nothing (TestContainProcessBound proves the RLIMIT_NPROC way, where there is no controller).
 func (g *e2eGuest) checkDefaultPids() {
-	req := tool("forkbomb", "200", "120s")
-	req.StopGracePeriod = durationpb.New(2 * time.Second)
-	id, err := g.start(req)
-	var line string
-	if err == nil {
-		line, err = g.waitLine(id, "forkbomb ")
-	}
-	if err != nil {
-		g.report("esc-nproc", false, "%v", err)
-		if id != "" {
-			g.stop(id)
-		}
+	id, line, started := g.startBomb("esc-nproc", nil)
+	if !started {
 		return
 	}
 	f := toolFigures(line)
@@ -1656,21 +1646,30 @@ func (g *e2eGuest) checkIO() {
 	}
 }
 
-func (g *e2eGuest) checkPids() {
-	const limit = 24
+// startBomb starts a fork bomb of 200 sleeps (its Start's max_pids maxPids, or none) and returns its
+// "forkbomb" line once it has forked what it could; ok false: the check failed, reported as name.
+func (g *e2eGuest) startBomb(name string, maxPids *wrapperspb.UInt64Value) (id, line string, ok bool) {
 	req := tool("forkbomb", "200", "120s")
-	req.MaxPids = wrapperspb.UInt64(limit)
+	req.MaxPids = maxPids
 	req.StopGracePeriod = durationpb.New(2 * time.Second)
 	id, err := g.start(req)
-	var line string
 	if err == nil {
 		line, err = g.waitLine(id, "forkbomb ")
 	}
 	if err != nil {
-		g.report("pids-max", false, "%v", err)
+		g.report(name, false, "%v", err)
 		if id != "" {
 			g.stop(id)
 		}
+		return "", "", false
+	}
+	return id, line, true
+}
+
+func (g *e2eGuest) checkPids() {
+	const limit = 24
+	id, line, started := g.startBomb("pids-max", wrapperspb.UInt64(limit))
+	if !started {
 		return
 	}
 	f := toolFigures(line)
