@@ -163,9 +163,6 @@ func setUpJob(start *json.Decoder, sigs chan<- os.Signal) (int, *startReport) {
 	}
 	// HOST ROOT, every capability, in the host's user namespace and in new PID, mount, network, UTS
 	// and IPC namespaces (spawn.go). No thread is filtered. The mounts are the host's, shared.
-	//
-	// The command gets fds 0-2 only: not our control pipes, and not whatever rund itself inherited
-	// without O_CLOEXEC from the one that started it (os/exec passes those on). close_range(2).
 	if err := step("close inherited fds", closeInherited); err != nil {
 		return setupFailed(err)
 	}
@@ -173,7 +170,7 @@ func setUpJob(start *json.Decoder, sigs chan<- os.Signal) (int, *startReport) {
 	if err := step("read the setup", func() error { return readSetup(&s) }); err != nil {
 		return setupFailed(err)
 	}
-	contained := s.Own != nil
+	contained := s.Own != nil // the server's choice: it leaves Own out for -unsafe_uncontained_jobs alone
 	if err := step("make mounts slaves", makeMountsSlaves); err != nil {
 		return setupFailed(err)
 	}
@@ -181,8 +178,8 @@ func setUpJob(start *json.Decoder, sigs chan<- os.Signal) (int, *startReport) {
 	if err := step("make the job's mounts", func() error { return makeMounts(mounts, s) }); err != nil {
 		return setupFailed(err)
 	}
-	// MOUNTS MADE: the job's own (jobMounts) over the host's, all writable as far as their modes go,
-	// until they are locked at the Start.
+	// MOUNTS MADE: the job's own (jobMounts) over the host's; the host's writable as they were, until
+	// they are locked at the Start.
 	if err := step("set the hostname", func() error { return unix.Sethostname([]byte(s.Hostname)) }); err != nil {
 		return setupFailed(err)
 	}
@@ -200,9 +197,7 @@ func setUpJob(start *json.Decoder, sigs chan<- os.Signal) (int, *startReport) {
 		return setupFailed(err)
 	}
 	if contained {
-		// Root's supplementary groups: the command's user namespace refuses setgroups, so it could
-		// not drop them itself.
-		if err := step("drop supplementary groups", func() error { return unix.Setgroups(nil) }); err != nil {
+		if err := step("drop supplementary groups", dropGroups); err != nil {
 			return setupFailed(err)
 		}
 		// Where no pids.max bounds the job (jobs.go newManager), its own uid does: RLIMIT_NPROC counts
@@ -226,7 +221,8 @@ func setUpJob(start *json.Decoder, sigs chan<- os.Signal) (int, *startReport) {
 	}
 	// The kernel drops signals to a PID 1 without a handler; rund sends none before the start report.
 	signal.Notify(sigs, forwardedSignals...)
-	// A SPARE, READY: it waits here for its Start. No job code has run.
+	// A SPARE, READY: it waits here for its Start. No job code has run. The Start is read, and the mounts
+	// locked, on another thread, checked to be unfiltered (awaitStart, lockMounts).
 	lock := func() error { return nil }
 	if contained {
 		lock = func() error { return step("lock the mounts", func() error { return lockMounts(mounts) }) }
@@ -238,8 +234,8 @@ func setUpJob(start *json.Decoder, sigs chan<- os.Signal) (int, *startReport) {
 	if lockErr != nil {
 		return setupFailed(lockErr)
 	}
-	// MOUNTS LOCKED (contained): read-only but for the writable ones of jobMounts; the host's mounts
-	// no longer propagate in.
+	// MOUNTS LOCKED (contained): read-only but for the writable ones of jobMounts, and private: the
+	// host's mounts no longer propagate in.
 	path, fail := findCommand(cfg, s.Own) // as the job's own uid: what it could see itself
 	if fail != nil {
 		return 0, fail
@@ -292,12 +288,18 @@ func step(name string, do func() error) error {
 // readSetup reads the init's RUND_INIT (spawn.go).
 func readSetup(s *initSetup) error { return json.Unmarshal([]byte(os.Getenv("RUND_INIT")), s) }
 
+// closeInherited: the command gets fds 0-2 only, not our control pipes, and not whatever rund itself
+// inherited without O_CLOEXEC from the one that started it (os/exec passes those on). close_range(2).
 func closeInherited() error { return unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC) }
 
 // makeMountsSlaves makes every mount a slave of the host's: nothing mounted here shows on the host,
 // while the host's mounts and unmounts still reach a spare that waits (mount_namespaces(7)), which so
 // neither misses a new mount nor pins an unmounted one. A contained job's Start makes them private.
 func makeMountsSlaves() error { return unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, "") }
+
+// dropGroups drops root's supplementary groups: the command's user namespace refuses setgroups, so it
+// could not drop them itself. For the calling thread alone (x/sys Setgroups is the raw call).
+func dropGroups() error { return unix.Setgroups(nil) }
 
 // setNoNewPrivs: no setuid binary or file capability raises what the command may do (prctl(2)).
 func setNoNewPrivs() error { return unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }

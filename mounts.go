@@ -49,7 +49,7 @@ func jobMounts(s initSetup) []jobMount {
 		return []jobMount{proc}
 	}
 	var t []jobMount
-	for _, d := range s.Dirs {
+	for _, d := range s.Dirs { // s.Hostname is the job id, a ULID the server made
 		t = append(t, jobMount{target: d, source: filepath.Join(d, s.Hostname), kind: ownDir, writable: true,
 			why: "-job_dirs: the job writes its own DIR/<id> there, which outlives it; the rest of DIR is hidden"})
 	}
