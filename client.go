@@ -10,6 +10,8 @@ package main
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -541,4 +543,16 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// clientTLS is the client's configuration: it trusts only caFile and wants the ServerAuth EKU.
+func clientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+	cfg, err := tlsFiles(caFile, certFile, keyFile)
+	if err != nil {
+		return nil, err
+	}
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		return requireEKU(cs.VerifiedChains[0][0], x509.ExtKeyUsageServerAuth, "server")
+	}
+	return cfg, nil
 }

@@ -31,37 +31,27 @@ func asJobUser(u *jobUser, check func()) error {
 	if err := unix.Setgroups(nil); err != nil {
 		return fmt.Errorf("setgroups: %w", err)
 	}
-	if err := setFSGID(u.GID); err != nil {
+	if err := setFSID(unix.SetfsgidRetGid, "fsgid", u.GID); err != nil {
 		return err
 	}
-	if err := setFSUID(u.UID); err != nil {
-		return errors.Join(err, setFSGID(0))
+	if err := setFSID(unix.SetfsuidRetUid, "fsuid", u.UID); err != nil {
+		return errors.Join(err, setFSID(unix.SetfsgidRetGid, "fsgid", 0))
 	}
 	check()
-	if err := setFSUID(0); err != nil {
+	if err := setFSID(unix.SetfsuidRetUid, "fsuid", 0); err != nil {
 		return err
 	}
-	return setFSGID(0)
+	return setFSID(unix.SetfsgidRetGid, "fsgid", 0)
 }
 
-// setFSUID sets the thread's fsuid and reads it back. setfsuid(2) reports no error: it returns the
-// previous fsuid whether or not the change took, and a call with -1, never a valid id, changes nothing
-// and returns the one in force.
-func setFSUID(id uint32) error {
-	unix.SetfsuidRetUid(int(id))
-	now, _ := unix.SetfsuidRetUid(-1)
+// setFSID sets the thread's fsuid or fsgid with set (unix.SetfsuidRetUid or SetfsgidRetGid) and reads
+// it back. setfsuid(2) and setfsgid(2) report no error: they return the previous id whether or not the
+// change took, and a call with -1, never a valid id, changes nothing and returns the one in force.
+func setFSID(set func(int) (int, error), name string, id uint32) error {
+	set(int(id))
+	now, _ := set(-1)
 	if now != int(id) {
-		return fmt.Errorf("setfsuid %d: the fsuid is still %d", id, now)
-	}
-	return nil
-}
-
-// setFSGID is setFSUID for the fsgid (setfsgid(2) works the same way).
-func setFSGID(id uint32) error {
-	unix.SetfsgidRetGid(int(id))
-	now, _ := unix.SetfsgidRetGid(-1)
-	if now != int(id) {
-		return fmt.Errorf("setfsgid %d: the fsgid is still %d", id, now)
+		return fmt.Errorf("set%s %d: the %s is still %d", name, id, name, now)
 	}
 	return nil
 }

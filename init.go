@@ -463,22 +463,19 @@ func loopbackUp() error {
 // directories. openat2(2) RESOLVE_NO_MAGICLINKS refuses them with ELOOP; a path that fails so, and
 // resolves without the flag, goes through one. Other failures are left to the checks around it.
 func throughMagicLink(path string) bool {
-	how := unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_MAGICLINKS}
-	fd, err := unix.Openat2(unix.AT_FDCWD, path, &how)
-	if err == nil {
-		unix.Close(fd)
+	if openPath(path, unix.RESOLVE_NO_MAGICLINKS) != unix.ELOOP {
 		return false
 	}
-	if err != unix.ELOOP {
-		return false
-	}
-	how.Resolve = 0
-	fd, err = unix.Openat2(unix.AT_FDCWD, path, &how)
+	return openPath(path, 0) != unix.ELOOP
+}
+
+// openPath opens path with O_PATH and the openat2(2) resolve flags, closes it at once, and returns the error.
+func openPath(path string, resolve uint64) error {
+	fd, err := unix.Openat2(unix.AT_FDCWD, path, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: resolve})
 	if err == nil {
 		unix.Close(fd)
-		return true
 	}
-	return err != unix.ELOOP
+	return err
 }
 
 // lookPath finds the command the way execvp(3) does, but on the job's PATH rather than the server's.

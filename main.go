@@ -280,15 +280,10 @@ func checkJobDirs(dirs []string) error {
 		if err := checkJobDirOwner(d); err != nil {
 			return err
 		}
-		for j, o := range dirs {
-			if j != i && nested(d, o) {
-				return fmt.Errorf("-job_dirs %q: the same as, inside or around %s", d, o)
-			}
-		}
-		// A job's own mounts: its bind would hide its private directories (init.go) or be hidden by
-		// them, and in /proc or /sys the init would make and chown DIR/<id> in a kernel file system
-		// (in /sys/fs/cgroup, a cgroup).
-		for _, o := range slices.Concat(privateDirs, []string{"/proc", "/sys"}) {
+		// The other dirs, and a job's own mounts: its bind would hide its private directories (init.go) or
+		// be hidden by them, and in /proc or /sys the init would make and chown DIR/<id> in a kernel file
+		// system (in /sys/fs/cgroup, a cgroup).
+		for _, o := range slices.Concat(dirs[:i], dirs[i+1:], privateDirs, []string{"/proc", "/sys"}) {
 			if nested(d, o) {
 				return fmt.Errorf("-job_dirs %q: the same as, inside or around %s", d, o)
 			}
@@ -301,14 +296,11 @@ func checkJobDirs(dirs []string) error {
 // on it: the checks below compare paths as strings, and the init binds d itself.
 func checkJobDirPath(d string) error {
 	const want = "want an absolute path other than /, clean and with no symbolic link"
-	if !filepath.IsAbs(d) {
+	if !filepath.IsAbs(d) || d == "/" {
 		return fmt.Errorf("-job_dirs %q: %s", d, want)
 	}
 	if filepath.Clean(d) != d {
 		return fmt.Errorf("-job_dirs %q: %s (its clean form is %s)", d, want, filepath.Clean(d))
-	}
-	if d == "/" {
-		return fmt.Errorf("-job_dirs %q: %s", d, want)
 	}
 	real, err := filepath.EvalSymlinks(d)
 	if err != nil {

@@ -34,7 +34,6 @@ type sandbox struct {
 	proc    *proc
 	outputs [2]*os.File  // read ends of the stdout and stderr pipes
 	own     *jobUser     // a contained job's own uid and gid; nil if not contained
-	tmpHeld uint64       // bytes of contain.tmpTotal this sandbox holds
 	contain *containment // where own came from; nil if not contained
 }
 
@@ -244,19 +243,15 @@ func (sb *sandbox) discard() {
 // takeOwn takes a uid for the contained sandbox, and its tmpfs from c.tmpTotal where that bounds it.
 // On error it holds neither.
 func (sb *sandbox) takeOwn(c *containment) error {
-	if c.tmpTotal != nil {
-		if err := c.tmpTotal.take(c.tmpSize); err != nil {
-			return err
-		}
-		sb.tmpHeld = c.tmpSize
-	}
 	own, err := c.uids.take()
 	if err != nil {
-		if sb.tmpHeld > 0 {
-			c.tmpTotal.give(sb.tmpHeld)
-			sb.tmpHeld = 0
-		}
 		return err
+	}
+	if c.tmpTotal != nil {
+		if err := c.tmpTotal.take(c.tmpSize); err != nil {
+			c.uids.give(own.UID)
+			return err
+		}
 	}
 	sb.own, sb.contain = own, c
 	return nil
@@ -271,8 +266,8 @@ func (sb *sandbox) release() {
 		}
 		sb.contain.uids.give(sb.own.UID)
 		sb.own = nil
-		if sb.tmpHeld > 0 {
-			sb.contain.tmpTotal.give(sb.tmpHeld)
+		if sb.contain.tmpTotal != nil {
+			sb.contain.tmpTotal.give(sb.contain.tmpSize)
 		}
 	}
 }

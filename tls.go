@@ -1,7 +1,8 @@
 package main
 
-// tls.go owns the mutual TLS configuration of both ends: what the server and the client load, and
-// what each requires of the other's certificate. The development PKI is certs.go's.
+// tls.go owns the server's mutual TLS configuration, and what both ends load alike (tlsFiles) and
+// require of the other's certificate (requireEKU); the client's own configuration is client.go's
+// clientTLS, and the development PKI certs.go's.
 //
 // Both ends speak TLS 1.3 only and keep Go's default key exchanges (X25519MLKEM768 first): no curve list
 // is pinned. The server requires a client certificate that chains to -ca and carries the ClientAuth
@@ -93,18 +94,6 @@ func rotatingTLS(ca, cert, key string) (listen *tls.Config, reload func() error,
 	}
 	get := func(*tls.ClientHelloInfo) (*tls.Config, error) { return current.Load(), nil }
 	return &tls.Config{MinVersion: tls.VersionTLS13, GetConfigForClient: get}, reload, reload()
-}
-
-// clientTLS is the client's configuration: it trusts only caFile and wants the ServerAuth EKU.
-func clientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
-	cfg, err := tlsFiles(caFile, certFile, keyFile)
-	if err != nil {
-		return nil, err
-	}
-	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
-		return requireEKU(cs.VerifiedChains[0][0], x509.ExtKeyUsageServerAuth, "server")
-	}
-	return cfg, nil
 }
 
 func requireEKU(c *x509.Certificate, eku x509.ExtKeyUsage, role string) error {
