@@ -121,9 +121,9 @@ func jobOwnerCost() []float64 {
 		for range 100 {
 			t0 := time.Now()
 			for range 200 {
-				bits, err := becomeJobOwner(u)
+				err := becomeJobOwner(u)
 				if err == nil {
-					err = leaveJobOwner(bits)
+					err = leaveJobOwner()
 				}
 				if err != nil {
 					panic(err) // the thread's ids are unknown: stop here

@@ -70,53 +70,63 @@ func ownUserns(sys *syscall.SysProcAttr, u *jobUser) {
 	sys.Credential = &syscall.Credential{NoSetGroups: true}
 }
 
-// secbitNoSetuidFixup is SECBIT_NO_SETUID_FIXUP (linux/securebits.h): a change of the thread's uids
-// leaves its capabilities as they are (capabilities(7), "Effect of user ID changes on capabilities").
-const secbitNoSetuidFixup = 1 << 2
-
 // sysSetresuid and the rest are the calls with 32-bit ids; 32-bit arm numbers them apart (creds_arm.go).
 var sysSetresuid, sysSetresgid, sysGetresuid, sysGetresgid uintptr = unix.SYS_SETRESUID, unix.SYS_SETRESGID,
 	unix.SYS_GETRESUID, unix.SYS_GETRESGID
 
-// becomeJobOwner sets the calling thread's effective uid and gid to the job's own, keeping its
-// capabilities (secbitNoSetuidFixup), so that the user namespace its next clone makes is owned by the
-// job's uid (user_namespaces(7): the owner is the effective uid of the process that creates it). The
-// kernel charges a user's counts in a namespace up the chain of owners (ucounts: inotify instances and
-// watches, mqueue bytes, pending signals, user namespaces, processes), so the job's are charged to its
-// own uid, never to host root. The capabilities are what the fork needs: CAP_DAC_OVERRIDE to clone into
-// the job's cgroup (the kernel checks its cgroup.procs with the caller's ids, clone(2)
-// CLONE_INTO_CGROUP), CAP_SETUID and CAP_SETGID to write the command's uid and gid maps. The command
-// gets neither the securebit nor the capabilities: a new user namespace resets both for the child
-// (kernel/user_namespace.c, set_cred_user_ns). The real and saved uids stay 0, so leaveJobOwner may
-// take root's back.
-func becomeJobOwner(u *jobUser) (securebits int, err error) {
-	securebits, err = unix.PrctlRetInt(unix.PR_GET_SECUREBITS, 0, 0, 0, 0)
-	if err != nil {
-		return 0, fmt.Errorf("read the securebits: %w", err)
-	}
-	if err := unix.Prctl(unix.PR_SET_SECUREBITS, uintptr(securebits|secbitNoSetuidFixup), 0, 0, 0); err != nil {
-		return 0, fmt.Errorf("set SECBIT_NO_SETUID_FIXUP: %w", err)
-	}
+// becomeJobOwner sets the calling thread's effective uid and gid to the job's own, so that the user
+// namespace its next clone makes is owned by the job's uid (user_namespaces(7): the owner is the
+// effective uid of the process that creates it). The kernel charges a user's counts in a namespace up
+// the chain of owners (ucounts: inotify instances and watches, mqueue bytes, pending signals, user
+// namespaces, processes), so the job's are charged to its own uid, never to host root.
+//
+// The fork needs no privilege of root's beyond that, and takes none it has not: the thread takes root's
+// filesystem ids back, with which the kernel checks the clone into the job's root-owned cgroup
+// (clone(2), CLONE_INTO_CGROUP) and the opening of the command's id maps; the maps are those that a
+// namespace's owner may write itself, its own euid and egid (user_namespaces(7)); and its effective
+// capabilities, cleared by the change of euid, are raised again from the permitted set (capset(2)),
+// for kernels that keep user namespaces to CAP_SYS_ADMIN (Debian's kernel.unprivileged_userns_clone).
+// None of it needs a capability that the server's systemd unit leaves out (CAP_SETPCAP,
+// CAP_DAC_OVERRIDE). The command gets none of it: a new user namespace gives its child capabilities
+// there alone (kernel/user_namespace.c, set_cred_user_ns). The real and saved uids stay 0 all along,
+// which is what lets the thread take root's ids back (setfsuid(2), setresuid(2)).
+func becomeJobOwner(u *jobUser) error {
 	if err := setEffectiveIDs(u.UID, u.GID); err != nil {
-		return 0, errors.Join(err, leaveJobOwner(securebits))
+		return errors.Join(err, leaveJobOwner())
 	}
-	return securebits, nil
+	if err := setFSID(unix.SetfsuidRetUid, "fsuid", 0); err != nil {
+		return errors.Join(err, leaveJobOwner())
+	}
+	if err := setFSID(unix.SetfsgidRetGid, "fsgid", 0); err != nil {
+		return errors.Join(err, leaveJobOwner())
+	}
+	if err := raiseCapabilities(); err != nil {
+		return errors.Join(err, leaveJobOwner())
+	}
+	return nil
 }
 
-// leaveJobOwner takes root's effective ids and the thread's securebits as they were back, checked.
-func leaveJobOwner(securebits int) error {
-	if err := setEffectiveIDs(0, 0); err != nil {
-		return err
+// leaveJobOwner takes root's effective ids back, checked; the kernel then raises the effective
+// capabilities to the permitted set, and the filesystem ids follow the effective ones (capabilities(7)).
+func leaveJobOwner() error { return setEffectiveIDs(0, 0) }
+
+// raiseCapabilities sets the calling thread's effective capabilities to its permitted ones (capset(2):
+// within the permitted set no capability is needed).
+func raiseCapabilities() error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capget: %w", err)
 	}
-	if err := unix.Prctl(unix.PR_SET_SECUREBITS, uintptr(securebits), 0, 0, 0); err != nil {
-		return fmt.Errorf("set the securebits back: %w", err)
+	data[0].Effective, data[1].Effective = data[0].Permitted, data[1].Permitted
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capset: %w", err)
 	}
 	return nil
 }
 
 // setEffectiveIDs sets the calling thread's effective uid and gid (the real and saved ones stay), and
-// reads them back. The gid goes first: with the uid first, a thread without the securebit could lose
-// CAP_SETGID before it.
+// reads them back. The gid goes first: the change of euid away from 0 clears CAP_SETGID.
 func setEffectiveIDs(uid, gid uint32) error {
 	keep := ^uintptr(0) // -1: leave that id as it is (setresuid(2))
 	if _, _, e := unix.RawSyscall(sysSetresgid, keep, uintptr(gid), keep); e != 0 {

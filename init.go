@@ -240,22 +240,18 @@ func setUpJob(start *json.Decoder, sigs chan<- os.Signal) (int, *startReport) {
 	if fail != nil {
 		return 0, fail
 	}
-	securebits := 0
 	if contained {
 		// The user namespace that the fork makes is owned by the effective uid of the thread that forks.
-		if err := step("take the job's ids to fork", func() (err error) {
-			securebits, err = becomeJobOwner(s.Own)
-			return err
-		}); err != nil {
+		if err := step("take the job's ids to fork", func() error { return becomeJobOwner(s.Own) }); err != nil {
 			return setupFailed(err)
 		}
 	}
-	// THE JOB'S EFFECTIVE UID AND GID ON THIS THREAD, with its capabilities (contained): the fork.
+	// THE JOB'S EFFECTIVE UID AND GID ON THIS THREAD, root's filesystem ids and capabilities: the fork.
 	pid, err := forkCommand(path, cfg, s.Own)
 	if contained {
 		// Not a step: the command has started. Root's uid was never left (real and saved), so this
 		// cannot fail; if it did, the command is killed and the job does not start.
-		if lerr := leaveJobOwner(securebits); lerr != nil {
+		if lerr := leaveJobOwner(); lerr != nil {
 			if err == nil {
 				syscall.Kill(pid, syscall.SIGKILL)
 			}

@@ -214,11 +214,10 @@ func BenchmarkJobOwner(b *testing.B) {
 	u := &jobUser{UID: 1879048192 + 4242, GID: 1879048192 + 4243}
 	onOwnThread(func() {
 		for b.Loop() {
-			bits, err := becomeJobOwner(u)
-			if err != nil {
+			if err := becomeJobOwner(u); err != nil {
 				b.Fatal(err)
 			}
-			if err := leaveJobOwner(bits); err != nil {
+			if err := leaveJobOwner(); err != nil {
 				b.Fatal(err)
 			}
 		}
