@@ -480,6 +480,12 @@ func probe(what []string) int {
 			probeSyscalls()
 		case "hold-quotas": // inotify instances and message queues, as many as it may, held (ucounts_test.go)
 			holdQuotas()
+		case "fill-inodes": // empty files in /tmp until the tmpfs refuses one (tmp_test.go)
+			n, err := 0, error(nil)
+			for ; err == nil; n++ {
+				err = os.WriteFile(fmt.Sprintf("/tmp/i%d", n), nil, 0o644)
+			}
+			fmt.Printf("files=%d\nfill-error=%v\n", n-1, err)
 		}
 	}
 	return 0

@@ -398,9 +398,8 @@ func findCommand(cfg initConfig, user *jobUser) (path string, fail *startReport)
 			fail = failure(stageDir, err, "working directory %q: %v", cfg.Dir, errnoText(err))
 			return
 		}
-		if throughMagicLink(cfg.Dir) {
-			fail = failure(stageDir, syscall.EINVAL, "working directory %q goes through a magic link of /proc "+
-				"(proc(5): fd, cwd, root, exe); name the directory itself", cfg.Dir)
+		if err := checkNoMagicLink(cfg.Dir); err != nil {
+			fail = failure(stageDir, syscall.EINVAL, "working directory %q %v; name the directory itself", cfg.Dir, err)
 			return
 		}
 		path, err = lookPath(cfg.Argv[0], cfg.Dir, cfg.Env)
@@ -409,9 +408,10 @@ func findCommand(cfg initConfig, user *jobUser) (path string, fail *startReport)
 			fail = failure(stagePath, err, "command %q not found in the job's PATH", cfg.Argv[0])
 		case err != nil:
 			fail = failure(stagePath, err, "command %q: %v", cfg.Argv[0], errnoText(err))
-		case throughMagicLink(path):
-			fail = failure(stagePath, syscall.EINVAL, "command %q (%s) goes through a magic link of /proc "+
-				"(proc(5): fd, cwd, root, exe); name the file itself", cfg.Argv[0], path)
+		default:
+			if err := checkNoMagicLink(path); err != nil {
+				fail = failure(stagePath, syscall.EINVAL, "command %q (%s) %v; name the file itself", cfg.Argv[0], path, err)
+			}
 		}
 	})
 	if err != nil {
@@ -453,21 +453,28 @@ func loopbackUp() error {
 	return nil
 }
 
-// throughMagicLink reports whether path resolves only through a magic link of /proc (/proc/PID/fd/N,
-// cwd, root, exe; proc(5)). Those lead to what a process holds, not to a path: from the forked command,
-// before its exec, to the init's own open files (its cgroup handle, its pipes) and the server's
-// directories. openat2(2) RESOLVE_NO_MAGICLINKS refuses them with ELOOP; a path that fails so, and
-// resolves without the flag, goes through one. Other failures are left to the checks around it.
-func throughMagicLink(path string) bool {
-	if openPath(path, unix.RESOLVE_NO_MAGICLINKS) != unix.ELOOP {
-		return false
+// checkNoMagicLink fails if path resolves through a magic link of /proc (/proc/PID/fd/N, cwd, root,
+// exe; proc(5)). Those lead to what a process holds, not to a path: from the forked command, before its
+// exec, to the init's own open files (its cgroup handle, its pipes) and the server's directories.
+// openat2(2) RESOLVE_NO_MAGICLINKS refuses them with ELOOP. The path resolved a moment ago (the checks
+// before this one), so any other failure means the rule could not be checked (an outer filter that
+// refuses openat2, say), and fails too: closed.
+func checkNoMagicLink(path string) error {
+	err := openPath(path, unix.RESOLVE_NO_MAGICLINKS)
+	if err == nil {
+		return nil
 	}
-	return openPath(path, 0) != unix.ELOOP
+	if err == unix.ELOOP {
+		return errors.New("goes through a magic link of /proc (proc(5): fd, cwd, root, exe)")
+	}
+	return fmt.Errorf("cannot be checked for a magic link of /proc: %v", errnoText(err))
 }
 
-// openPath opens path with O_PATH and the openat2(2) resolve flags, closes it at once, and returns the error.
+// openPath opens path with O_PATH and the openat2(2) resolve flags, closes it at once, and returns the
+// error.
 func openPath(path string, resolve uint64) error {
-	fd, err := unix.Openat2(unix.AT_FDCWD, path, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: resolve})
+	how := &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: resolve}
+	fd, err := unix.Openat2(unix.AT_FDCWD, path, how)
 	if err == nil {
 		unix.Close(fd)
 	}

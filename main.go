@@ -255,6 +255,9 @@ func containFlags(fs *flag.FlagSet) func() (*containment, error) {
 			}
 			return nil, nil
 		}
+		if *tmpSize < 1<<20 { // tmpfs reads size=0 as no bound at all
+			return nil, errors.New("-job_tmp_size must be at least 1 MiB")
+		}
 		uids, err := newUIDRange(uint32(min(*uidFirst, 1<<32-1)), uint32(min(*uidCount, 1<<32-1)))
 		if err != nil {
 			return nil, err

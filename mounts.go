@@ -107,7 +107,8 @@ func makeMount(m jobMount, s initSetup) error {
 		}
 		return bindMount(m.source, m.target, 0)
 	case tmpfs:
-		opts := fmt.Sprintf("mode=0700,size=%d", s.TmpSize)
+		// Inodes and dentries are kernel memory that size= does not count: one inode per 4 KiB of it.
+		opts := fmt.Sprintf("mode=0700,size=%d,nr_inodes=%d", s.TmpSize, max(s.TmpSize/4096, 1024))
 		if err := unix.Mount("tmpfs", m.target, "tmpfs", flags, opts); err != nil {
 			return fmt.Errorf("mount tmpfs on %s: %w", m.target, err)
 		}

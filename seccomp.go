@@ -231,6 +231,9 @@ type seccompNotifResp struct {
 // the top of the file for its lifetime). A clone3 of a thread of this process continues as if
 // unfiltered; any other fails with ENOSYS.
 func superviseClone3(listener int) {
+	// Closed when it ends: a clone3 waiting for an answer then gets ENOSYS (seccomp_unotify(2)), and
+	// the init's own fork fails rather than hangs.
+	defer unix.Close(listener)
 	for {
 		var req seccompNotif // RECV wants it zeroed
 		switch e := notifIoctl(listener, unix.SECCOMP_IOCTL_NOTIF_RECV, unsafe.Pointer(&req)); e {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -20,6 +21,12 @@ func TestContainTmpShared(t *testing.T) {
 	if out != "0\n1\n1\n" || !strings.Contains(errs, "No space left on device") {
 		t.Errorf("40 MiB to /tmp, then 40 MiB to /dev/shm and 1 MiB to /var/tmp: exit codes %q (stderr %q); "+
 			"want 0, 1, 1: one 64 MiB tmpfs for the three", out, errs)
+	}
+	// Its inodes are bounded too (kernel memory that size= does not count): one per 4 KiB of 64 MiB,
+	// the tmpfs' root and the three directories among them.
+	out, errs = readAll(t, a, startJob(t, a, selfCmd(t, "fill-inodes")))
+	if f := facts(out); fmt.Sprint(f["files"]) != "[16380]" || !strings.Contains(out, "no space left") {
+		t.Errorf("empty files in /tmp: %q (stderr %q), want 16380 and then ENOSPC", out, errs)
 	}
 }
 
