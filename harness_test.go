@@ -47,6 +47,8 @@ func TestMain(m *testing.M) {
 			os.Exit(e2eTool(os.Args[2:]))
 		case "seccomp-child":
 			os.Exit(seccompChild(os.Args[2:]))
+		case "filtered":
+			os.Exit(execFiltered(os.Args[2:]))
 		}
 	}
 	// os/signal starts one watcher goroutine at the first Notify, for the life of the process: started

@@ -196,6 +196,7 @@ func setUpJob(start *json.Decoder, sigs chan<- os.Signal) (int, *startReport) {
 	if err := step("join a new session keyring", joinSessionKeyring); err != nil {
 		return setupFailed(err)
 	}
+	var listener, inherited int // the job's filter's clone3 listener; the filters the init had before it
 	if contained {
 		if err := step("drop supplementary groups", dropGroups); err != nil {
 			return setupFailed(err)
@@ -208,24 +209,23 @@ func setUpJob(start *json.Decoder, sigs chan<- os.Signal) (int, *startReport) {
 		}
 		// The filter's rules for our own fork need two Ps (seccomp.go); spawn.go starts us with one.
 		runtime.GOMAXPROCS(2)
-		var listener int
 		if err := step("install the syscall filter", func() (err error) {
-			listener, err = installJobFilter()
+			listener, inherited, err = installJobFilter()
 			return err
 		}); err != nil {
 			return setupFailed(err)
 		}
-		// FILTER INSTALLED ON THIS THREAD: it and what it forks are filtered; the init's other
-		// threads are not (Go starts none from a locked thread, runtime newm).
+		// FILTER INSTALLED ON THIS THREAD: it and what it forks have the job's filter; the init's other
+		// threads do not (Go starts none from a locked thread, runtime newm).
 		go superviseClone3(listener)
 	}
 	// The kernel drops signals to a PID 1 without a handler; rund sends none before the start report.
 	signal.Notify(sigs, forwardedSignals...)
 	// A SPARE, READY: it waits here for its Start. No job code has run. The Start is read, and the mounts
-	// locked, on another thread, checked to be unfiltered (awaitStart, lockMounts).
+	// locked, on another thread, checked to be without the job's filter (awaitStart, lockMounts).
 	lock := func() error { return nil }
 	if contained {
-		lock = func() error { return step("lock the mounts", func() error { return lockMounts(mounts) }) }
+		lock = func() error { return step("lock the mounts", func() error { return lockMounts(mounts, inherited) }) }
 	}
 	cfg, readErr, lockErr := awaitStart(start, lock)
 	if readErr != nil {
@@ -247,7 +247,7 @@ func setUpJob(start *json.Decoder, sigs chan<- os.Signal) (int, *startReport) {
 		}
 	}
 	// THE JOB'S EFFECTIVE UID AND GID ON THIS THREAD, root's filesystem ids and capabilities: the fork.
-	pid, err := forkCommand(path, cfg, s.Own)
+	pid, err := forkCommand(path, cfg, s.Own, inherited)
 	if contained {
 		// Not a step: the command has started. Root's uid was never left (real and saved), so this
 		// cannot fail; if it did, the command is killed and the job does not start.
@@ -372,16 +372,16 @@ func reap(pid int) syscall.WaitStatus {
 }
 
 // forkCommand starts the command as PID 2 in the job's cgroup (fd 5); own is a contained job's uid and
-// gid (nil: uncontained). The command's stdin is the init's own /dev/null (spawn.go gives the init no
+// gid (nil: uncontained), inherited the number of filters the init had before the job's. The command's stdin is the init's own /dev/null (spawn.go gives the init no
 // Stdin, so os/exec opens os.DevNull for it).
-func forkCommand(path string, cfg initConfig, own *jobUser) (int, error) {
+func forkCommand(path string, cfg initConfig, own *jobUser, inherited int) (int, error) {
 	sys := &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: 5}
 	attr := &syscall.ProcAttr{Dir: cfg.Dir, Env: cfg.Env, Files: []uintptr{0, 1, 2}, Sys: sys}
 	if own == nil {
 		return syscall.ForkExec(path, cfg.Argv, attr)
 	}
 	ownUserns(sys, own)
-	return forkExecFiltered(path, cfg.Argv, attr)
+	return forkExecFiltered(path, cfg.Argv, attr, inherited)
 }
 
 // findCommand checks the working directory and finds the command as the job's own uid (nil, an

@@ -526,12 +526,12 @@ func subprocessParent(t *testing.T, tag string) string {
 	return parent
 }
 
-// serverProcess runs this test binary as "rund serve" and returns once it is serving, with its
-// address and a channel of the lines it logs from then on.
-func serverProcess(t *testing.T, pki *testPKI, parent string) (*exec.Cmd, string, <-chan string) {
+// serverProcess runs this test binary as "rund serve" (after the words of pre: "filtered", say) and
+// returns once it is serving, with its address and a channel of the lines it logs from then on.
+func serverProcess(t *testing.T, pki *testPKI, parent string, pre ...string) (*exec.Cmd, string, <-chan string) {
 	t.Helper()
-	c := exec.Command(os.Args[0], "serve", "-addr", "127.0.0.1:0", "-cgroup", parent,
-		"-ca", pki.file("ca.crt"), "-cert", pki.file("server.crt"), "-key", pki.file("server.key"))
+	c := exec.Command(os.Args[0], append(pre, "serve", "-addr", "127.0.0.1:0", "-cgroup", parent,
+		"-ca", pki.file("ca.crt"), "-cert", pki.file("server.crt"), "-key", pki.file("server.key"))...)
 	stderr, _ := c.StderrPipe()
 	if err := c.Start(); err != nil {
 		t.Fatal(err)

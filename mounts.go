@@ -138,12 +138,13 @@ func makeMount(m jobMount, s initSetup) error {
 // ones of jobMounts writable again. A spare stays a slave while it waits, so that it pins no
 // filesystem the host unmounts meanwhile; a running job pins what it saw at its Start, as a container
 // does. Without this, a host mount made after the spare's setup would be writable in the job wherever
-// its modes let "others" write. The filter refuses mount_setattr: this runs on an unfiltered thread,
-// checked, or not at all.
-func lockMounts(mounts []jobMount) error {
+// its modes let "others" write. The job's filter refuses mount_setattr: this runs on a thread without
+// it, checked (inherited is the number of filters the init's threads have without the job's), or not at
+// all.
+func lockMounts(mounts []jobMount, inherited int) error {
 	runtime.LockOSThread() // the check and the mounts on one thread
 	defer runtime.UnlockOSThread()
-	if err := checkUnfiltered(); err != nil {
+	if err := checkNotJobFiltered(inherited); err != nil {
 		return err
 	}
 	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY, Propagation: unix.MS_PRIVATE}
@@ -158,19 +159,6 @@ func lockMounts(mounts []jobMount) error {
 		if err != nil {
 			return fmt.Errorf("make %s writable: %w", m.target, err)
 		}
-	}
-	return nil
-}
-
-// checkUnfiltered fails unless the calling thread is under no seccomp filter (prctl(2) PR_GET_SECCOMP:
-// 0). The caller must be locked to its thread.
-func checkUnfiltered() error {
-	mode, err := unix.PrctlRetInt(unix.PR_GET_SECCOMP, 0, 0, 0, 0)
-	if err != nil {
-		return fmt.Errorf("read this thread's seccomp mode: %w", err)
-	}
-	if mode != 0 {
-		return fmt.Errorf("this thread is under a seccomp filter (mode %d); want an unfiltered one", mode)
 	}
 	return nil
 }

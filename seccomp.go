@@ -37,10 +37,13 @@ package main
 //     check goes on): the init runs with GOGC=off from its start (spawn.go), or forkExecFiltered refuses.
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"syscall"
 	"unsafe"
 
@@ -192,21 +195,56 @@ func ret(k uint32) unix.SockFilter { return unix.SockFilter{Code: unix.BPF_RET |
 
 // installJobFilter installs the job's filter on the calling thread, which must be locked to its
 // goroutine (runtime.LockOSThread) and have no_new_privs set, and returns the listener for clone3
-// (close-on-exec, as seccomp(2) makes it). Only this thread and what it starts from now on are
-// filtered: Go starts new threads of a process from a thread that is not locked (runtime newm).
-func installJobFilter() (listener int, err error) {
+// (close-on-exec, as seccomp(2) makes it) and the number of filters the thread had before (inherited: a
+// service manager's, say). Only this thread and what it starts from now on are filtered: Go starts new
+// threads of a process from a thread that is not locked (runtime newm).
+func installJobFilter() (listener, inherited int, err error) {
+	inherited, err = filterCount()
+	if err != nil {
+		return -1, 0, err
+	}
 	prog, err := jobFilter()
 	if err != nil {
-		return -1, err
+		return -1, 0, err
 	}
 	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
 	fd, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER,
 		unix.SECCOMP_FILTER_FLAG_NEW_LISTENER, uintptr(unsafe.Pointer(&fprog)))
 	runtime.KeepAlive(prog)
 	if e != 0 {
-		return -1, fmt.Errorf("install the job's seccomp filter: %w", e)
+		return -1, 0, fmt.Errorf("install the job's seccomp filter: %w", e)
 	}
-	return int(fd), nil
+	return int(fd), inherited, nil
+}
+
+// filterCount is the calling thread's number of seccomp filters (proc(5): /proc/thread-self/status,
+// "Seccomp_filters", Linux 5.9). A thread of the init has the ones it inherited, and the forking thread
+// one more, the job's: the count tells them apart, where the seccomp mode (2 under any filter) would
+// not under a service manager that filters rund itself. The caller must be locked to its thread.
+func filterCount() (int, error) {
+	data, err := os.ReadFile("/proc/thread-self/status")
+	if err != nil {
+		return 0, fmt.Errorf("count this thread's seccomp filters: %w", err)
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "Seccomp_filters:"); ok {
+			return strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	return 0, errors.New("count this thread's seccomp filters: no Seccomp_filters in /proc/thread-self/status")
+}
+
+// checkNotJobFiltered fails unless the calling thread, locked to its goroutine, has only the inherited
+// filters, not the job's.
+func checkNotJobFiltered(inherited int) error {
+	n, err := filterCount()
+	if err != nil {
+		return err
+	}
+	if n != inherited {
+		return fmt.Errorf("this thread has %d seccomp filters, the job's among them; want the %d inherited", n, inherited)
+	}
+	return nil
 }
 
 // seccompNotif is struct seccomp_notif, and seccompNotifResp struct seccomp_notif_resp
@@ -263,9 +301,10 @@ func ownThread(tid uint32) bool {
 
 // forkExecFiltered is syscall.ForkExec from the goroutine that installed the job's filter, refused
 // unless clear of the deadlocks at the top of the file (two Ps or more, and the collector off: GOGC=off,
-// spawn.go, so that no collection can be on its way) and unless the calling thread is filtered: what
-// it forks inherits its filter, and an unfiltered command must never start.
-func forkExecFiltered(path string, argv []string, attr *syscall.ProcAttr) (pid int, err error) {
+// spawn.go, so that no collection can be on its way) and unless the calling thread has the job's filter
+// on top of the inherited ones: what it forks inherits its filters, and an unfiltered command must
+// never start.
+func forkExecFiltered(path string, argv []string, attr *syscall.ProcAttr, inherited int) (pid int, err error) {
 	procs := runtime.GOMAXPROCS(0)
 	// SetGCPercent is the only way to read GOGC, and it sets it too: to -1 (off), which it already is.
 	gc := debug.SetGCPercent(-1)
@@ -273,10 +312,13 @@ func forkExecFiltered(path string, argv []string, attr *syscall.ProcAttr) (pid i
 		return 0, fmt.Errorf("fork %s under the job's seccomp filter: GOMAXPROCS %d and GOGC %d, want 2 or more and off",
 			path, procs, gc)
 	}
-	mode, err := unix.PrctlRetInt(unix.PR_GET_SECCOMP, 0, 0, 0, 0)
-	if err != nil || mode != 2 { // 2: SECCOMP_MODE_FILTER
-		return 0, fmt.Errorf("fork %s under the job's seccomp filter: this thread's seccomp mode is %d (%v), want 2",
-			path, mode, err)
+	n, err := filterCount()
+	if err != nil {
+		return 0, err
+	}
+	if n != inherited+1 {
+		return 0, fmt.Errorf("fork %s under the job's seccomp filter: this thread has %d filters, want %d",
+			path, n, inherited+1)
 	}
 	return syscall.ForkExec(path, argv, attr)
 }

@@ -194,7 +194,7 @@ func seccompChild(argv []string) int {
 		fmt.Fprintln(os.Stderr, "seccomp-child:", err)
 		return 125
 	}
-	listener, err := installJobFilter()
+	listener, inherited, err := installJobFilter()
 	if err != nil { // EINVAL: no listeners (Linux < 5.0); EBUSY: a filter above ours has one
 		fmt.Fprintln(os.Stderr, "seccomp-child:", err)
 		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EBUSY) {
@@ -203,7 +203,7 @@ func seccompChild(argv []string) int {
 		return 125
 	}
 	go superviseClone3(listener)
-	ws, err := startWait(cg, argv)
+	ws, err := startWait(cg, argv, inherited)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "seccomp-child: start %s: %v\n", argv[0], err)
 		return 125
@@ -212,9 +212,9 @@ func seccompChild(argv []string) int {
 }
 
 // startWait starts argv into cgroup cg with clone3 (CLONE_INTO_CGROUP), as the init does, and waits for it.
-func startWait(cg int, argv []string) (syscall.WaitStatus, error) {
+func startWait(cg int, argv []string, inherited int) (syscall.WaitStatus, error) {
 	pid, err := forkExecFiltered(argv[0], argv, &syscall.ProcAttr{Env: os.Environ(), Files: []uintptr{0, 1, 2},
-		Sys: &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cg}})
+		Sys: &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cg}}, inherited)
 	var ws syscall.WaitStatus
 	if err == nil {
 		_, err = syscall.Wait4(pid, &ws, 0, nil)

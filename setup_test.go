@@ -163,12 +163,19 @@ func TestAsJobUserFailsClosed(t *testing.T) {
 	}
 }
 
-// TestCheckUnfiltered: the thread that locks the mounts is checked to be unfiltered (lockMounts), and
-// one with a filter is refused, whatever the filter allows.
-func TestCheckUnfiltered(t *testing.T) {
-	var before, after error
+// TestCheckNotJobFiltered: the thread that locks the mounts is checked to be without the job's filter
+// (lockMounts), by its count of filters, and one with a filter more than it inherited is refused,
+// whatever that filter allows. (A count, not the seccomp mode: under systemd every thread of rund has
+// filters, the service's.)
+func TestCheckNotJobFiltered(t *testing.T) {
+	var before, after, count error
 	onOwnThread(func() {
-		before = checkUnfiltered()
+		inherited, err := filterCount()
+		if err != nil {
+			count = err
+			return
+		}
+		before = checkNotJobFiltered(inherited)
 		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 			after = err
 			return
@@ -181,13 +188,16 @@ func TestCheckUnfiltered(t *testing.T) {
 			after = fmt.Errorf("install a filter: %w", e)
 			return
 		}
-		after = checkUnfiltered()
+		after = checkNotJobFiltered(inherited)
 	})
-	if before != nil {
-		t.Errorf("an unfiltered thread: %v, want it accepted", before)
+	if count != nil {
+		t.Fatal(count)
 	}
-	if after == nil || !strings.Contains(after.Error(), "under a seccomp filter") {
-		t.Errorf("a filtered thread: %v, want it refused", after)
+	if before != nil {
+		t.Errorf("a thread with its inherited filters: %v, want it accepted", before)
+	}
+	if after == nil || !strings.Contains(after.Error(), "the job's among them") {
+		t.Errorf("a thread with one more filter: %v, want it refused", after)
 	}
 }
 
@@ -200,10 +210,15 @@ func TestForkRefusedUnfiltered(t *testing.T) {
 	gc := debug.SetGCPercent(-1)
 	defer debug.SetGCPercent(gc)
 	onOwnThread(func() {
-		_, err = forkExecFiltered("/bin/true", []string{"true"}, &syscall.ProcAttr{})
+		inherited, cerr := filterCount()
+		if cerr != nil {
+			err = cerr
+			return
+		}
+		_, err = forkExecFiltered("/bin/true", []string{"true"}, &syscall.ProcAttr{}, inherited)
 	})
-	if err == nil || !strings.Contains(err.Error(), "seccomp mode is 0") {
-		t.Errorf("fork from an unfiltered thread: %v, want it refused", err)
+	if err == nil || !strings.Contains(err.Error(), "filters, want") {
+		t.Errorf("fork from a thread without the job's filter: %v, want it refused", err)
 	}
 }
 
@@ -222,4 +237,39 @@ func BenchmarkJobOwner(b *testing.B) {
 			}
 		}
 	})
+}
+
+// execFiltered is the test binary's "filtered ARGS...": it puts an allow-all seccomp filter on every
+// thread of this process, as systemd's SystemCallFilter= puts its own on rund's, and execs itself with
+// ARGS, which keeps it (seccomp(2)).
+func execFiltered(args []string) int {
+	allow := []unix.SockFilter{ret(unix.SECCOMP_RET_ALLOW)}
+	prog := unix.SockFprog{Len: 1, Filter: &allow[0]}
+	_, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC,
+		uintptr(unsafe.Pointer(&prog)))
+	runtime.KeepAlive(allow)
+	if e != 0 {
+		fmt.Fprintln(os.Stderr, "filtered: install a filter:", e)
+		return 1
+	}
+	err := syscall.Exec("/proc/self/exe", append([]string{os.Args[0]}, args...), os.Environ())
+	fmt.Fprintln(os.Stderr, "filtered: exec:", err)
+	return 1
+}
+
+// TestContainUnderInheritedFilter: a server that a service manager already filters (every thread of
+// it under a filter of its own, as under the shipped systemd unit) runs contained jobs, with the job's
+// filter on top of the inherited one. The init tells its threads apart by their count of filters;
+// by the seccomp mode, every one of them looked filtered, and every Start failed (the systemd suite).
+func TestContainUnderInheritedFilter(t *testing.T) {
+	parent := subprocessParent(t, "filtered")
+	pki := newTestPKI(t)
+	srv, addr, _ := serverProcess(t, pki, parent, "filtered")
+	defer func() { srv.Process.Signal(syscall.SIGTERM); srv.Wait() }()
+	a := (&testServer{addr: addr, pki: pki}).dialAs(t, "a")
+	out, errs := readAll(t, a, startJob(t, a, cmd("grep", "^Seccomp_filters:", "/proc/self/status")))
+	if out != "Seccomp_filters:\t2\n" {
+		t.Errorf("a contained job under a filtered server: %q (stderr %q), want 2 filters: the inherited and the job's",
+			out, errs)
+	}
 }
