@@ -236,7 +236,7 @@ func setUpJob(start *json.Decoder, sigs chan<- os.Signal) (int, *startReport) {
 	}
 	// MOUNTS LOCKED (contained): read-only but for the writable ones of jobMounts, and private: the
 	// host's mounts no longer propagate in.
-	path, fail := findCommand(cfg, s.Own) // as the job's own uid: what it could see itself
+	path, fail := findCommand(&cfg, s.Own) // as the job's own uid: what it could see itself
 	if fail != nil {
 		return 0, fail
 	}
@@ -372,8 +372,9 @@ func reap(pid int) syscall.WaitStatus {
 }
 
 // forkCommand starts the command as PID 2 in the job's cgroup (fd 5); own is a contained job's uid and
-// gid (nil: uncontained), inherited the number of filters the init had before the job's. The command's stdin is the init's own /dev/null (spawn.go gives the init no
-// Stdin, so os/exec opens os.DevNull for it).
+// gid (nil: uncontained), inherited the number of filters the init had before the job's. The command's
+// stdin is the init's own /dev/null (spawn.go gives the init no Stdin, so os/exec opens os.DevNull
+// for it).
 func forkCommand(path string, cfg initConfig, own *jobUser, inherited int) (int, error) {
 	sys := &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: 5}
 	attr := &syscall.ProcAttr{Dir: cfg.Dir, Env: cfg.Env, Files: []uintptr{0, 1, 2}, Sys: sys}
@@ -387,37 +388,48 @@ func forkCommand(path string, cfg initConfig, own *jobUser, inherited int) (int,
 // findCommand checks the working directory and finds the command as the job's own uid (nil, an
 // uncontained job: as root): what the checks see is what the command could, so a refusal tells the
 // client nothing more about the host (checked as root, "-dir /root/x" told "not a directory" from "no
-// such file"; issue 15).
-func findCommand(cfg initConfig, user *jobUser) (path string, fail *startReport) {
+// such file"; issue 15). cfg.Dir becomes the directory, and path the command, with every link resolved
+// (resolvePath).
+func findCommand(cfg *initConfig, user *jobUser) (path string, fail *startReport) {
 	err := asJobUser(user, func() {
-		fi, err := os.Stat(cfg.Dir)
+		dir, err := resolvePath(cfg.Dir)
+		if err != nil {
+			fail = pathFailure(stageDir, "working directory", cfg.Dir, err)
+			return
+		}
+		fi, err := os.Stat(dir)
 		if err == nil && !fi.IsDir() {
 			err = syscall.ENOTDIR
 		}
 		if err != nil {
-			fail = failure(stageDir, err, "working directory %q: %v", cfg.Dir, errnoText(err))
+			fail = pathFailure(stageDir, "working directory", cfg.Dir, err)
 			return
 		}
-		if err := checkNoMagicLink(cfg.Dir); err != nil {
-			fail = failure(stageDir, syscall.EINVAL, "working directory %q %v; name the directory itself", cfg.Dir, err)
-			return
-		}
-		path, err = lookPath(cfg.Argv[0], cfg.Dir, cfg.Env)
-		switch {
-		case errors.Is(err, syscall.ENOENT) && !strings.Contains(cfg.Argv[0], "/"):
+		cfg.Dir = dir
+		found, err := lookPath(cfg.Argv[0], dir, cfg.Env)
+		if errors.Is(err, syscall.ENOENT) && !strings.Contains(cfg.Argv[0], "/") {
 			fail = failure(stagePath, err, "command %q not found in the job's PATH", cfg.Argv[0])
-		case err != nil:
-			fail = failure(stagePath, err, "command %q: %v", cfg.Argv[0], errnoText(err))
-		default:
-			if err := checkNoMagicLink(path); err != nil {
-				fail = failure(stagePath, syscall.EINVAL, "command %q (%s) %v; name the file itself", cfg.Argv[0], path, err)
-			}
+			return
+		}
+		if err == nil {
+			path, err = resolvePath(found)
+		}
+		if err != nil {
+			fail = pathFailure(stagePath, "command", cfg.Argv[0], err)
 		}
 	})
 	if err != nil {
 		return "", failure(stageSetup, err, "take the job user's ids: %v", err)
 	}
 	return path, fail
+}
+
+// pathFailure is the report of a working directory or command that the job cannot use.
+func pathFailure(st stage, what, name string, err error) *startReport {
+	if errors.Is(err, errMagicLink) {
+		return failure(st, syscall.EINVAL, "%s %q: %v; name it itself", what, name, err)
+	}
+	return failure(st, err, "%s %q: %v", what, name, errnoText(err))
 }
 
 func failure(st stage, err error, format string, args ...any) *startReport {
@@ -453,21 +465,24 @@ func loopbackUp() error {
 	return nil
 }
 
-// checkNoMagicLink fails if path resolves through a magic link of /proc (/proc/PID/fd/N, cwd, root,
-// exe; proc(5)). Those lead to what a process holds, not to a path: from the forked command, before its
-// exec, to the init's own open files (its cgroup handle, its pipes) and the server's directories.
-// openat2(2) RESOLVE_NO_MAGICLINKS refuses them with ELOOP. The path resolved a moment ago (the checks
-// before this one), so any other failure means the rule could not be checked (an outer filter that
-// refuses openat2, say), and fails too: closed.
-func checkNoMagicLink(path string) error {
-	err := openPath(path, unix.RESOLVE_NO_MAGICLINKS)
-	if err == nil {
-		return nil
+// errMagicLink is resolvePath's refusal of a magic link.
+var errMagicLink = errors.New("goes through a magic link of /proc (proc(5): fd, cwd, root, exe)")
+
+// resolvePath returns path with every symbolic link resolved by its text (filepath.EvalSymlinks), so
+// that the fork uses a path with no link at all: no magic link of /proc (/proc/PID/fd/N, cwd, root, exe;
+// proc(5)) can take it to what a process holds rather than to a path, which from the forked command,
+// before its exec, would be the init's own open files (its cgroup handle, its pipes) and the server's
+// directories. A magic link's text, resolved as a path, leads only where the job could go by name.
+// Where openat2(2) is allowed, a path that needs a magic link is refused by name first:
+// RESOLVE_NO_MAGICLINKS fails it with ELOOP. (systemd's RestrictSUIDSGID= refuses openat2 with
+// ENOSYS, since its flags cannot be filtered: there, the resolution holds alone.)
+func resolvePath(path string) (string, error) {
+	noMagic := openPath(path, unix.RESOLVE_NO_MAGICLINKS)
+	plain := openPath(path, 0)
+	if noMagic == unix.ELOOP && plain != unix.ELOOP {
+		return "", errMagicLink
 	}
-	if err == unix.ELOOP {
-		return errors.New("goes through a magic link of /proc (proc(5): fd, cwd, root, exe)")
-	}
-	return fmt.Errorf("cannot be checked for a magic link of /proc: %v", errnoText(err))
+	return filepath.EvalSymlinks(path)
 }
 
 // openPath opens path with O_PATH and the openat2(2) resolve flags, closes it at once, and returns the
