@@ -18,6 +18,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // setupSteps are the names of setUpJob's steps, read from init.go: a step added there is tested here
@@ -239,12 +241,14 @@ func BenchmarkJobOwner(b *testing.B) {
 	})
 }
 
-// execFiltered is the test binary's "filtered ARGS...": it puts an allow-all seccomp filter on every
-// thread of this process, as systemd's SystemCallFilter= puts its own on rund's, and execs itself with
-// ARGS, which keeps it (seccomp(2)).
+// execFiltered is the test binary's "filtered ARGS...": it puts a seccomp filter on every thread of
+// this process, as systemd's unit puts its own on rund's, and execs itself with ARGS, which keeps it
+// (seccomp(2)). Like systemd's RestrictSUIDSGID=, the filter fails openat2 with ENOSYS and allows the
+// rest.
 func execFiltered(args []string) int {
-	allow := []unix.SockFilter{ret(unix.SECCOMP_RET_ALLOW)}
-	prog := unix.SockFprog{Len: 1, Filter: &allow[0]}
+	allow := []unix.SockFilter{load(dataNr), jump(unix.BPF_JEQ, unix.SYS_OPENAT2, 0, 1),
+		ret(unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)), ret(unix.SECCOMP_RET_ALLOW)}
+	prog := unix.SockFprog{Len: uint16(len(allow)), Filter: &allow[0]}
 	_, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC,
 		uintptr(unsafe.Pointer(&prog)))
 	runtime.KeepAlive(allow)
@@ -258,9 +262,10 @@ func execFiltered(args []string) int {
 }
 
 // TestContainUnderInheritedFilter: a server that a service manager already filters (every thread of
-// it under a filter of its own, as under the shipped systemd unit) runs contained jobs, with the job's
-// filter on top of the inherited one. The init tells its threads apart by their count of filters;
-// by the seccomp mode, every one of them looked filtered, and every Start failed (the systemd suite).
+// it under a filter of its own, as under the shipped systemd unit, openat2 refused) runs contained
+// jobs, with the job's filter on top of the inherited one. The init tells its threads apart by their
+// count of filters; by the seccomp mode, every one of them looked filtered, and every Start failed (the
+// systemd suite), as every Start did when openat2 failing refused every path.
 func TestContainUnderInheritedFilter(t *testing.T) {
 	parent := subprocessParent(t, "filtered")
 	pki := newTestPKI(t)
@@ -271,5 +276,11 @@ func TestContainUnderInheritedFilter(t *testing.T) {
 	if out != "Seccomp_filters:\t2\n" {
 		t.Errorf("a contained job under a filtered server: %q (stderr %q), want 2 filters: the inherited and the job's",
 			out, errs)
+	}
+	// Without openat2, a magic link is still not followed: its text leads nowhere the job cannot go.
+	req := cmd("ls")
+	req.Dir = "/proc/self/fd/5"
+	if _, err := a.Start(ctx(t), req); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("-dir /proc/self/fd/5 under a server without openat2: %v, want InvalidArgument", err)
 	}
 }
