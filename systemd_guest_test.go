@@ -69,14 +69,16 @@ type sdVariant struct {
 // that change the others.
 const sdServe = "ExecStart=\nExecStart=/usr/local/bin/rund serve -ca /etc/rund/ca.crt -cert /etc/rund/server.crt -key /etc/rund/server.key $RUND_FLAGS"
 
-// sdVariants: the options contrib/rund.service leaves off, each turned on; and an uncontained server,
-// which needs no CAP_KILL either.
+// sdVariants: the options contrib/rund.service leaves off, each turned on, and each capability it
+// keeps, taken out; and an uncontained server.
 var sdVariants = []sdVariant{
 	{"uncontained", sdServe + " -cgroup /sys/fs/cgroup/system.slice/rund.service/jobs -unsafe_uncontained_jobs", "works"},
-	{"off-Caps-SYS_ADMIN", "CapabilityBoundingSet=\nCapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_NET_ADMIN", "breaks"},
-	{"off-Caps-SETUID", "CapabilityBoundingSet=\nCapabilityBoundingSet=CAP_SYS_ADMIN CAP_SETGID CAP_NET_ADMIN", "breaks"},
-	{"off-Caps-SETGID", "CapabilityBoundingSet=\nCapabilityBoundingSet=CAP_SYS_ADMIN CAP_SETUID CAP_NET_ADMIN", "breaks"},
-	{"off-Caps-NET_ADMIN", "CapabilityBoundingSet=\nCapabilityBoundingSet=CAP_SYS_ADMIN CAP_SETUID CAP_SETGID", "breaks"},
+	{"off-Caps-SYS_ADMIN", "CapabilityBoundingSet=\nCapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_NET_ADMIN CAP_KILL", "breaks"},
+	{"off-Caps-SETUID", "CapabilityBoundingSet=\nCapabilityBoundingSet=CAP_SYS_ADMIN CAP_SETGID CAP_NET_ADMIN CAP_KILL", "breaks"},
+	{"off-Caps-SETGID", "CapabilityBoundingSet=\nCapabilityBoundingSet=CAP_SYS_ADMIN CAP_SETUID CAP_NET_ADMIN CAP_KILL", "breaks"},
+	{"off-Caps-NET_ADMIN", "CapabilityBoundingSet=\nCapabilityBoundingSet=CAP_SYS_ADMIN CAP_SETUID CAP_SETGID CAP_KILL", "breaks"},
+	// A Stop's SIGTERM no longer reaches the command: it is killed at the grace period's end.
+	{"off-Caps-KILL", "CapabilityBoundingSet=\nCapabilityBoundingSet=CAP_SYS_ADMIN CAP_SETUID CAP_SETGID CAP_NET_ADMIN", "breaks"},
 	{"off-ProtectControlGroups", "ProtectControlGroups=yes", "breaks"},
 	{"off-ProtectControlGroups-private", "ProtectControlGroups=private\n" + sdServe + " -cgroup /sys/fs/cgroup/jobs", "breaks"},
 	{"off-RestrictNamespaces", "RestrictNamespaces=yes", "breaks"},
