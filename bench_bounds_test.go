@@ -22,7 +22,8 @@ import (
 func (b *bench) boundsServer(name string, extra ...string) *benchProc {
 	parent := b.cgroup(name)
 	serve := exec.Command(b.rund, append([]string{"serve", "-addr", "127.0.0.1:0", "-cgroup", parent,
-		"-ca", b.pki.file("ca.crt"), "-cert", b.pki.file("server.crt"), "-key", b.pki.file("server.key")}, extra...)...)
+		"-ca", b.pki.file("ca.crt"), "-cert", b.pki.file("server.crt"), "-key", b.pki.file("server.key"),
+		"-job_tmp_total", "0"}, extra...)...) // the edge's bounds alone, not /tmp's (rundServer)
 	serve.Env = []string{}
 	return benchStartProc(b.t, "rund", parent, serve)
 }
