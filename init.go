@@ -478,9 +478,11 @@ var errMagicLink = errors.New("goes through a magic link of /proc (proc(5): fd, 
 // ENOSYS, since its flags cannot be filtered: there, the resolution holds alone.)
 func resolvePath(path string) (string, error) {
 	noMagic := openPath(path, unix.RESOLVE_NO_MAGICLINKS)
-	plain := openPath(path, 0)
-	if noMagic == unix.ELOOP && plain != unix.ELOOP {
-		return "", errMagicLink
+	if noMagic == unix.ELOOP {
+		plain := openPath(path, 0) // without the flag: only a magic link, not a loop, resolves now
+		if plain != unix.ELOOP {
+			return "", errMagicLink
+		}
 	}
 	return filepath.EvalSymlinks(path)
 }
