@@ -556,3 +556,22 @@ func clientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
 	}
 	return cfg, nil
 }
+
+// unknownCommand says that name is none of names, and which one it is nearest to: the one that starts
+// with the most of it, two letters at least.
+func unknownCommand(name string, names []string) error {
+	best, most := "", 1
+	for _, n := range names {
+		k := 0
+		for k < min(len(n), len(name)) && n[k] == name[k] {
+			k++
+		}
+		if k > most {
+			best, most = n, k
+		}
+	}
+	if best != "" {
+		return fmt.Errorf("unknown command %q; did you mean %q?", name, best)
+	}
+	return fmt.Errorf("unknown command %q; the commands are %s", name, strings.Join(names, ", "))
+}

@@ -332,21 +332,16 @@ func warmJSON() {
 // a locked thread waiting on the pipe itself would cost a wakeup at the Start. readErr is the pipe's
 // (rund is gone); lock runs only after a Start.
 func awaitStart(start *json.Decoder, lock func() error) (cfg initConfig, readErr, lockErr error) {
-	type result struct {
-		cfg              initConfig
-		readErr, lockErr error
-	}
-	done := make(chan result)
+	done := make(chan struct{})
 	go func() {
-		var r result
-		r.readErr = start.Decode(&r.cfg)
-		if r.readErr == nil {
-			r.lockErr = lock()
+		defer close(done) // what it sets is this function's to read from then on
+		readErr = start.Decode(&cfg)
+		if readErr == nil {
+			lockErr = lock()
 		}
-		done <- r
 	}()
-	r := <-done
-	return r.cfg, r.readErr, r.lockErr
+	<-done
+	return cfg, readErr, lockErr
 }
 
 // initPipe wraps one of the init's pipes for the runtime's poller. os/exec hands them over blocking, and

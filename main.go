@@ -92,25 +92,6 @@ func parseArgs(fs *flag.FlagSet, args []string, head string) (code int, ok bool)
 	return 0, true
 }
 
-// unknownCommand says that name is none of names, and which one it is nearest to: the one that starts
-// with the most of it, two letters at least.
-func unknownCommand(name string, names []string) error {
-	best, most := "", 1
-	for _, n := range names {
-		k := 0
-		for k < min(len(n), len(name)) && n[k] == name[k] {
-			k++
-		}
-		if k > most {
-			best, most = n, k
-		}
-	}
-	if best != "" {
-		return fmt.Errorf("unknown command %q; did you mean %q?", name, best)
-	}
-	return fmt.Errorf("unknown command %q; the commands are %s", name, strings.Join(names, ", "))
-}
-
 // defaultFile is where a certificate or key is looked for when no flag or variable names it:
 // ./tls/name if it is there (a checkout after make run), else name in configDir.
 func defaultFile(name string) string {
@@ -190,8 +171,7 @@ func runServe(args []string) int {
 		return 2
 	}
 	c.contain = contained
-	err = serve(c)
-	if err != nil {
+	if err := serve(c); err != nil {
 		log.Printf("rund serve: %v", err)
 		return 1
 	}

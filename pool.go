@@ -8,9 +8,10 @@ package main
 // costs one waiting init process and three empty cgroups. With size 0 every take makes a fresh one.
 //
 // Goroutines (who starts, what ends, who waits):
-//   - warm: started by newPool when size > 0; ends when close closes quit; close waits (p.wg).
+//   - fill: started by refill (newPool's first) when the pool is short of spares and no fill runs
+//     (p.filling); ends once it is full or closed, or a spare cannot be made; close waits (p.wg).
 //   - one refill timer per started job (time.AfterFunc, jobs.go start): after refillDelay it runs
-//     refill, which never blocks, and ends; nothing waits for it. A nudge after close is never read.
+//     refill, which never blocks, and ends; nothing waits for it. A refill after close starts nothing.
 //
 // p.mu is never held with another lock, nor across a sandbox's making or removal.
 
@@ -80,13 +81,12 @@ type pool struct {
 	size    int          // spares kept ready
 	contain *containment // read-only
 
-	mu     sync.Mutex // guards spares and closed
-	spares []*sandbox // ready for a Start, oldest first; at most size
-	closed bool       // close has begun: nothing is added to spares
+	mu      sync.Mutex // guards spares, filling and closed
+	spares  []*sandbox // ready for a Start, oldest first; at most size
+	filling bool       // fill runs
+	closed  bool       // close has begun: no fill starts
 
-	wake chan struct{}  // a nudge to warm to refill; buffered, one pending nudge is enough
-	quit chan struct{}  // closed by close
-	wg   sync.WaitGroup // warm
+	wg sync.WaitGroup // fill
 }
 
 // refillDelay is how long a taken spare's replacement waits for the job that took it to be gone (its
@@ -97,11 +97,8 @@ type pool struct {
 const refillDelay = 100 * time.Millisecond
 
 func newPool(cg *cgroupFS, size int, contain *containment) *pool {
-	p := &pool{cg: cg, size: size, contain: contain, wake: make(chan struct{}, 1), quit: make(chan struct{})}
-	if size > 0 {
-		p.wake <- struct{}{}
-		p.wg.Go(p.warm)
-	}
+	p := &pool{cg: cg, size: size, contain: contain}
+	p.refill()
 	return p
 }
 
@@ -119,61 +116,47 @@ func (p *pool) take() (sb *sandbox, err error) {
 	return sb, err
 }
 
-// refill nudges warm to make up the spares.
+// refill starts fill to make up the spares, unless it runs already or none is missing.
 func (p *pool) refill() {
-	select {
-	case p.wake <- struct{}{}:
-	default: // a nudge is pending already
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.filling && p.short() {
+		p.filling = true
+		p.wg.Go(p.fill) // under mu: once close has set closed, no fill starts that it does not wait for
 	}
 }
 
-// warm keeps size spares ready until close.
-func (p *pool) warm() {
-	for {
-		select {
-		case <-p.quit:
-			return
-		case <-p.wake:
-		}
-		p.fill()
-	}
-}
+// short reports whether the pool is open and has fewer than size spares. Caller holds mu.
+func (p *pool) short() bool { return !p.closed && len(p.spares) < p.size }
 
 // fill makes spares until there are size of them, the pool closes, or one cannot be made.
 func (p *pool) fill() {
-	for {
-		p.mu.Lock()
-		full := p.closed || len(p.spares) >= p.size
-		p.mu.Unlock()
-		if full {
-			return
-		}
+	p.mu.Lock()
+	for p.short() {
+		p.mu.Unlock() // not held while a sandbox is made
 		sb, err := p.newSandbox()
 		if err != nil {
 			log.Printf("prepare a spare job sandbox: %v", err) // the next Start makes its own
-			return
+			p.mu.Lock()
+			break // mu held, as when the loop ends
 		}
 		p.mu.Lock()
-		closed := p.closed
-		if !closed {
-			p.spares = append(p.spares, sb)
-		}
-		p.mu.Unlock()
-		if closed {
-			sb.discard()
-		}
+		p.spares = append(p.spares, sb) // if close has begun, it discards this one after its wait
 	}
+	p.filling = false // in the same hold of mu as the last check: a refill from now on starts a fill
+	p.mu.Unlock()
 }
 
-// close stops making spares, waits for the pool's goroutines and discards the spares.
+// close stops making spares, waits for fill and discards the spares.
 func (p *pool) close() {
 	p.mu.Lock()
 	p.closed = true
+	p.mu.Unlock()
+	p.wg.Wait() // fill adds no spare once it has returned
+	p.mu.Lock()
 	spares := p.spares
 	p.spares = nil
 	p.mu.Unlock()
-	close(p.quit)
-	p.wg.Wait()
 	for _, sb := range spares {
 		sb.discard()
 	}
@@ -207,20 +190,17 @@ func (sb *sandbox) start(cg *cgroupFS, setup initSetup) error {
 	if sb.cg, err = cg.create(sb.id); err != nil {
 		return fmt.Errorf("create job cgroup: %w", err)
 	}
-	stdout, stdoutW, err := os.Pipe()
-	if err != nil {
-		return err
+	var writeEnds [2]*os.File // of the stdout and stderr pipes
+	for i := range sb.outputs {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return err
+		}
+		sb.outputs[i], writeEnds[i] = r, w
+		defer w.Close() // the init holds its own copies of the write ends
 	}
-	sb.outputs[0] = stdout
-	defer stdoutW.Close() // the init holds its own copies of the write ends
-	stderr, stderrW, err := os.Pipe()
-	if err != nil {
-		return err
-	}
-	sb.outputs[1] = stderr
-	defer stderrW.Close()
 	setup.Cgroup2, setup.JobCgroup = cg.mount, sb.cg.jobDir()
-	sb.proc, err = startInit(sb.cg, setup, stdoutW, stderrW)
+	sb.proc, err = startInit(sb.cg, setup, writeEnds[0], writeEnds[1])
 	return err
 }
 

@@ -147,14 +147,12 @@ func parseSignal(s string) (unix.Signal, error) {
 // statusCommand is the command as Status and List show it: cut at 1 KiB, so that a List of many jobs
 // with long command lines stays small.
 func statusCommand(argv []string) []string {
-	var out []string
 	n := 0
 	for i, a := range argv {
 		n += len(a)
 		if n > 1024 {
-			return append(out, fmt.Sprintf("... (%d more args)", len(argv)-i))
+			return append(slices.Clone(argv[:i]), fmt.Sprintf("... (%d more args)", len(argv)-i))
 		}
-		out = append(out, a)
 	}
-	return out
+	return slices.Clone(argv)
 }
