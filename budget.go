@@ -2,10 +2,10 @@ package main
 
 // budget.go owns the server-wide memory budget for job output: what every ring holds, live and
 // finished (its data and its segment deque), adds up to at most max. When a ring would grow past it,
-// finished jobs' rings are given up first, oldest first: their status stays, and a reader is told the
-// bytes are lost. Once none is left, a live ring stops growing and wraps at what it has. Each live ring
-// may always take a floor (one pump read, or its whole capacity if smaller), so the budget can be
-// overdrawn by at most that floor per live job.
+// finished jobs' rings are given up first, oldest first (those a lossless reader still reads last):
+// their status stays, and a reader is told the bytes are lost. Once none is left, a live ring stops
+// growing and wraps at what it has. Each live ring may always take a floor (one pump read, or its
+// whole capacity if smaller), so the budget can be overdrawn by at most that floor per live job.
 //
 // Lock order: a ring's mu before budget.mu. budget.mu is held with no ring's mu taken after it; a live
 // ring (growing, under its own mu) takes a finished ring's mu to give it up, never the reverse.
@@ -42,15 +42,18 @@ func (b *budget) take(n int64, force bool) bool {
 			log.Printf("output budget of %d MiB is full: finished jobs' output is given up, oldest first, "+
 				"then live jobs' rings stop growing (-output_budget)", b.max>>20)
 		})
-		if len(b.finished) == kept {
+		if len(b.finished) == 0 {
 			b.mu.Unlock()
 			return false
 		}
+		// A ring that a lossless reader still reads is given up last, once every other finished ring is
+		// gone: one client reading its old output slowly must not keep another's live job from its ring.
+		lastResort := kept >= len(b.finished)
 		victim := b.finished[0]
 		b.finished = b.finished[1:]
 		b.mu.Unlock()
-		given := victim.giveUp(false)
-		if !given { // a lossless reader still reads it: keep it, try the next
+		given := victim.giveUp(lastResort)
+		if !given { // a lossless reader still reads it: keep it for now, try the next
 			b.closed(victim) // back at the end of the finished rings
 			kept++
 		}

@@ -106,6 +106,26 @@ func TestBudgetKeepsRingALosslessReaderHolds(t *testing.T) {
 	}
 }
 
+// TestBudgetGivesUpHeldRingLast: a finished ring that a lossless reader still reads is given up, as the
+// last resort, before a live ring stops growing: a client reading its old output slowly cannot keep
+// another's live job from its ring (issue 23, item 4).
+func TestBudgetGivesUpHeldRingLast(t *testing.T) {
+	const capacity = 256 << 10
+	b := &budget{max: capacity + capacity/2}
+	want := bytes.Repeat([]byte("z"), capacity)
+	held := budgetRing(b, capacity, want, true)
+	h := held.Hold(0)
+	defer h.Release()
+	live := budgetRing(b, capacity, want, false)
+	live.Close()
+	if got, lost := readRing(t, live); !bytes.Equal(got, want) || lost != 0 {
+		t.Errorf("live ring: %d bytes, %d lost; want it whole", len(got), lost)
+	}
+	if got, lost := readRing(t, held); len(got) != 0 || lost != capacity {
+		t.Errorf("held finished ring: %d bytes, %d lost; want it given up", len(got), lost)
+	}
+}
+
 // TestOutputBudgetAcrossJobs: 2 clients x 20 finished jobs of 1 MiB each within a 4 MiB budget: the
 // rings hold at most the budget, every job's status stays, the newest job's output is whole and the
 // oldest's is reported lost.

@@ -15,6 +15,8 @@ package main
 //     after gone; manager.shutdown waits (m.watchers).
 //   - escalate: started by the first Stop of a running job; ends at done or after the grace period;
 //     finish waits (j.escalation) before gone.
+//   - the hold_output timer: a Start's with hold_output starts it (time.AfterFunc); it runs
+//     releaseStartHold once, which does not block, and ends; nothing waits for it.
 //
 // Lock order: manager.mu before job.mu, and either before a ring's mu, which comes before budget.mu
 // (budget.go). job.mu is never held while a ring's mu is taken.
@@ -51,7 +53,7 @@ type job struct {
 	exit          exitReport
 	final         usage
 	lastUse       usage // the last usage a snapshot of the running job read
-	startHold     *hold // the Start's hold_output, until the first lossless reader takes over
+	startHold     *hold // the Start's hold_output, until releaseStartHold
 }
 
 // begin starts the job's command in sb, with the spec's limits on its cgroup and a ring of
@@ -66,6 +68,7 @@ func begin(sb *sandbox, owner []string, spec *jobSpec, cg *cgroupFS, cfg jobsCon
 	j.log.budget = b
 	if spec.holdOutput {
 		j.startHold = j.log.Hold(0) // before the command can write its first byte
+		time.AfterFunc(cfg.losslessTimeout, j.releaseStartHold)
 	}
 	if err := j.proc.begin(initConfig{Argv: spec.argv, Env: spec.env, Dir: spec.dir}); err != nil {
 		sb.discard()
@@ -133,6 +136,7 @@ func (j *job) finish(ended func()) {
 	j.mu.Unlock()
 	ended()
 	close(j.done)
+	j.releaseStartHold() // no lossless reader came: the budget may give the output up once it is old
 	j.log.Close()
 	// The init exits after its report, taking its namespaces with it.
 	j.proc.reap()
@@ -282,6 +286,13 @@ func (j *job) snapshot() snapshot {
 // the Start's hold_output: the output is held without a gap from the first byte to that reader.
 func (j *job) attachLossless(off int64) *hold {
 	h := j.log.Hold(off)
+	j.releaseStartHold()
+	return h
+}
+
+// releaseStartHold lets go of the Start's hold_output, if it is still on: when a lossless reader takes
+// over, when the job ends, or -lossless_timeout after the Start, whichever comes first.
+func (j *job) releaseStartHold() {
 	j.mu.Lock()
 	start := j.startHold
 	j.startHold = nil
@@ -289,5 +300,4 @@ func (j *job) attachLossless(off int64) *hold {
 	if start != nil {
 		start.Release()
 	}
-	return h
 }

@@ -72,12 +72,13 @@ type ring struct {
 }
 
 // hold is a lossless reader's claim on the ring: while it is attached, WaitRoom does not let the writer
-// overwrite the bytes from off on. A hold that does not move for WaitRoom's patience is let go (demoted):
-// its reader reads on as a lossy one and learns what it lost from Read's lost.
+// overwrite the bytes from off on. A hold that stands in the writer's way for WaitRoom's patience is let
+// go (demoted): its reader reads on as a lossy one and learns what it lost from Read's lost.
 type hold struct {
 	r        *ring
 	off      int64     // r.mu: the next byte its reader needs
 	progress time.Time // r.mu: when off last moved, or the hold was made
+	inWay    time.Time // r.mu: since when it has stood in the writer's way; zero while it does not
 }
 
 // Hold attaches a lossless reader whose next byte is off (the oldest byte held if off was evicted).
@@ -129,34 +130,40 @@ func waitOn(ch *chan struct{}) chan struct{} {
 }
 
 // WaitRoom returns once a Write of need bytes (need <= capacity) would overwrite no byte that a hold
-// still needs, counting the oldest segment too, which a full segment deque gives up whole. It demotes
-// each hold that stands in the way and has not moved for patience while this writer waited (a reader
-// that had nothing to read while the job was quiet has not stalled), and returns at Close.
+// still needs, counting the oldest segment too, which a full segment deque gives up whole. A hold that
+// has stood in the way for patience is demoted, and with it every hold that has had bytes to read and
+// read none for as long: so however many stalled readers take turns, the writer waits patience at most
+// for them all. A reader that had nothing to read while the job was quiet has not stalled. It returns at
+// Close too.
 func (r *ring) WaitRoom(need int, patience time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.closed || len(r.holds) == 0 {
-		return // the pump's usual case: no clock read on its path
-	}
-	began := time.Now()
-	for !r.closed && len(r.holds) > 0 {
+	for !r.closed && len(r.holds) > 0 { // with no hold, the pump's usual case, no clock is read
 		keep := r.tail + int64(need) - int64(r.limit) // the first byte still held after the write
 		if r.segLen > 1 && r.segLen == r.segMax {
 			keep = max(keep, r.seg(1).start)
 		}
-		var oldest time.Time
+		now := time.Now()
+		var oldest time.Time // when the hold longest in the way came into it
+		demoted := false
 		for h := range r.holds {
-			since := h.progress
-			if since.Before(began) {
-				since = began
-			}
 			switch {
 			case h.off >= keep:
-			case time.Since(since) >= patience:
+				h.inWay = time.Time{}
+			case h.inWay.IsZero():
+				h.inWay = now
+				oldest = minTime(oldest, now)
+			case now.Sub(h.inWay) >= patience:
 				delete(r.holds, h)
-			case oldest.IsZero() || since.Before(oldest):
-				oldest = since
+				r.demoteStalled(now.Add(-patience))
+				demoted = true
+			default:
+				oldest = minTime(oldest, h.inWay)
 			}
+		}
+		if demoted { // the other pump may wait for the same holds; oldest may be one of them
+			wakeAll(&r.room)
+			continue
 		}
 		if oldest.IsZero() {
 			return
@@ -165,10 +172,28 @@ func (r *ring) WaitRoom(need int, patience time.Duration) {
 		r.mu.Unlock()
 		select {
 		case <-room:
-		case <-time.After(patience - time.Since(oldest)): // an unstopped timer is collected (Go 1.23)
+		case <-time.After(patience - now.Sub(oldest)): // an unstopped timer is collected (Go 1.23)
 		}
 		r.mu.Lock()
 	}
+}
+
+// demoteStalled lets go of every hold that has had bytes to read since before since and has not moved.
+// Caller holds mu.
+func (r *ring) demoteStalled(since time.Time) {
+	for h := range r.holds {
+		if h.off < r.tail && !h.progress.After(since) {
+			delete(r.holds, h)
+		}
+	}
+}
+
+// minTime is the earlier of a and b, where the zero time is no time at all.
+func minTime(a, b time.Time) time.Time {
+	if a.IsZero() || b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // newRing returns a ring holding up to capacity bytes of output, within a budget of no bound.

@@ -171,3 +171,61 @@ func TestHoldWithFullSegmentDeque(t *testing.T) {
 		t.Fatalf("after %d writes: at %d, lost %d, %v; want byte 0 still held", written, at, lost, err)
 	}
 }
+
+// TestStalledReadersTakingTurns: ten stalled lossless readers at staggered offsets hold the writer back
+// for one patience in all, not one each: once one has stood in the way for the patience, every reader
+// that had bytes to read and read none for as long is demoted with it (issue 23, item 5).
+func TestStalledReadersTakingTurns(t *testing.T) {
+	const patience = 300 * time.Millisecond
+	r := newRing(maxChunk)
+	for range 10 { // each reader read up to the tail at its time, then stalled
+		r.Hold(r.tail)
+		r.Write(stdoutStream, make([]byte, 1000))
+	}
+	long := 0 // WaitRoom calls that had to wait out a patience
+	for range 2 * maxChunk / 1000 {
+		began := time.Now()
+		r.WaitRoom(1000, patience)
+		if time.Since(began) >= patience/2 {
+			long++
+		}
+		r.Write(stdoutStream, make([]byte, 1000))
+	}
+	if long != 1 {
+		t.Errorf("the writer waited out the patience %d times for ten stalled readers; want once", long)
+	}
+	r.mu.Lock()
+	left := len(r.holds)
+	r.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d stalled holds left", left)
+	}
+}
+
+// TestCreepingReaderIsDemoted: a reader that moves a byte at a time but stays in the writer's way is
+// demoted once it has stood there for the patience: moving is not enough to hold a job back for longer.
+func TestCreepingReaderIsDemoted(t *testing.T) {
+	r := newRing(maxChunk)
+	r.Write(stdoutStream, make([]byte, maxChunk))
+	h := r.Hold(0)
+	stop := make(chan struct{})
+	crept := make(chan struct{})
+	go func() { // 1 byte every 10 ms: out of the way only after 10 s
+		defer close(crept)
+		for off := int64(1); off < 1000; off++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			h.Read(context.Background(), off, make([]byte, 1), false)
+		}
+	}()
+	defer func() { close(stop); <-crept }()
+	done := waitRoomAsync(r, 1000, 300*time.Millisecond)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a reader creeping a byte at a time held the writer back past 5 s (patience 300 ms)")
+	}
+}
