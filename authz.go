@@ -12,6 +12,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"net"
@@ -19,7 +20,6 @@ import (
 	"slices"
 	"strings"
 
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 )
 
@@ -30,11 +30,19 @@ func callerIdentity(ctx context.Context) ([]string, error) {
 	if !ok {
 		return nil, clientErr(errNoIdentity, "no peer information")
 	}
-	info, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
+	info, ok := p.AuthInfo.(connInfo) // conns.go boundedCreds
+	if !ok || verifiedLeaf(info.State) == nil {
 		return nil, clientErr(errNoIdentity, "no verified client certificate")
 	}
-	return certIdentity(info.State.VerifiedChains[0][0]), nil
+	return certIdentity(verifiedLeaf(info.State)), nil
+}
+
+// verifiedLeaf is the client certificate that crypto/tls verified against -ca, or nil.
+func verifiedLeaf(s tls.ConnectionState) *x509.Certificate {
+	if len(s.VerifiedChains) == 0 || len(s.VerifiedChains[0]) == 0 {
+		return nil
+	}
+	return s.VerifiedChains[0][0]
 }
 
 // certIdentity lists a certificate's SANs as "dns:", "ip:", "email:" and "uri:" names, each in the

@@ -5,7 +5,9 @@ package main
 // a flood of connections that never send a ClientHello.
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os/exec"
@@ -13,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"google.golang.org/grpc"
 
 	"rund/rpcpb"
 )
@@ -33,6 +37,8 @@ func (b *bench) bounds() {
 	b.outputBudgetRSS()
 	b.bigStarts()
 	b.connFlood()
+	b.idleFloods()
+	b.frameFloods()
 }
 
 // outputBudgetRSS: 2 identities x 400 finished jobs x 1 MiB of random output, within a 64 MiB budget.
@@ -120,7 +126,8 @@ func (b *bench) bigStarts() {
 }
 
 // connFlood: 3,000 idle TCP connections (no ClientHello) from 127.0.0.2, then 1,000 new ones a second
-// for 10 s from 127.0.0.3-12, beside an established client calling Status and a new client dialling.
+// for 10 s from 127.0.0.3-12, beside an established client calling Status and a new client dialling
+// from 127.0.1.1 (the flood's /24 has its own -max_pending_conns_per_prefix, and keeps it busy).
 func (b *bench) connFlood() {
 	b.t.Log("connection flood ...")
 	srv := b.boundsServer("flood")
@@ -157,9 +164,12 @@ func (b *bench) connFlood() {
 			b.t.Errorf("established client's Status during the flood: %v", err)
 		}
 		lat = append(lat, benchMs(time.Since(t0)))
-		if tick%10 == 5 { // once a second, a new client
+		if tick%10 == 5 { // once a second, a new client, from another /24 than the flood's
 			t0 = time.Now()
-			conn, c := b.dial(srv, "b")
+			conn, c := b.dial(srv, "b", grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+				d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, 1)}}
+				return d.DialContext(ctx, "tcp", addr)
+			}))
 			if _, err := c.List(context.Background(), &rpcpb.ListRequest{}); err != nil {
 				b.t.Errorf("new client during the flood: %v", err)
 			}
@@ -180,4 +190,165 @@ func (b *bench) connFlood() {
 			map[bool]string{true: "yes", false: "NO"}[worst <= 1]},
 		benchRow{"↳ server RSS growth", fmt.Sprintf("%.0f MiB", growth), "", "", "≤ 128 MiB",
 			map[bool]string{true: "yes", false: "NO"}[growth <= 128]})
+}
+
+// idleFloods (issue 23): one identity holds 990 of the 1,000 connection slots with idle TLS+h2
+// connections; then 50 /24s hold 8 silent sockets each (400, past the 256 handshake slots). Meanwhile
+// a client of another identity dials and calls List, 10 times in each.
+func (b *bench) idleFloods() {
+	b.t.Log("idle connection floods ...")
+	srv := b.boundsServer("idleflood")
+	defer srv.stop(b.t)
+	cfg, err := clientTLS(b.pki.file("ca.crt"), b.pki.file("a.crt"), b.pki.file("a.key"))
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	cfg.NextProtos, cfg.ServerName = []string{"h2"}, "localhost"
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range 990 {
+		c, err := tls.Dial("tcp", srv.addr, cfg)
+		if err != nil {
+			b.t.Fatalf("idle connection %d: %v", len(conns), err)
+		}
+		var out bytes.Buffer
+		out.WriteString("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+		writeFrame(&out, 4, 0, 0, nil)
+		c.Write(out.Bytes())
+		conns = append(conns, c)
+	}
+	newClient := func() []float64 {
+		var ts []float64
+		for range 10 {
+			t0 := time.Now()
+			conn, c := b.dial(srv, "b") // from 127.0.0.1
+			if _, err := c.List(context.Background(), &rpcpb.ListRequest{}); err != nil {
+				b.t.Errorf("new client during an idle flood: %v", err)
+			}
+			ts = append(ts, time.Since(t0).Seconds())
+			conn.Close()
+		}
+		return ts
+	}
+	byIdentity := newClient()
+	for p := range 50 {
+		for h := range 8 {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, byte(1+p), byte(1+h))}, Timeout: time.Second}
+			if c, err := d.Dial("tcp", srv.addr); err == nil {
+				conns = append(conns, c)
+			}
+		}
+	}
+	time.Sleep(stalledAfter) // the attack is on: every socket has been silent long enough to give way
+	byPrefixes := newClient()
+	b.detail("idle floods: with 990 idle connections of one identity, a new client's dial + List %s; with 8 silent "+
+		"sockets from each of 50 /24s, %s", benchSummary(byIdentity, "s"), benchSummary(byPrefixes, "s"))
+	for _, f := range []struct {
+		name string
+		ts   []float64
+	}{
+		{"a new client's dial and List beside 990 idle connections of one identity: max", byIdentity},
+		{"↳ beside 400 silent sockets from 50 /24s: max", byPrefixes},
+	} {
+		worst := slices.Max(f.ts)
+		b.rows = append(b.rows, benchRow{f.name, fmt.Sprintf("%.2f s", worst), "", "", "≤ 1 s",
+			map[bool]string{true: "yes", false: "NO"}[worst <= 1]})
+	}
+}
+
+// frameFloods (issue 23): 256 Starts of 576 KiB declared from two identities (128 each, one
+// connection each), their bodies sent as one-byte DATA frames for up to 3 s, the server's RSS sampled;
+// then WINDOW_UPDATE frames as fast as 8 connections can send them for up to 3 s, beside an
+// established client calling List every 100 ms. A connection the server closes is not opened again:
+// what a reconnecting attacker costs is a handshake each time, as the connection flood above.
+func (b *bench) frameFloods() {
+	b.t.Log("small-frame floods ...")
+	srv := b.boundsServer("frameflood")
+	defer srv.stop(b.t)
+	_, est := b.dial(srv, "a")
+	rss0 := benchProcKB(srv.pid(), "VmRSS")
+	var peak int64
+	// flood sends, on each of n connections, first's frames and then repeat's until the server closes it
+	// or 3 s have passed; it returns the established client's latencies and the connections closed.
+	flood := func(n int, first, repeat func(*bytes.Buffer)) (lat []float64, closed int) {
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var conns []*tls.Conn
+		for i := range n { // one after the other: a burst from one /24 would meet -max_pending_conns_per_prefix
+			name := []string{"a", "b"}[i%2]
+			cfg, err := clientTLS(b.pki.file("ca.crt"), b.pki.file(name+".crt"), b.pki.file(name+".key"))
+			if err != nil {
+				b.t.Fatal(err)
+			}
+			cfg.NextProtos, cfg.ServerName = []string{"h2"}, "localhost"
+			c, err := tls.Dial("tcp", srv.addr, cfg)
+			if err != nil {
+				b.t.Fatal(err)
+			}
+			conns = append(conns, c)
+		}
+		end := time.Now().Add(3 * time.Second)
+		for _, c := range conns {
+			wg.Go(func() {
+				defer c.Close()
+				var err error
+				var out bytes.Buffer
+				out.WriteString("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+				writeFrame(&out, 4, 0, 0, nil)
+				first(&out)
+				c.SetWriteDeadline(end)
+				for err == nil && time.Now().Before(end) {
+					repeat(&out)
+					_, err = c.Write(out.Bytes())
+					out.Reset()
+				}
+				if err != nil && time.Now().Before(end) {
+					mu.Lock()
+					closed++
+					mu.Unlock()
+				}
+			})
+		}
+		for time.Now().Before(end) {
+			t0 := time.Now()
+			if _, err := est.List(context.Background(), &rpcpb.ListRequest{}); err != nil {
+				b.t.Errorf("established client during a frame flood: %v", err)
+			}
+			lat = append(lat, benchMs(time.Since(t0)))
+			peak = max(peak, benchProcKB(srv.pid(), "VmRSS"))
+			time.Sleep(time.Until(t0.Add(100 * time.Millisecond)))
+		}
+		wg.Wait()
+		return lat, closed
+	}
+	small, smallClosed := flood(256, func(out *bytes.Buffer) {
+		startHeaders(out, 1)
+		writeFrame(out, 0, 0, 1, []byte{0, 0, 9, 0, 0}) // a message of 576 KiB declared
+	}, func(out *bytes.Buffer) {
+		for range 1000 {
+			writeFrame(out, 0, 0, 1, []byte{'x'})
+		}
+	})
+	smallPeak := peak
+	control, controlClosed := flood(8, func(*bytes.Buffer) {}, func(out *bytes.Buffer) {
+		for range 1000 {
+			writeFrame(out, 8, 0, 0, []byte{0, 0, 0, 1})
+		}
+	})
+	share := float64(128*maxRequestBytes) / (1 << 20)
+	growth := float64(smallPeak-rss0) / 1024
+	b.detail("small-frame floods: 256 one-byte-frame Starts (%d connections closed by the server), server RSS %d -> "+
+		"peak %d MiB, established List %s; WINDOW_UPDATE flood from 8 connections (%d closed), established List %s",
+		smallClosed, rss0>>10, smallPeak>>10, benchSummary(small, "ms"), controlClosed, benchSummary(control, "ms"))
+	p99 := benchPct(control, .99)
+	b.rows = append(b.rows,
+		benchRow{fmt.Sprintf("256 Starts sent as one-byte DATA frames: RSS growth beyond the in-flight share (128 × %d KiB)",
+			maxRequestBytes>>10), fmt.Sprintf("%.0f MiB", growth-share), "", "", "≤ 64 MiB",
+			map[bool]string{true: "yes", false: "NO"}[growth-share <= 64]},
+		benchRow{"established client's List during a WINDOW_UPDATE flood from 8 connections: p99",
+			fmt.Sprintf("%.1f ms", p99), "", "", "≤ 50 ms", map[bool]string{true: "yes", false: "NO"}[p99 <= 50]})
 }

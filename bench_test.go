@@ -391,12 +391,12 @@ func (b *bench) localCgroup(name string) string {
 }
 
 // dial opens a connection as a test client and completes its handshake.
-func (b *bench) dial(p *benchProc, name string) (*grpc.ClientConn, rpcpb.JobControllerClient) {
+func (b *bench) dial(p *benchProc, name string, opts ...grpc.DialOption) (*grpc.ClientConn, rpcpb.JobControllerClient) {
 	cfg, err := clientTLS(b.pki.file("ca.crt"), b.pki.file(name+".crt"), b.pki.file(name+".key"))
 	if err != nil {
 		b.t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	conn, err := grpc.NewClient(p.addr, append(opts, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))...)
 	if err != nil {
 		b.t.Fatal(err)
 	}

@@ -19,7 +19,7 @@ import (
 // max_pending_conns_per_ip of them held (the rest are closed at once), and lose those after the
 // handshake deadline; a client from another address is served meanwhile.
 func TestHandshakeBounds(t *testing.T) {
-	ts := startServer(t, func(c *serveConfig) { c.conns.maxPendingPerIP, c.conns.maxPending = 4, 6 })
+	ts := startServer(t, func(c *serveConfig) { c.conns.maxPendingPerPrefix, c.conns.maxPending = 4, 6 })
 	a := ts.dialAs(t, "a") // 127.0.0.1
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
 	var idle []net.Conn

@@ -250,7 +250,8 @@ func serveInProcess(tb testing.TB, prefix string, opts ...serverOpt) (ts *testSe
 	mount, _ := findCgroup2Mount("/proc/self/mountinfo")
 	c := serveConfig{jobsConfig: jobsConfig{ringSize: 1 << 20, retainJobs: 1000, maxJobs: 1000,
 		maxJobsPerClient: 1000, spareInits: 2, losslessTimeout: 30 * time.Second, outputBudget: 1 << 30},
-		conns:        connBounds{maxConns: 100000, maxPending: 100000, maxPendingPerIP: 100000, maxInflight: 100000, maxInflightPerClient: 100000},
+		conns: connBounds{maxConns: 100000, maxPending: 100000, maxPendingPerPrefix: 100000, maxInflight: 100000,
+			maxInflightPerClient: 100000, idle: time.Hour, requestBody: time.Minute},
 		cgroupParent: filepath.Join(mount, fmt.Sprintf("%s-%d-%s", prefix, os.Getpid(), sanitize(tb.Name())))}
 	// Contained, as by default, with a uid range of its own beyond the default one.
 	c.contain = &containment{uids: &uidRange{first: 1879048192 + 65536 + 1024*uint32(testServers.Add(1)), count: 1024,
@@ -273,7 +274,7 @@ func serveInProcess(tb testing.TB, prefix string, opts ...serverOpt) (ts *testSe
 	}
 	ts.addr = lis.Addr().String()
 	srv, _ := newGRPCServer(tlsCfg, ts.m, c)
-	lis = newConnLimiter(lis, c.conns)
+	lis = newConnTable(lis, c.conns)
 	served := make(chan struct{})
 	go func() { srv.Serve(lis); close(served) }()
 	return ts, func() {

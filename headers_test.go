@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"crypto/tls"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -20,16 +19,7 @@ import (
 // hand: grpc-go's own refuses to send headers over the size the server announces.
 func TestRequestHeadersBounded(t *testing.T) {
 	ts := startServer(t)
-	cfg, err := clientTLS(ts.pki.file("ca.crt"), ts.pki.file("a.crt"), ts.pki.file("a.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.NextProtos, cfg.ServerName = []string{"h2"}, "localhost"
-	conn, err := tls.Dial("tcp", ts.addr, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := rawH2(t, ts, "a") // preface and SETTINGS sent
 	conn.SetDeadline(time.Now().Add(20 * time.Second))
 	fields := [][2]string{{":method", "POST"}, {":scheme", "https"}, {":path", "/rund.JobController/List"},
 		{":authority", "localhost"}, {"content-type", "application/grpc"}, {"te", "trailers"}}
@@ -37,8 +27,6 @@ func TestRequestHeadersBounded(t *testing.T) {
 		fields = append(fields, [2]string{fmt.Sprintf("x-pad-%d", i), strings.Repeat("x", 8000)})
 	}
 	var out bytes.Buffer
-	out.WriteString("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-	writeFrame(&out, 4, 0, 0, nil) // SETTINGS, all defaults
 	block := hpackLiterals(fields)
 	for typ, first := byte(1), true; len(block) > 0; typ, first = 9, false { // HEADERS, then CONTINUATION
 		n := min(len(block), 16384) // the default SETTINGS_MAX_FRAME_SIZE

@@ -214,3 +214,11 @@ func (m *manager) shutdown() {
 	wg.Wait()
 	m.watchers.Wait()
 }
+
+// decCount counts one less for key in a map of counts, which keeps no zero entry.
+func decCount(counts map[string]int, key string) {
+	counts[key]--
+	if counts[key] == 0 {
+		delete(counts, key)
+	}
+}

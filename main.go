@@ -156,7 +156,8 @@ func runServe(args []string) int {
 	}{
 		{c.ringSize < maxChunk, fmt.Sprintf("-log_buffer must be at least %d bytes", maxChunk)},
 		{c.outputBudget < int64(c.ringSize), "-output_budget must be at least -log_buffer"},
-		{c.losslessTimeout <= 0, "-lossless_timeout must be positive"},
+		{min(c.losslessTimeout, c.conns.idle, c.conns.requestBody) <= 0,
+			"-lossless_timeout, -conn_idle_timeout and -request_body_timeout must be positive"},
 		{c.spareInits < 0 || c.spareInits > 64, "-spare_inits must be 0..64"},
 		{c.defaultPids > maxPids, fmt.Sprintf("-job_max_pids must be at most %d", maxPids)},
 	} {
@@ -198,8 +199,13 @@ func serveFlags(fs *flag.FlagSet, c *serveConfig) {
 			"(by default min(256 MiB, RAM/8), here)")
 	fs.IntVar(&c.conns.maxConns, "max_conns", 1000, "open connections at most (lowered to keep fds for jobs)")
 	fs.IntVar(&c.conns.maxPending, "max_pending_conns", 256, "connections in their TLS handshake at most, in all")
-	fs.IntVar(&c.conns.maxPendingPerIP, "max_pending_conns_per_ip", 8,
-		"connections in their TLS handshake at most, per source address")
+	fs.IntVar(&c.conns.maxPendingPerPrefix, "max_pending_conns_per_prefix", 8,
+		"connections in their TLS handshake at most, per source /24 (IPv4) or /64 (IPv6)")
+	fs.IntVar(&c.conns.maxPendingPerPrefix, "max_pending_conns_per_ip", 8, "the old name of -max_pending_conns_per_prefix")
+	fs.DurationVar(&c.conns.idle, "conn_idle_timeout", 2*time.Minute,
+		"a connection with no request in flight this long (from its handshake, or its last request) is closed")
+	fs.DurationVar(&c.conns.requestBody, "request_body_timeout", 5*time.Second,
+		"a request whose message has not arrived whole this long after its headers is cancelled")
 	fs.IntVar(&c.conns.maxInflight, "max_requests", 1024,
 		"requests in flight at most, in all (a log stream until it ends)")
 	fs.IntVar(&c.conns.maxInflightPerClient, "max_requests_per_client", 128,
@@ -342,7 +348,7 @@ func serve(c serveConfig) error {
 		return err
 	}
 	c.conns.maxConns = fdBoundConns(c)
-	lis = newConnLimiter(lis, c.conns)
+	lis = newConnTable(lis, c.conns)
 	// The output budget bounds what the rings hold, not the garbage their growth leaves behind: a soft
 	// memory limit (runtime/debug) has the GC collect before the runtime's memory passes the budget by
 	// more than the server's own working set (48 MiB; RSS adds the binary's pages). GOMEMLIMIT wins.

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
@@ -35,7 +36,8 @@ import (
 const maxHeaderBytes = 16 << 10
 
 // newGRPCServer serves the job API over mutual TLS, within the bounds of conns.go: a connection has 5 s
-// for its handshake, and its requests are counted from their headers. The largest valid request is a
+// for its handshake, and once idle for -conn_idle_timeout it is sent a GOAWAY (MaxConnectionIdle); its
+// requests are counted from their headers, and their bodies have -request_body_timeout. The largest valid request is a
 // Start of maxCommandBytes plus a few bytes of framing per string, so grpc-go refuses anything over
 // maxRequestBytes with ResourceExhausted before it is decoded. A request's headers are bounded too
 // (maxHeaderBytes): grpc-go's default, 16 MiB, let each stream in flight hold that much in decoded
@@ -44,11 +46,14 @@ const maxHeaderBytes = 16 << 10
 // whose Shutdown the caller calls when the server's shutdown starts, and server reflection (grpcurl
 // without the .proto), under the same mTLS and bounds.
 func newGRPCServer(tlsCfg *tls.Config, m *manager, c serveConfig) (*grpc.Server, *health.Server) {
-	f := &inflight{b: c.conns, byClient: map[string]int{}}
 	srv := grpc.NewServer(grpc.Creds(boundedCreds{credentials.NewTLS(tlsCfg)}), grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.MaxConcurrentStreams(256), grpc.ConnectionTimeout(5*time.Second), grpc.MaxHeaderListSize(maxHeaderBytes),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: c.conns.idle}),
 		grpc.InTapHandle(func(ctx context.Context, info *tap.Info) (context.Context, error) {
-			return ctx, publicError(info.FullMethodName, f.admit(ctx)) // a log stream counts until it ends
+			if err := admitRequest(ctx); err != nil { // a log stream counts until it ends
+				return ctx, publicError(info.FullMethodName, err)
+			}
+			return bodyDeadline(ctx, c.conns.requestBody), nil
 		}),
 		grpc.UnaryInterceptor(publicUnary), grpc.StreamInterceptor(publicStream))
 	rpcpb.RegisterJobControllerServer(srv, &server{m: m})
@@ -61,6 +66,7 @@ func newGRPCServer(tlsCfg *tls.Config, m *manager, c serveConfig) (*grpc.Server,
 
 // publicUnary is the unary interceptor: a unary handler's error reaches the client through publicError.
 func publicUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	bodyArrived(ctx) // grpc-go reads a unary request whole before its interceptor
 	resp, err := h(ctx, req)
 	return resp, publicError(info.FullMethod, err)
 }
@@ -68,7 +74,16 @@ func publicUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grp
 // publicStream is the stream interceptor: a streaming handler's error reaches the client through
 // publicError.
 func publicStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-	return publicError(info.FullMethod, h(srv, ss))
+	return publicError(info.FullMethod, h(srv, bodyStream{ss}))
+}
+
+// bodyStream stops a streaming request's body deadline once its first message is read.
+type bodyStream struct{ grpc.ServerStream }
+
+func (s bodyStream) RecvMsg(m any) error {
+	err := s.ServerStream.RecvMsg(m)
+	bodyArrived(s.Context())
+	return err
 }
 
 type server struct {
