@@ -84,9 +84,9 @@ func TestStalledHandshakeGivesWay(t *testing.T) {
 	for _, ip := range []string{"127.0.2.1", "127.0.2.2", "127.0.3.1"} {
 		silent = append(silent, dialFrom(t, ts, ip))
 	}
-	time.Sleep(stalledAfter)    // the silent ones' last read is older than the sender's, and stalled
-	sending.Write([]byte{0x16}) // the first byte of a TLS record: the server reads it
-	time.Sleep(50 * time.Millisecond)
+	time.Sleep(stalledAfter)              // the silent ones' last read is older than the sender's, and stalled
+	sending.Write([]byte{0x16})           // the first byte of a TLS record: the server reads it
+	time.Sleep(200 * time.Millisecond)    // for the server to read it: nothing tells the client it has
 	listWithin(t, ts, "a", 5*time.Second) // from 127.0.0.1, a fifth prefix
 	if !closedWithin(silent[0], 2*time.Second) {
 		t.Error("the oldest silent handshake was kept, and the new client served past the bound")
@@ -177,9 +177,7 @@ func TestRequestBodyDeadline(t *testing.T) {
 	ts := startServer(t, func(c *serveConfig) { c.conns.requestBody, c.conns.maxInflightPerClient = time.Second, 1 })
 	conn := rawH2(t, ts, "a")
 	var out bytes.Buffer
-	writeFrame(&out, 1, 0x4, 1, hpackLiterals([][2]string{{":method", "POST"}, {":scheme", "https"},
-		{":path", "/rund.JobController/Start"}, {":authority", "localhost"}, {"content-type", "application/grpc"},
-		{"te", "trailers"}})) // HEADERS, END_HEADERS, no END_STREAM
+	startHeaders(&out, 1)
 	msg := []byte{0, 0, 0, 1, 0, 'x'} // a message of 256 bytes declared, one sent
 	writeFrame(&out, 0, 0, 1, msg)
 	if _, err := conn.Write(out.Bytes()); err != nil {
