@@ -37,22 +37,11 @@ type limits struct {
 	rbps, wbps, riops, wiops uint64 // io.max
 }
 
-// controllers lists the controllers a set of limits needs, each named beside the limit that needs it.
+// controllers lists the controllers a set of limits needs, in the order of wantedControllers, each
+// named beside the limit that needs it.
 func (l limits) controllers() []string {
-	var cs []string
-	if l.cpuQuota != 0 {
-		cs = append(cs, "cpu")
-	}
-	if l.hasIO() {
-		cs = append(cs, "io")
-	}
-	if l.memory != 0 {
-		cs = append(cs, "memory")
-	}
-	if l.pids != 0 {
-		cs = append(cs, "pids")
-	}
-	return cs
+	needed := map[string]bool{"cpu": l.cpuQuota != 0, "io": l.hasIO(), "memory": l.memory != 0, "pids": l.pids != 0}
+	return slices.DeleteFunc(slices.Clone(wantedControllers), func(c string) bool { return !needed[c] })
 }
 
 // hasIO reports whether any io.max limit is set.
@@ -283,22 +272,13 @@ func (cg *cgroupFS) writeLimits(dir string, lim limits) error {
 	return nil
 }
 
-// ioMaxKey is one key of an io.max line and its limit; 0 means unset.
-type ioMaxKey struct {
-	key   string
-	value uint64
-}
-
 // ioMaxValue formats the keys of one io.max line (" rbps=N wbps=N"), or "" when no io limit is set.
 func ioMaxValue(lim limits) string {
-	keys := []ioMaxKey{
-		{key: "rbps", value: lim.rbps},
-		{key: "wbps", value: lim.wbps},
-		{key: "riops", value: lim.riops},
-		{key: "wiops", value: lim.wiops},
-	}
 	var b strings.Builder
-	for _, k := range keys {
+	for _, k := range []struct {
+		key   string
+		value uint64 // 0: unset
+	}{{"rbps", lim.rbps}, {"wbps", lim.wbps}, {"riops", lim.riops}, {"wiops", lim.wiops}} {
 		if k.value != 0 {
 			fmt.Fprintf(&b, " %s=%d", k.key, k.value)
 		}
