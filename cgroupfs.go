@@ -234,42 +234,37 @@ func (cg *cgroupFS) create(id string) (_ *jobCgroup, err error) {
 	return j, nil
 }
 
-// limitWrite is one value for one control file of a job's cgroup.
-type limitWrite struct {
-	file  string // name in the cgroup directory
-	value string // written in one write(2) (writeFile)
-}
-
-// writeLimits writes lim into the control files of the cgroup dir, one file after another; the first
-// failed write ends it, and its error names the file.
+// writeLimits writes lim into the control files of the cgroup dir, one file after another, each value
+// in one write(2) (writeFile); the first failed write ends it (write skips the rest), and its error
+// names the file.
 func (cg *cgroupFS) writeLimits(dir string, lim limits) error {
-	var writes []limitWrite
+	var err error
+	write := func(file, value string) {
+		if err == nil {
+			err = writeFile(filepath.Join(dir, file), value)
+		}
+	}
 	if lim.cpuQuota != 0 {
-		writes = append(writes, limitWrite{file: "cpu.max", value: fmt.Sprintf("%d 100000", lim.cpuQuota)})
+		write("cpu.max", fmt.Sprintf("%d 100000", lim.cpuQuota))
 	}
 	if lim.memory != 0 {
-		writes = append(writes, limitWrite{file: "memory.max", value: strconv.FormatUint(lim.memory, 10)})
+		write("memory.max", strconv.FormatUint(lim.memory, 10))
 		// Without this, anonymous memory over the limit goes to swap and the limit means little. The file
 		// is absent when the kernel does not account swap.
-		if _, err := os.Stat(filepath.Join(dir, "memory.swap.max")); err == nil {
-			writes = append(writes, limitWrite{file: "memory.swap.max", value: "0"})
+		if _, statErr := os.Stat(filepath.Join(dir, "memory.swap.max")); statErr == nil {
+			write("memory.swap.max", "0")
 		}
 	}
 	if lim.pids != 0 {
-		writes = append(writes, limitWrite{file: "pids.max", value: strconv.FormatUint(lim.pids, 10)})
+		write("pids.max", strconv.FormatUint(lim.pids, 10))
 	}
 	if io := ioMaxValue(lim); io != "" {
 		// One write per device: io.max's lines are keyed by MAJ:MIN, and a write sets one (cgroup v2).
 		for _, dev := range cg.ioDevices {
-			writes = append(writes, limitWrite{file: "io.max", value: dev + io})
+			write("io.max", dev+io)
 		}
 	}
-	for _, w := range writes {
-		if err := writeFile(filepath.Join(dir, w.file), w.value); err != nil {
-			return err
-		}
-	}
-	return nil
+	return err
 }
 
 // ioMaxValue formats the keys of one io.max line (" rbps=N wbps=N"), or "" when no io limit is set.
