@@ -32,7 +32,7 @@ type proc struct {
 // their Start (sandbox, pool.go).
 func startInit(cg *jobCgroup, setup initSetup, stdout, stderr *os.File) (*proc, error) {
 	arg, _ := json.Marshal(setup) // cannot fail: strings and integers only
-	// All four are made before any error is checked: a failed one is nil, which closeAll skips.
+	// All four are made before any error is checked: a failed one is nil, which closeAll leaves alone.
 	initFD, err1 := os.Open(cg.initDir())
 	jobFD, err2 := os.Open(cg.jobDir())
 	cfgR, cfgW, err3 := os.Pipe()
@@ -145,10 +145,10 @@ var errnoKinds = map[syscall.Errno]error{
 	syscall.ENOEXEC: errInvalid, syscall.E2BIG: errInvalid, syscall.EINVAL: errInvalid,
 }
 
+// closeAll closes every file of fs. A nil one is left alone: os.File's methods return ErrInvalid on a nil
+// receiver.
 func closeAll(fs []*os.File) {
 	for _, f := range fs {
-		if f != nil {
-			f.Close()
-		}
+		f.Close()
 	}
 }
