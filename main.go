@@ -263,11 +263,8 @@ func containFlags(fs *flag.FlagSet) func() (*containment, error) {
 // check them.)
 func checkJobDirs(dirs []string) error {
 	for i, d := range dirs {
-		if err := checkJobDirPath(d); err != nil {
-			return err
-		}
-		if err := checkJobDirOwner(d); err != nil {
-			return err
+		if err := checkJobDir(d); err != nil {
+			return fmt.Errorf("-job_dirs %q: %w", d, err)
 		}
 		// The other dirs, and a job's own mounts: its bind would hide its private directories (init.go) or
 		// be hidden by them, and in /proc or /sys the init would make and chown DIR/<id> in a kernel file
@@ -281,42 +278,37 @@ func checkJobDirs(dirs []string) error {
 	return nil
 }
 
-// checkJobDirPath refuses a -job_dirs path that is not absolute, not clean, /, or has a symbolic link
-// on it: the checks below compare paths as strings, and the init binds d itself.
-func checkJobDirPath(d string) error {
-	const want = "want an absolute path other than /, clean and with no symbolic link"
+// checkJobDir refuses a -job_dirs path that is not absolute, not clean, /, or has a symbolic link on
+// it: the checks of checkJobDirs compare paths as strings, and the init binds d itself. It refuses one
+// that is not a directory, or that a user but root could change: the init makes DIR/<id> in it as root.
+func checkJobDir(d string) error {
+	const wantPath = "want an absolute path other than /, clean and with no symbolic link"
 	if !filepath.IsAbs(d) || d == "/" {
-		return fmt.Errorf("-job_dirs %q: %s", d, want)
+		return errors.New(wantPath)
 	}
 	if filepath.Clean(d) != d {
-		return fmt.Errorf("-job_dirs %q: %s (its clean form is %s)", d, want, filepath.Clean(d))
+		return fmt.Errorf("%s (its clean form is %s)", wantPath, filepath.Clean(d))
 	}
 	real, err := filepath.EvalSymlinks(d)
 	if err != nil {
-		return fmt.Errorf("-job_dirs %q: want an existing directory with no symbolic link on its path: %w", d, err)
+		return fmt.Errorf("want an existing directory with no symbolic link on its path: %w", err)
 	}
 	if real != d {
-		return fmt.Errorf("-job_dirs %q: %s (it resolves to %s)", d, want, real)
+		return fmt.Errorf("%s (it resolves to %s)", wantPath, real)
 	}
-	return nil
-}
-
-// checkJobDirOwner refuses a -job_dirs path that is not a directory, or that a user but root could
-// change: the init makes DIR/<id> in it as root.
-func checkJobDirOwner(d string) error {
-	const want = "want an existing directory, owned by root and writable by no one else"
+	const wantDir = "want an existing directory, owned by root and writable by no one else"
 	fi, err := os.Stat(d)
 	if err != nil {
-		return fmt.Errorf("-job_dirs %q: %s: %w", d, want, err)
+		return fmt.Errorf("%s: %w", wantDir, err)
 	}
 	if !fi.IsDir() {
-		return fmt.Errorf("-job_dirs %q: %s (it is not a directory)", d, want)
+		return fmt.Errorf("%s (it is not a directory)", wantDir)
 	}
 	if uid := fi.Sys().(*syscall.Stat_t).Uid; uid != 0 {
-		return fmt.Errorf("-job_dirs %q: %s (its owner is uid %d)", d, want, uid)
+		return fmt.Errorf("%s (its owner is uid %d)", wantDir, uid)
 	}
 	if fi.Mode()&0o022 != 0 {
-		return fmt.Errorf("-job_dirs %q: %s (its mode is %v)", d, want, fi.Mode().Perm())
+		return fmt.Errorf("%s (its mode is %v)", wantDir, fi.Mode().Perm())
 	}
 	return nil
 }
