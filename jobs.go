@@ -133,10 +133,15 @@ func (m *manager) reserve(owner []string) error {
 	return nil
 }
 
+// release undoes reserve. running keeps no zero count.
 func (m *manager) release(owner []string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	decCount(m.running, identityKey(owner))
+	key := identityKey(owner)
+	m.running[key]--
+	if m.running[key] == 0 {
+		delete(m.running, key)
+	}
 	m.live--
 }
 
@@ -213,12 +218,4 @@ func (m *manager) shutdown() {
 	}
 	wg.Wait()
 	m.watchers.Wait()
-}
-
-// decCount counts one less for key in a map of counts, which keeps no zero entry.
-func decCount(counts map[string]int, key string) {
-	counts[key]--
-	if counts[key] == 0 {
-		delete(counts, key)
-	}
 }
