@@ -388,11 +388,10 @@ func forkCommand(path string, cfg initConfig, own *jobUser, inherited int) (int,
 func findCommand(cfg *initConfig, user *jobUser) (path string, fail *startReport) {
 	err := asJobUser(user, func() {
 		dir, err := resolvePath(cfg.Dir)
-		if err != nil {
-			fail = pathFailure(stageDir, "working directory", cfg.Dir, err)
-			return
+		var fi os.FileInfo
+		if err == nil {
+			fi, err = os.Stat(dir)
 		}
-		fi, err := os.Stat(dir)
 		if err == nil && !fi.IsDir() {
 			err = syscall.ENOTDIR
 		}
@@ -498,11 +497,10 @@ func openPath(path string, resolve uint64) error {
 // exists but is not executable, so the client hears "permission denied" rather than "not found".
 func lookPath(name, dir string, env []string) (string, error) {
 	if strings.Contains(name, "/") {
-		p := name
-		if !filepath.IsAbs(p) {
-			p = filepath.Join(dir, p)
+		if !filepath.IsAbs(name) {
+			name = filepath.Join(dir, name)
 		}
-		return p, checkExecutable(p)
+		return name, checkExecutable(name)
 	}
 	pathVar := defaultPath
 	for _, kv := range env {
