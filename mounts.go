@@ -96,7 +96,6 @@ func makeMounts(mounts []jobMount, s initSetup) error {
 }
 
 func makeMount(m jobMount, s initSetup) error {
-	const flags = unix.MS_NOSUID | unix.MS_NODEV
 	switch m.kind {
 	case ownDir: // made as the host's root, which may write DIR (checkJobDirs: root's alone)
 		if err := os.Mkdir(m.source, 0o700); err != nil {
@@ -109,10 +108,7 @@ func makeMount(m jobMount, s initSetup) error {
 	case tmpfs:
 		// Inodes and dentries are kernel memory that size= does not count: one inode per 4 KiB of it.
 		opts := fmt.Sprintf("mode=0700,size=%d,nr_inodes=%d", s.TmpSize, max(s.TmpSize/4096, 1024))
-		if err := unix.Mount("tmpfs", m.target, "tmpfs", flags, opts); err != nil {
-			return fmt.Errorf("mount tmpfs on %s: %w", m.target, err)
-		}
-		return nil
+		return mountFS("tmpfs", m.target, opts, 0)
 	case scratchDir: // mode 1777 set after the mkdir, past the umask
 		if err := unix.Mkdir(m.source, 0o1777); err != nil {
 			return fmt.Errorf("mkdir %s: %w", m.source, err)
@@ -124,10 +120,7 @@ func makeMount(m jobMount, s initSetup) error {
 	case bindRO:
 		return bindMount(m.source, m.target, unix.MS_RDONLY|unix.MS_NOEXEC)
 	case procfs:
-		if err := unix.Mount("proc", m.target, "proc", flags|unix.MS_NOEXEC, ""); err != nil {
-			return fmt.Errorf("mount proc on %s: %w", m.target, err)
-		}
-		return nil
+		return mountFS("proc", m.target, "", unix.MS_NOEXEC)
 	}
 	return fmt.Errorf("mount %s: unknown kind %d", m.target, m.kind)
 }
@@ -172,6 +165,14 @@ func bindMount(src, dst string, flags uintptr) error {
 	flags |= unix.MS_BIND | unix.MS_REMOUNT | unix.MS_NOSUID | unix.MS_NODEV
 	if err := unix.Mount("", dst, "", flags, ""); err != nil {
 		return fmt.Errorf("remount %s: %w", dst, err)
+	}
+	return nil
+}
+
+// mountFS mounts a new filesystem of fstype on target, nosuid, nodev and with flags.
+func mountFS(fstype, target, data string, flags uintptr) error {
+	if err := unix.Mount(fstype, target, fstype, unix.MS_NOSUID|unix.MS_NODEV|flags, data); err != nil {
+		return fmt.Errorf("mount %s on %s: %w", fstype, target, err)
 	}
 	return nil
 }
