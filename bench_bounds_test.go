@@ -79,9 +79,9 @@ func (b *bench) outputBudgetRSS() {
 // bigStarts: 256 concurrent Starts of just under gRPC's 1 MiB message bound from one identity, which
 // validation refuses (over 512 KiB of command): the RSS they cost beyond the in-flight bound's share.
 func (b *bench) bigStarts() {
-	const n, perClient = 256, 64
+	const n, perClient = 256, 128 // -max_requests_per_client's default, passed as the flag to keep them one
 	b.t.Log("256 concurrent maximum-size Starts ...")
-	srv := b.boundsServer("bigstarts")
+	srv := b.boundsServer("bigstarts", "-max_requests_per_client", fmt.Sprint(perClient))
 	defer srv.stop(b.t)
 	_, c := b.dial(srv, "a")
 	rss0 := benchProcKB(srv.pid(), "VmRSS")
