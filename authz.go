@@ -1,3 +1,5 @@
+//go:build !rundinit
+
 package main
 
 // authz.go decides who a caller is and which jobs it may touch.

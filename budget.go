@@ -1,3 +1,5 @@
+//go:build !rundinit
+
 package main
 
 // budget.go owns the server-wide memory budget for job output: what every ring holds, live and

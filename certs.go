@@ -1,3 +1,5 @@
+//go:build !rundinit
+
 package main
 
 // certs.go owns the development PKI and `rund certs`, which writes it: a CA, a server certificate for

@@ -1,3 +1,5 @@
+//go:build !rundinit
+
 package main
 
 // cgroupfs.go owns every file rund reads or writes under the cgroup2 mount. The rules it follows are in

@@ -1,3 +1,5 @@
+//go:build !rundinit
+
 package main
 
 // client.go is "rund client": one subcommand per RPC plus "run" (start, follow the log, exit with the

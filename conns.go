@@ -1,3 +1,5 @@
+//go:build !rundinit
+
 package main
 
 // conns.go bounds what peers can hold of the server before and after they authenticate: open

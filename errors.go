@@ -1,3 +1,5 @@
+//go:build !rundinit
+
 package main
 
 // errors.go names the kinds of error the core (jobs, pool, spawn, ring) returns for a client to act

@@ -1,3 +1,5 @@
+//go:build !rundinit
+
 package main
 
 // frames.go reads the HTTP/2 frame headers (RFC 9113 4.1) that a client sends on an established

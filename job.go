@@ -1,3 +1,5 @@
+//go:build !rundinit
+
 package main
 
 // job.go owns one job's life, from the sandbox it runs in to its removal:

@@ -1,3 +1,5 @@
+//go:build !rundinit
+
 package main
 
 // jobs.go owns the job table: the bounds on live jobs (in all and per client), lookup by id for the

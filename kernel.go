@@ -1,3 +1,5 @@
+//go:build !rundinit
+
 package main
 
 // kernel.go is the kernel floor: what rund needs of Linux that came last, checked when rund serve

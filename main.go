@@ -1,3 +1,5 @@
+//go:build !rundinit
+
 // Command rund runs Linux processes ("jobs") for remote clients over mutual TLS, each in its own
 // cgroup v2 and PID, mount, network, UTS and IPC namespaces. See README.md.
 package main

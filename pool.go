@@ -1,3 +1,5 @@
+//go:build !rundinit
+
 package main
 
 // pool.go owns the spare sandboxes: what a job runs in, made before its Start.

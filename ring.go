@@ -1,3 +1,5 @@
+//go:build !rundinit
+
 package main
 
 import (

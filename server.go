@@ -1,3 +1,5 @@
+//go:build !rundinit
+
 package main
 
 // server.go is the gRPC face of the job manager: it authenticates each call, maps requests to jobs and

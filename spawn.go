@@ -1,3 +1,5 @@
+//go:build !rundinit
+
 package main
 
 // spawn.go is the server's side of a job's init (init.go is the init's side): it starts "rund init" as

@@ -1,3 +1,5 @@
+//go:build !rundinit
+
 package main
 
 // spec.go decides what a valid job request is. validate checks a request completely before anything

@@ -1,3 +1,5 @@
+//go:build !rundinit
+
 package main
 
 // tls.go owns the server's mutual TLS configuration, and what both ends load alike (tlsFiles) and

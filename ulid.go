@@ -1,3 +1,5 @@
+//go:build !rundinit
+
 package main
 
 // Job ids are ULIDs (https://github.com/ulid/spec): as plain strings they sort

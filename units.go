@@ -1,3 +1,5 @@
+//go:build !rundinit
+
 package main
 
 // units.go holds the command line's rules for numbers as people write them, in and out: sizes,
