@@ -1340,6 +1340,18 @@ several times what it does on bare metal); the lines it names are in "Measuremen
   0.8x target. The filter, the mounts and the keyring are set up in the spare; at the Start only the
   mounts are locked (lockMounts: a few mount_setattr(2) calls, microseconds, in the goroutine that reads
   the Start). Sustained starts meet their target.
+- **256 maximum-size Starts (target: 64 MiB beyond the in-flight share).** The share is what
+  -max_requests_per_client (128) requests of 576 KiB hold while grpc-go assembles them: 72 MiB. Each is
+  then decoded (its strings are a second copy of it) and refused by validation, and the copies are garbage
+  at once; with Go's default GOGC the collector lets the heap grow to about twice what was live at its last
+  mark, which is the share: the peak is about twice the share. Run with GOGC=50, the same figure measured
+  44 MiB beyond the share (2026-12-05). rund does not lower GOGC for it: the soft memory limit
+  (-output_budget + 48 MiB) already bounds the heap on a host whose RAM sets a small budget, and a lower
+  GOGC costs CPU on every host.
+- **Established List during a WINDOW_UPDATE flood (target 50 ms p99).** The flood's frames are counted
+  and its connections closed past 10,000 a second, but until then they take the server's CPU on this
+  2-CPU machine; p50 stays under a millisecond, and the p99 of 30 samples is one slow sample: 40 and 53 ms
+  in two runs of 2026-12-05.
 - **Log, 1 follower (target 0.75x).** The raw stream sends from memory; rund's follower reads a job that
   writes as fast as it can, and on 2 CPUs that job and the reading of its pipe take CPU the stream would
   get. A reference is measured beside it: a raw server that does nothing but relay a live yes's pipe to
@@ -1434,7 +1446,13 @@ const benchMethod = `
   sampled every 5 ms; the in-flight share is -max_requests_per_client requests of that size. Connection flood:
   3,000 TCP connections from 127.0.0.2 that never send a ClientHello, then 100 more every 100 ms for 10 s from
   127.0.0.3-12, while an established client calls Status every 100 ms and, once a second, a new client dials
-  and calls List.
+  and calls List. Idle floods: one identity opens 990 TLS+HTTP/2 connections that send their preface and
+  SETTINGS and then nothing, and a client of another identity dials and calls List 10 times; then 8 TCP
+  sockets from each of 50 /24s (127.0.1-50.x) that send nothing, a second's wait, and 10 more dials and Lists.
+  Frame floods: 256 connections of two identities, opened one after another, each begins a Start that
+  declares 576 KiB and sends its body a byte a DATA frame for up to 3 s, the server's VmRSS sampled; then 8
+  connections send WINDOW_UPDATE frames as fast as they can for up to 3 s; meanwhile an established client
+  calls List every 100 ms.
 - **Heap per idle job**: an in-process server (the test harness's), runtime.ReadMemStats after GC before and
   after starting 1,000 ` + "`sleep 3600`" + ` jobs, less what the jobs' rings have allocated (their data and segment
   deque, read from the rings, which grow with the output: nothing for a silent job). Goroutine
