@@ -12,12 +12,21 @@ TOOLS     := $(CURDIR)/.cache/tools
 # html/template and more: 2 MB less binary, and every job's init starts ~1.5 ms faster (BENCHMARKS.md).
 # -buildvcs=auto overrides a GOFLAGS=-buildvcs=false in the environment, so that the binary records its
 # revision (rund version) when built in a checkout. VERSION is what rund version prints.
-GOFLAGS_BUILD := -trimpath -tags grpcnotrace -buildvcs=auto
+GOFLAGS_BUILD := -trimpath -buildvcs=auto
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 
+# build makes rund with its lean init inside: first the init alone (-tags rundinit: init.go, mounts.go,
+# creds*.go, seccomp*.go and initmain.go, which link no grpc, protobuf or crypto/tls), for the GOOS and
+# GOARCH of the environment, then rund with it embedded (-tags embedinit, initembed.go) through a
+# -overlay that names it rund-init.bin, so nothing is written into the checkout. rund serve runs it from
+# a sealed memfd. A plain `go build` leaves it out, and rund runs itself as each job's init.
 build:
-	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -ldflags='$(LDFLAGS)' -o $(BIN) .
+	CGO_ENABLED=0 $(GO) build -trimpath -tags rundinit -ldflags='-s -w' -o $(BIN).init .
+	printf '{"Replace":{"%s/rund-init.bin":"%s.init"}}' '$(CURDIR)' '$(abspath $(BIN))' > $(BIN).overlay
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -tags grpcnotrace,embedinit -overlay $(BIN).overlay \
+		-ldflags='$(LDFLAGS)' -o $(BIN) .
+	rm -f $(BIN).init $(BIN).overlay
 
 # release cross-builds the same static binary for each board rund is released for (armv7 is GOARCH=arm
 # GOARM=7) into dist/rund-VERSION-linux-ARCH, and dist/SHA256SUMS for them. dist/ is emptied first, so
@@ -28,8 +37,8 @@ release:
 	rm -rf dist && mkdir dist
 	@set -e; for a in $(RELEASE_ARCHS); do \
 		case $$a in armv7) arch="GOARCH=arm GOARM=7" ;; *) arch="GOARCH=$$a" ;; esac; \
-		cmd="env CGO_ENABLED=0 GOOS=linux $$arch $(GO) build $(GOFLAGS_BUILD) -ldflags='$(LDFLAGS)' -o dist/$(BIN)-$(VERSION)-linux-$$a ."; \
-		echo "$$cmd"; eval "$$cmd"; \
+		env GOOS=linux $$arch $(MAKE) --no-print-directory build VERSION='$(VERSION)' \
+			BIN=dist/$(BIN)-$(VERSION)-linux-$$a; \
 	done
 	cd dist && sha256sum $(BIN)-$(VERSION)-linux-* > SHA256SUMS
 
@@ -51,6 +60,8 @@ run: certs
 check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt wants to rewrite: $$out"; exit 1; fi
 	$(GO) vet ./...
+	@deps=$$($(GO) list -deps -tags rundinit . | grep -E '^google\.golang\.org/|^crypto/tls$$|^net/http$$' || true); \
+		if [ -n "$$deps" ]; then echo "the lean init (-tags rundinit) links:" $$deps; exit 1; fi
 
 test: check build
 	$(GO) test -race -count=1 -timeout 30m ./...

@@ -60,8 +60,8 @@ func TestMain(m *testing.M) {
 	os.Exit(runTests(m))
 }
 
-// runTests points initExe at a plain build of rund, when one can be made: under -race every job's init
-// would otherwise be this test binary, and the race runtime sleeps a second at each exit.
+// runTests points initExe at a build of the lean init, when one can be made: under -race every job's
+// init would otherwise be this test binary, and the race runtime sleeps a second at each exit.
 //
 // Contained jobs have a /tmp, /var/tmp and /dev/shm of their own and run as a uid of their own, so the
 // files tests hand to jobs (this binary as the probe, scripts, working directories) live in
@@ -84,18 +84,27 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	testExe = filepath.Join(dir, "rund.test")
-	build := exec.Command("go", "build", "-tags", "grpcnotrace", "-o", filepath.Join(dir, "rund"), ".")
+	build := exec.Command("go", "build", "-tags", "rundinit", "-o", filepath.Join(dir, "rund-init"), ".")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err == nil {
-		initExe = filepath.Join(dir, "rund")
+		initExe = filepath.Join(dir, "rund-init")
 	} else {
 		fmt.Fprintf(os.Stderr, "tests use the race-enabled test binary as job init (slow): go build: %v\n%s", err, out)
+	}
+	if err := makeRund(runtime.GOARCH, filepath.Join(dir, "rund")); err == nil {
+		rundExe = filepath.Join(dir, "rund")
+	} else {
+		fmt.Fprintf(os.Stderr, "tests that run rund itself are skipped: %v\n", err)
 	}
 	return m.Run()
 }
 
 // testExe is a copy of this test binary that jobs can run (runTests).
 var testExe string
+
+// rundExe is rund as make build makes it, its lean init inside (runTests), or "" if it could not be
+// built; initExe is that lean init alone, which the tests' in-process servers run as each job's init.
+var rundExe string
 
 func mustExecutable() string {
 	exe, err := os.Executable()

@@ -530,9 +530,15 @@ func subprocessParent(t *testing.T, tag string) string {
 // returns once it is serving, with its address and a channel of the lines it logs from then on.
 func serverProcess(t *testing.T, pki *testPKI, parent string, pre ...string) (*exec.Cmd, string, <-chan string) {
 	t.Helper()
+	return serverProcessOf(t, os.Args[0], pki, parent, pre...)
+}
+
+// serverProcessOf is serverProcess with the binary exe as rund.
+func serverProcessOf(t *testing.T, exe string, pki *testPKI, parent string, pre ...string) (*exec.Cmd, string, <-chan string) {
+	t.Helper()
 	// 64 MiB of /tmp a job, as the in-process servers give: with the default 256 MiB, a host without the
 	// memory controller would run only -job_tmp_total / 256 MiB of them at once.
-	c := exec.Command(os.Args[0], append(pre, "serve", "-addr", "127.0.0.1:0", "-cgroup", parent,
+	c := exec.Command(exe, append(pre, "serve", "-addr", "127.0.0.1:0", "-cgroup", parent,
 		"-ca", pki.file("ca.crt"), "-cert", pki.file("server.crt"), "-key", pki.file("server.key"),
 		"-job_tmp_size", "67108864")...)
 	stderr, _ := c.StderrPipe()

@@ -62,8 +62,8 @@ func TestRunIsByteExact(t *testing.T) {
 	gate := filepath.Join(jobTempDir(t), "gate")
 	c, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	exe := initExe
-	if exe == "/proc/self/exe" {
+	exe := rundExe
+	if exe == "" {
 		exe = os.Args[0]
 	}
 	run := exec.CommandContext(c, exe, "client", "run", "-v", "-addr", ts.addr, "-ca", ts.pki.file("ca.crt"),

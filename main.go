@@ -349,6 +349,9 @@ func serve(c serveConfig) error {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(c.outputBudget + 48<<20)
 	}
+	if err := sealInit(); err != nil { // before the first spare's init starts
+		log.Printf("the lean init: %v; rund runs itself as each job's init (slower to start, as contained)", err)
+	}
 	m := newManager(cg, c.jobsConfig)
 	srv, health := newGRPCServer(tlsCfg, m, c)
 

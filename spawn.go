@@ -15,11 +15,56 @@ import (
 	"os"
 	"os/exec"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
-// initExe is the binary run as a job's init: this very one, even if the file on disk was replaced.
-// Tests point it at a build without the race detector, whose exit alone takes a second.
+// initExe is the binary run as a job's init: the lean init in its sealed memfd once sealInit has made
+// it, else this very binary, even if the file on disk was replaced. Tests point it at a lean init built
+// without the race detector, whose exit alone takes a second.
 var initExe = "/proc/self/exe"
+
+// leanInit is the lean init's binary when make build carried it inside rund (initembed.go), else nil.
+var leanInit []byte
+
+// initMemfd is sealInit's memfd, which initExe names: held here, never closed, for as long as rund runs.
+var initMemfd *os.File
+
+// sealInit puts the lean init in a memfd, sealed so that nothing can change it once written
+// (memfd_create(2), F_ADD_SEALS in fcntl(2)), and points initExe at it: every job's init runs the
+// same pages, and links none of the server's packages nor runs their initialisers. The memfd stays
+// open for as long as rund runs, close-on-exec: no init inherits it. With no lean init it does nothing.
+func sealInit() error {
+	if len(leanInit) == 0 {
+		return nil
+	}
+	fd, err := unix.MemfdCreate("rund-init", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING|unix.MFD_EXEC)
+	if errors.Is(err, unix.EINVAL) { // MFD_EXEC is Linux 6.3's; before it, every memfd may be run
+		fd, err = unix.MemfdCreate("rund-init", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	}
+	if err != nil {
+		return fmt.Errorf("memfd_create rund-init: %w", err)
+	}
+	// Above every fd that os/exec's child moves or dup2s before its execve (0-5, and as many above
+	// them: syscall/exec_linux.go), which execve("/proc/self/fd/N") would otherwise find replaced.
+	high, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 64)
+	unix.Close(fd)
+	if err != nil {
+		return fmt.Errorf("fcntl F_DUPFD_CLOEXEC memfd:rund-init: %w", err)
+	}
+	f := os.NewFile(uintptr(high), "memfd:rund-init")
+	_, err = f.Write(leanInit)
+	if err == nil {
+		seals := unix.F_SEAL_SEAL | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_WRITE
+		_, err = unix.FcntlInt(f.Fd(), unix.F_ADD_SEALS, seals)
+	}
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("write and seal memfd:rund-init: %w", err)
+	}
+	initMemfd, initExe = f, fmt.Sprintf("/proc/self/fd/%d", high)
+	return nil
+}
 
 // proc is a started init, as rund sees it.
 type proc struct {

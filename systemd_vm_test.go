@@ -103,7 +103,7 @@ func TestSystemdVM(t *testing.T) {
 	assetsTook := time.Since(begin)
 	dir := t.TempDir()
 	rund, rundTest := filepath.Join(dir, "rund"), filepath.Join(dir, "rund.test")
-	if err := goBuildStatic("amd64", "build", "-trimpath", "-tags", "grpcnotrace", "-o", rund, "."); err != nil {
+	if err := makeRund("amd64", rund); err != nil {
 		t.Fatal(err)
 	}
 	if err := goBuildStatic("amd64", "test", "-c", "-o", rundTest, "."); err != nil {

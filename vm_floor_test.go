@@ -61,7 +61,7 @@ func TestVMFloor(t *testing.T) {
 	}
 	dir := t.TempDir()
 	rund := filepath.Join(dir, "rund")
-	if err := goBuildStatic(arch.goarch, "build", "-trimpath", "-tags", "grpcnotrace", "-o", rund, "."); err != nil {
+	if err := makeRund(arch.goarch, rund); err != nil {
 		t.Fatal(err)
 	}
 	initrd, disk := filepath.Join(dir, "initramfs.cpio"), filepath.Join(dir, "disk.img")

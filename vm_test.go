@@ -132,7 +132,7 @@ func vmSuite(t *testing.T, arch vmArch) {
 	}
 	dir := t.TempDir()
 	rund, rundTest := filepath.Join(dir, "rund"), filepath.Join(dir, "rund.test")
-	if err := goBuildStatic(arch.goarch, "build", "-trimpath", "-tags", "grpcnotrace", "-o", rund, "."); err != nil {
+	if err := makeRund(arch.goarch, rund); err != nil {
 		t.Fatal(err)
 	}
 	if err := goBuildStatic(arch.goarch, "test", "-c", "-o", rundTest, "."); err != nil {
@@ -214,6 +214,16 @@ func vmAssets(cache string, args ...string) (map[string]string, error) {
 // goBuildStatic runs the go command for goarch with cgo off: the binaries must run in an initramfs
 // without libc. No -race: the guest runs plain builds even when the host suite runs under the race
 // detector.
+// makeRund builds rund for goarch as `make build` does, with its lean init inside, to out.
+func makeRund(goarch, out string) error {
+	cmd := exec.Command("make", "--no-print-directory", "build", "BIN="+out)
+	cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH="+goarch)
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("make build BIN=%s GOARCH=%s: %v\n%s", out, goarch, err, msg)
+	}
+	return nil
+}
+
 func goBuildStatic(goarch string, args ...string) error {
 	cmd := exec.Command("go", args...)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOARCH="+goarch)
