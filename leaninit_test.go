@@ -5,11 +5,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
-
-	"rund/rpcpb"
 )
 
 // TestLeanInitFromSealedMemfd: rund as make build makes it runs each job's init from a sealed memfd
@@ -20,10 +19,14 @@ func TestLeanInitFromSealedMemfd(t *testing.T) {
 	parent := subprocessParent(t, "lean")
 	pki := newTestPKI(t)
 	srv, addr, _ := serverProcessOf(t, rund, pki, parent)
-	defer srv.Process.Kill()
+	defer func() { // its shutdown ends the job and removes every cgroup it made, the spares' too
+		srv.Process.Signal(syscall.SIGTERM)
+		if err := srv.Wait(); err != nil {
+			t.Errorf("server after SIGTERM: %v", err)
+		}
+	}()
 	a := (&testServer{addr: addr, pki: pki}).dialAs(t, "a")
 	id := startJob(t, a, cmd("sh", "-c", "echo lean; exec sleep 1000"))
-	defer a.Stop(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
 	waitOutput(t, a, id, "lean\n")
 
 	procs, err := os.ReadFile(filepath.Join(parent, id, "init", "cgroup.procs"))
