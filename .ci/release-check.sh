@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 dist=dist
 archs=(amd64 arm64 armv7 riscv64)
 heading='## Release binaries'
-target=13000000 # the issue's target, 13 MB (10^6 bytes, as everywhere in BENCHMARKS.md)
+target=14000000 # issue 24's target with the lean init inside, 14 MB (10^6 bytes, as everywhere in BENCHMARKS.md)
 
 version() {
 	if [ -z "${VERSION:-}" ]; then
@@ -157,8 +157,8 @@ $heading
 
 Written by \`make release-sizes\` (\`make release\`, then \`.ci/release-check.sh sizes\`); \`make bench\`
 keeps this section as it is. rund $v, $(go env GOVERSION). Each binary is \`make build\`'s static build
-(\`-trimpath -tags grpcnotrace\`, stripped with \`-s -w\`) for its GOARCH; \`make release-check\` proves
-them (README, "Release binaries"). MB means 10^6 bytes.
+(\`-trimpath -tags grpcnotrace,embedinit\`, stripped with \`-s -w\`, the lean init inside) for its
+GOARCH; \`make release-check\` proves them (README, "Release binaries"). MB means 10^6 bytes.
 
 | binary | go env | bytes | MB | target | met |
 |---|---|---|---|---|---|
@@ -169,7 +169,7 @@ EOF
 		n=$(stat -c %s "$bin")
 		met=NO
 		[ "$n" -le $target ] && met=yes
-		printf '| `%s` | `%s` | %d | %s | ≤ 13 MB | %s |\n' "rund-$v-linux-$a" "$(goarch "$a")" "$n" \
+		printf '| `%s` | `%s` | %d | %s | ≤ 14 MB | %s |\n' "rund-$v-linux-$a" "$(goarch "$a")" "$n" \
 			"$(awk -v n="$n" 'BEGIN{printf "%.2f", n/1e6}')" "$met"
 	done
 }
