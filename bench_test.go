@@ -1313,17 +1313,14 @@ several times what it does on bare metal); the lines it names are in "Measuremen
   runs against 1.71-1.78x over 4 at 50 ms. Runs on this machine move ratios by about ±15%; each 20 ms run
   over 2x was one where the raw lifecycle itself was 13-25% slower than usual.
 - **Sustained starts (target 0.6x).** CPU-bound: "CPU per job while sustained" puts a rund job at
-  40-49 ms of CPU, most of it in the job's cgroup (its init), against 7-8 ms per raw spawn, and 2 CPUs at
-  41-48 rund jobs/s. One start of rund's binary ("CPU of one start": ` + "`rund init`" + ` exiting at once) costs
-  17-25 ms of CPU, an empty Go program 7-10 ms, /bin/true 2-3 ms (perf stat: 460 page faults and 57
-  context switches against 209 and 7; the runtime's sysmon, waking every 20 us at first, is 8% of the
-  init's own samples). perf of the inits during this figure: 26% in
-  pvm_irq_enable (page-fault and TLB-flush exits to the hypervisor), then the Go runtime's start and the
-  package initialisers (GODEBUG=inittrace: protobuf descriptors, grpc, compress/flate). Spares take this
-  cost off a Start's latency, not off the CPU; -tags grpcnotrace took 1.5 ms off it. The target allows about
-  13 ms of CPU per job in all, less than any Go program's start plus the command, so it cannot be met while
-  every job has a Go init of its own, and that init is what gives a job SIGTERM, orphan reaping and an exact
-  exit status (spawn.go).
+  30 ms of CPU, most of it in the job's cgroup (its init and the command), against 5 ms per raw spawn, and
+  2 CPUs at 60 rund jobs/s (2026-12-05). Until the lean init (README, "The lean init") it was 40-49 ms and
+  41-48 jobs/s: one start of rund's whole binary as init ("CPU of one start") costs 15 ms of CPU, the lean
+  init's 6 ms, an empty Go program 5 ms, /bin/true 2 ms. What stays is the Go runtime's start, the init's
+  namespaces, mounts and filter, and the command. Spares take the init's cost off a Start's latency, not
+  off the CPU. The target allows about 8 ms of CPU per job in all here, less than a Go program's start plus
+  the command, so it cannot be met while every job has a Go init of its own, and that init is what gives a
+  job SIGTERM, orphan reaping and an exact exit status (spawn.go).
 - **Containment: Start and lifecycle (target 1.25x of the same server with -unsafe_uncontained_jobs).**
   The user namespace is the cost, and at the Start it has a floor that the target does not leave room
   for. Go's ForkExec cannot use vfork for a child in a new user namespace (syscall/exec_linux.go: the
@@ -1389,9 +1386,10 @@ const benchStart = `
 The code cites this section for the choices below; each was measured as an A/B on 2 CPUs when it was
 made (2026-11-27), and the figures above are what the current code gives.
 
-- **Spares** (pool.go). Starting a job's init is most of a Start's cost: the Go runtime and package
-  initialisation of this binary, 17-25 ms of CPU here ("CPU of one start" above). A waiting spare costs one
-  init process of about 1.2 MiB private memory ("rund init private RSS") and three empty cgroups.
+- **Spares** (pool.go). Starting a job's init is most of a Start's cost: the Go runtime's start and the
+  init's namespaces and mounts (the lean init's own start is 6 ms of CPU here, "CPU of one start" above). A
+  waiting spare costs one init process of about 1 MiB private memory ("rund init private RSS") and three
+  empty cgroups.
 - **When a taken spare is replaced** (pool.go refillDelay). Made at once, the new spare competed with the
   job's own start; made once that job had ended or run 100 ms: Start 1.89x -> 1.28x of raw, lifecycle
   2.71x -> 2.33x (20 ms between jobs). Made once the job is gone (its init reaped, its cgroups removed)
@@ -1464,7 +1462,8 @@ const benchMethod = `
   deque, read from the rings, which grow with the output: nothing for a silent job). Goroutine
   stacks are not heap and are listed on their own line.
 - **rund init private RSS**: Private_Clean + Private_Dirty from /proc/PID/smaps_rollup of every job's init, with
-  1,000 sleep jobs running on the static server (so the binary's text is shared among them, as in production).
+  1,000 sleep jobs running on the static server (so the lean init's text, in its memfd, is shared among them,
+  as in production).
 - **Client wall time**: fork+exec to exit of ` + "`rund client status ID`" + `, against a minimal static Go client (generated
   by the benchmark, built like ` + "`make build`" + `) that loads the same key pair, dials, calls Status once and prints
   the state.
