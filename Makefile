@@ -9,7 +9,7 @@ TOOLS     := $(CURDIR)/.cache/tools
 .PHONY: build run certs test fuzz e2e e2e-arm64 e2e-trixie e2e-floor e2e-systemd bench check proto proto-check clean release release-check release-sizes
 
 # grpcnotrace leaves out grpc's golang.org/x/net/trace support (rund never enables it) and with it
-# html/template and more: 2 MB less binary, and every job's init starts ~1.5 ms faster (BENCHMARKS.md).
+# html/template and more: 2 MB less binary, and a faster start of rund itself (the client, a plain build's init).
 # -buildvcs=auto overrides a GOFLAGS=-buildvcs=false in the environment, so that the binary records its
 # revision (rund version) when built in a checkout. VERSION is what rund version prints.
 GOFLAGS_BUILD := -trimpath -buildvcs=auto
