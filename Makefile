@@ -108,7 +108,7 @@ e2e-systemd:
 	RUND_E2E_SYSTEMD=1 $(GO) test -count=1 -run '^TestSystemdVM$$' -v -timeout 30m .
 
 # bench measures rund against a raw baseline for each figure, in one run, and rewrites BENCHMARKS.md
-# (bench_test.go). As root; about 5 minutes. Not part of test, and never under -race, which would
+# (bench_test.go). As root; about 8 minutes. Not part of test, and never under -race, which would
 # distort every figure; test only builds it.
 # TestBenchReport rewrites the whole file; the "Release binaries" section (release-sizes) is put back.
 bench:
