@@ -199,11 +199,6 @@ func (b *bench) idleFloods() {
 	b.t.Log("idle connection floods ...")
 	srv := b.boundsServer("idleflood")
 	defer srv.stop(b.t)
-	cfg, err := clientTLS(b.pki.file("ca.crt"), b.pki.file("a.crt"), b.pki.file("a.key"))
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	cfg.NextProtos, cfg.ServerName = []string{"h2"}, "localhost"
 	var conns []net.Conn
 	defer func() {
 		for _, c := range conns {
@@ -211,13 +206,12 @@ func (b *bench) idleFloods() {
 		}
 	}()
 	for range 990 {
-		c, err := tls.Dial("tcp", srv.addr, cfg)
+		c, err := dialH2(b.pki, srv.addr, "a")
 		if err != nil {
 			b.t.Fatalf("idle connection %d: %v", len(conns), err)
 		}
 		var out bytes.Buffer
-		out.WriteString("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-		writeFrame(&out, 4, 0, 0, nil)
+		writePreface(&out)
 		c.Write(out.Bytes())
 		conns = append(conns, c)
 	}
@@ -279,13 +273,7 @@ func (b *bench) frameFloods() {
 		var mu sync.Mutex
 		var conns []*tls.Conn
 		for i := range n { // one after the other: a burst from one /24 would meet -max_pending_conns_per_prefix
-			name := []string{"a", "b"}[i%2]
-			cfg, err := clientTLS(b.pki.file("ca.crt"), b.pki.file(name+".crt"), b.pki.file(name+".key"))
-			if err != nil {
-				b.t.Fatal(err)
-			}
-			cfg.NextProtos, cfg.ServerName = []string{"h2"}, "localhost"
-			c, err := tls.Dial("tcp", srv.addr, cfg)
+			c, err := dialH2(b.pki, srv.addr, []string{"a", "b"}[i%2])
 			if err != nil {
 				b.t.Fatal(err)
 			}
@@ -297,8 +285,7 @@ func (b *bench) frameFloods() {
 				defer c.Close()
 				var err error
 				var out bytes.Buffer
-				out.WriteString("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-				writeFrame(&out, 4, 0, 0, nil)
+				writePreface(&out)
 				first(&out)
 				c.SetWriteDeadline(end)
 				for err == nil && time.Now().Before(end) {

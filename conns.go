@@ -193,12 +193,13 @@ func (b boundedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthI
 		return nil, nil, err
 	}
 	info := connInfo{TLSInfo: auth.(credentials.TLSInfo), conn: c}
-	if verifiedLeaf(info.State) == nil {
+	leaf := verifiedLeaf(info.State)
+	if leaf == nil {
 		conn.Close()
 		return nil, nil, errNoIdentity
 	}
 	c.t.mu.Lock()
-	c.handshaking, c.client, c.idleSince = false, identityKey(certIdentity(verifiedLeaf(info.State))), time.Now()
+	c.handshaking, c.client, c.idleSince = false, identityKey(certIdentity(leaf)), time.Now()
 	c.t.mu.Unlock()
 	return newFrameCounter(conn), info, nil
 }

@@ -44,23 +44,34 @@ func closedWithin(c net.Conn, d time.Duration) bool {
 // an empty SETTINGS frame, and then nothing: a client that holds a connection idle.
 func rawH2(t *testing.T, ts *testServer, name string) *tls.Conn {
 	t.Helper()
-	cfg, err := clientTLS(ts.pki.file("ca.crt"), ts.pki.file(name+".crt"), ts.pki.file(name+".key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.NextProtos, cfg.ServerName = []string{"h2"}, "localhost"
-	c, err := tls.Dial("tcp", ts.addr, cfg)
+	c, err := dialH2(ts.pki, ts.addr, name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
 	var out bytes.Buffer
-	out.WriteString("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-	writeFrame(&out, 4, 0, 0, nil)
+	writePreface(&out)
 	if _, err := c.Write(out.Bytes()); err != nil {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// dialH2 opens a TLS connection to addr as client name, offering h2 as grpc-go's client does, and
+// sends nothing over it.
+func dialH2(pki *testPKI, addr, name string) (*tls.Conn, error) {
+	cfg, err := clientTLS(pki.file("ca.crt"), pki.file(name+".crt"), pki.file(name+".key"))
+	if err != nil {
+		return nil, err
+	}
+	cfg.NextProtos, cfg.ServerName = []string{"h2"}, "localhost"
+	return tls.Dial("tcp", addr, cfg)
+}
+
+// writePreface writes the HTTP/2 client preface and an empty SETTINGS frame (RFC 9113 3.4).
+func writePreface(out *bytes.Buffer) {
+	out.WriteString("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+	writeFrame(out, 4, 0, 0, nil)
 }
 
 // listWithin calls List as a new client of name, which must succeed within d.
