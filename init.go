@@ -40,6 +40,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -104,6 +105,12 @@ type exitReport struct {
 var forwardedSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT,
 	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGCONT, syscall.SIGWINCH, syscall.SIGALRM, syscall.SIGTSTP}
 
+// stopSignal is the server's Stop, sent to the init alone: SIGTERM to every process of the job, and the
+// init waits for all of them (a second: SIGKILL to them all), as systemd's KillMode=control-group stops a unit (systemd.kill(5)), so a
+// nested shell's trap runs within the grace period. SIGPWR, as lxc-stop asks a container's init to halt
+// (lxc.container.conf(5), lxc.signal.halt); no command is sent it.
+const stopSignal = syscall.SIGPWR
+
 // runInit is the body of "rund init", the PID 1 of a job. It returns the process exit code.
 func runInit() int {
 	if os.Getpid() != 1 || len(os.Args) != 2 {
@@ -122,17 +129,33 @@ func runInit() int {
 		return 1
 	}
 	enc.Encode(startReport{Pid: pid})
+	var stopping atomic.Bool // a Stop came: the init waits for every process, not the command alone
 	go func() {
 		for s := range sigs {
-			syscall.Kill(pid, s.(syscall.Signal))
+			if s != stopSignal {
+				syscall.Kill(pid, s.(syscall.Signal))
+				continue
+			}
+			// The first is the Stop, the next its grace period's end. Stopping is known before the
+			// SIGTERM, so reap cannot return alone once the command ends. kill -1: every process of our
+			// PID namespace but ourselves (kill(2)), so also one that left the job's cgroup.
+			if stopping.Swap(true) {
+				syscall.Kill(-1, syscall.SIGKILL)
+				continue
+			}
+			syscall.Kill(-1, syscall.SIGTERM)
 		}
 	}()
 	go func() {
 		// The lifeline: rund holds the write end; EOF means it is gone, so the job goes too.
 		io.Copy(io.Discard, io.MultiReader(dec.Buffered(), cfgPipe))
-		syscall.Kill(pid, syscall.SIGKILL)
+		syscall.Kill(-1, syscall.SIGKILL)
 	}()
 	ws := reap(pid)
+	if stopping.Load() {
+		// The rest of the job has its grace period too; after it, rund's cgroup.kill ends them all.
+		reap(-1)
+	}
 	// Our copies of the output pipes go now, so that rund's readers see EOF without waiting for this
 	// process to exit; whatever else of the job still holds them, rund kills.
 	unix.Close(1)
@@ -220,7 +243,7 @@ func setUpJob(start *json.Decoder, sigs chan<- os.Signal) (int, *startReport) {
 		go superviseClone3(listener)
 	}
 	// The kernel drops signals to a PID 1 without a handler; rund sends none before the start report.
-	signal.Notify(sigs, forwardedSignals...)
+	signal.Notify(sigs, append(forwardedSignals, stopSignal)...)
 	// A SPARE, READY: it waits here for its Start. No job code has run. The Start is read, and the mounts
 	// locked, on another thread, checked to be without the job's filter (awaitStart, lockMounts).
 	lock := func() error { return nil }
@@ -352,16 +375,20 @@ func initPipe(fd int, name string) *os.File {
 	return os.NewFile(uintptr(fd), name)
 }
 
-// reap waits for every child, as a PID 1 must, until pid has ended, and returns pid's wait status.
+// reap waits for every child, as a PID 1 must, until pid has ended, and returns pid's wait status;
+// with pid -1, until no child is left.
 func reap(pid int) syscall.WaitStatus {
 	for {
 		var ws syscall.WaitStatus
 		got, err := syscall.Wait4(-1, &ws, 0, nil)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return syscall.WaitStatus(syscall.SIGKILL) // ECHILD: pid -1 is done; a pid of ours cannot be
+		}
 		if got == pid {
 			return ws
-		}
-		if err != nil && err != syscall.EINTR {
-			return syscall.WaitStatus(syscall.SIGKILL) // cannot happen: pid is our child
 		}
 	}
 }

@@ -7,8 +7,8 @@ package main
 //	begin:  limits written, command sent to the init, pumps started
 //	finish: exit report -> job/ emptied -> output drained -> final accounting -> status published (done)
 //	        -> log closed -> init reaped -> cgroups removed (gone)
-//	stop:   SIGTERM to the command; after the grace period, cgroup.kill of job/ and SIGKILL to the init
-//	        (its PID namespace goes with it)
+//	stop:   SIGTERM to every process of the job (by the init); after the grace period, cgroup.kill of job/
+//	        and SIGKILL to the init (its PID namespace goes with it)
 //
 // Goroutines of a job (who starts, what ends, who waits):
 //   - two pumps: started by begin; end when every writer of their pipe is gone or drain closes it;
@@ -202,21 +202,29 @@ func (j *job) stop(ctx context.Context) error {
 	}
 }
 
-// escalate sends SIGTERM to the command and, if the job is still there after the grace period, SIGKILL
-// to every process of the command's cgroup. Killing job/ and not the init lets the init report the
-// command's SIGKILL exactly.
+// escalate has the init send SIGTERM to every process of the job and, if the job is still there after
+// the grace period, SIGKILLs them all: by cgroup.kill of job/, and by the init, which also reaches a
+// process that left the cgroup (only one running as host root can, -unsafe_uncontained_jobs) and then
+// reports the command's own end. An init that does not end is killed, which ends its PID namespace.
 func (j *job) escalate() {
-	j.proc.signal(syscall.SIGTERM)
+	j.proc.signal(stopSignal)
 	select {
 	case <-j.done:
+		return
 	case <-time.After(j.grace): // an unfired timer is collected since Go 1.23, no Stop needed
-		// cgroup.kill, and the init too: a process that left the job's cgroup (only one running as
-		// host root can, -unsafe_uncontained_jobs) is still in the job's PID namespace, and the kernel
-		// kills all of it when its init dies (pid_namespaces(7)). So Stop ends whatever the job did.
-		j.logErr(kill(j.cg.jobDir()))
+	}
+	j.logErr(kill(j.cg.jobDir()))
+	j.proc.signal(stopSignal)
+	select {
+	case <-j.done:
+	case <-time.After(initReportWait):
 		j.proc.kill()
 	}
 }
+
+// initReportWait is how long an init has to report after its job's grace period: enough for its last
+// reaps and for finish's drain (2 s).
+const initReportWait = 5 * time.Second
 
 // signal sends sig to the command: SIGKILL by cgroup.kill of job/ (every process of the command; the
 // init still reports its end exactly), anything else through the init, which forwards it. A job whose

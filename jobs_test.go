@@ -276,6 +276,62 @@ func TestStopTreeIgnoringSIGTERM(t *testing.T) {
 	}
 }
 
+// TestStopReachesEveryProcess: Stop sends SIGTERM to every process of the job, not the top command
+// alone, and gives them all the grace period (issue 25): the inner shell's trap runs its cleanup after
+// the outer shell, which has none, has died; a process that ignores SIGTERM is killed at its end.
+func TestStopReachesEveryProcess(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts []serverOpt
+	}{{"contained", nil}, {"uncontained", []serverOpt{uncontained}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startServer(t, tc.opts...)
+			a := ts.dialAs(t, "a")
+			inner := `trap "sleep 0.3; echo cleanup; exit 3" TERM; echo ready; while :; do sleep 0.05; done`
+			req := cmd("sh", "-c", `sh -c '`+inner+`'; echo outer-after-inner`)
+			req.StopGracePeriod = durationpb.New(10 * time.Second)
+			id := startJob(t, a, req)
+			waitOutput(t, a, id, "ready")
+			st, err := a.Stop(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, _ := readAll(t, a, id)
+			if !strings.Contains(out, "cleanup") || strings.Contains(out, "outer-after-inner") {
+				t.Errorf("output %q: want the inner trap's cleanup, and the outer shell killed by SIGTERM", out)
+			}
+			if st.GetSignal().GetValue() != uint32(syscall.SIGTERM) {
+				t.Errorf("final status %v, want the outer shell ended by SIGTERM", st)
+			}
+			if d := st.EndTime.AsTime().Sub(st.StartTime.AsTime()); d >= 10*time.Second {
+				t.Errorf("the job took the whole grace period (%v): something was left to kill", d)
+			}
+
+			// A child that ignores SIGTERM outlives its parent's SIGTERM; the job ends at the grace period.
+			grace := 300 * time.Millisecond
+			req = cmd("sh", "-c", `(trap "" TERM; echo ready; sleep 1000) & wait`)
+			req.StopGracePeriod = durationpb.New(grace)
+			id = startJob(t, a, req)
+			waitOutput(t, a, id, "ready")
+			begin := time.Now()
+			st, err = a.Stop(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if took := time.Since(begin); took < grace {
+				t.Errorf("Stop returned after %v, before the %v grace period: the child was not waited for", took, grace)
+			}
+
+			if st.GetSignal().GetValue() != uint32(syscall.SIGTERM) {
+				t.Errorf("final status %v, want the top shell's own SIGTERM, not the child's SIGKILL", st)
+			}
+			if _, err := os.Stat(filepath.Join(ts.cg.parent, id)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("job cgroup still there after Stop returned: %v", err)
+			}
+		})
+	}
+}
+
 func TestStopWithSIGTERM(t *testing.T) {
 	ts := startServer(t)
 	a := ts.dialAs(t, "a")

@@ -38,7 +38,7 @@ const (
 type JobControllerClient interface {
 	// Start runs a job owned by the caller and returns its id once the command has been exec'd.
 	Start(ctx context.Context, in *JobStartRequest, opts ...grpc.CallOption) (*JobIdentifier, error)
-	// Stop sends SIGTERM, waits the job's grace period, kills what is left and returns the final status.
+	// Stop sends SIGTERM to every process of the job, waits its grace period, kills what is left and returns the final status.
 	Stop(ctx context.Context, in *JobIdentifier, opts ...grpc.CallOption) (*JobStatus, error)
 	Status(ctx context.Context, in *JobIdentifier, opts ...grpc.CallOption) (*JobStatus, error)
 	// Log streams the job's output from the oldest byte still held, then live until the job ends, losing
@@ -156,7 +156,7 @@ func (c *jobControllerClient) Signal(ctx context.Context, in *SignalRequest, opt
 type JobControllerServer interface {
 	// Start runs a job owned by the caller and returns its id once the command has been exec'd.
 	Start(context.Context, *JobStartRequest) (*JobIdentifier, error)
-	// Stop sends SIGTERM, waits the job's grace period, kills what is left and returns the final status.
+	// Stop sends SIGTERM to every process of the job, waits its grace period, kills what is left and returns the final status.
 	Stop(context.Context, *JobIdentifier) (*JobStatus, error)
 	Status(context.Context, *JobIdentifier) (*JobStatus, error)
 	// Log streams the job's output from the oldest byte still held, then live until the job ends, losing
