@@ -190,6 +190,7 @@ func (b boundedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthI
 	}
 	conn, auth, err := b.TransportCredentials.ServerHandshake(c)
 	if err != nil {
+		auditHandshake(c.RemoteAddr().String(), err)
 		return nil, nil, err
 	}
 	info := connInfo{TLSInfo: auth.(credentials.TLSInfo), conn: c}

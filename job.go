@@ -136,6 +136,7 @@ func (j *job) finish(ended func()) {
 	j.mu.Lock()
 	j.ended, j.exit, j.final = time.Now(), exit, final
 	j.mu.Unlock()
+	auditEnd(j)
 	ended()
 	close(j.done)
 	j.releaseStartHold() // no lossless reader came: the budget may give the output up once it is old

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"maps"
 	"net"
 	"os"
@@ -131,6 +132,7 @@ func versionLine() string {
 type serveConfig struct {
 	addr, ca, cert, key string
 	cgroupParent        string
+	logFormat           string
 	ioDevices           []string
 	conns               connBounds
 	jobsConfig
@@ -151,6 +153,10 @@ func runServe(args []string) int {
 	code, ok := parseArgs(fs, args, serveHead)
 	if !ok {
 		return code
+	}
+	if err := setLogFormat(c.logFormat); err != nil {
+		log.Printf("rund serve: %v", err)
+		return 2
 	}
 	for _, bad := range []struct {
 		is  bool
@@ -181,6 +187,20 @@ func runServe(args []string) int {
 	return 0
 }
 
+// setLogFormat sends rund serve's log, the audit trail (audit.go) and every log.Printf alike, to stderr as
+// log/slog's text or JSON lines.
+func setLogFormat(format string) error {
+	switch format {
+	case "text":
+		slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	case "json":
+		slog.SetDefault(slog.New(slog.NewJSONHandler(os.Stderr, nil)))
+	default:
+		return fmt.Errorf("-log_format %q: want text or json", format)
+	}
+	return nil
+}
+
 // serveFlags registers rund serve's flags, other than containment's (containFlags), each into its field of c.
 func serveFlags(fs *flag.FlagSet, c *serveConfig) {
 	fs.StringVar(&c.addr, "addr", ":8000", "listen address")
@@ -188,6 +208,7 @@ func serveFlags(fs *flag.FlagSet, c *serveConfig) {
 	fs.StringVar(&c.cert, "cert", defaultFile("server.crt"), "server certificate")
 	fs.StringVar(&c.key, "key", defaultFile("server.key"), "server private key (mode 0600)")
 	fs.StringVar(&c.cgroupParent, "cgroup", "", "cgroup2 directory for job cgroups (default <cgroup2 mount>/rund)")
+	fs.StringVar(&c.logFormat, "log_format", "text", "the log's lines, the audit trail's too: text or json (log/slog)")
 	fs.Func("io_devices",
 		"comma-separated MAJ:MIN whole-disk block devices that io limits apply to (without them, io limits are refused)",
 		func(s string) error { c.ioDevices = strings.Split(s, ","); return nil })

@@ -71,6 +71,7 @@ type ring struct {
 	wake     chan struct{}  // mu: nil unless a reader waits; closed (and reset to nil) by Write and Close
 	holds    map[*hold]bool // mu: the lossless readers attached
 	room     chan struct{}  // mu: nil unless WaitRoom waits; closed (and reset to nil) when a hold moves or goes
+	lost     int64          // mu: bytes Read has reported lost, summed over its readers
 }
 
 // hold is a lossless reader's claim on the ring: while it is attached, WaitRoom does not let the writer
@@ -361,6 +362,7 @@ func (r *ring) Read(ctx context.Context, off int64, buf []byte, follow bool) (
 		at = max(off, r.head) // the bytes before head were evicted before this reader saw them
 		if at < r.tail {
 			n, s = r.copyOut(at, buf)
+			r.lost += at - off
 			return n, s, at, at - off, nil
 		}
 		if !follow || r.closed {
@@ -376,6 +378,13 @@ func (r *ring) Read(ctx context.Context, off int64, buf []byte, follow bool) (
 			return 0, 0, at, at - off, ctx.Err()
 		}
 	}
+}
+
+// counts are the bytes written so far and those that Read reported lost to its readers.
+func (r *ring) counts() (written, lost int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.tail, r.lost
 }
 
 // copyOut copies bytes from offset at, up to the end of at's segment, into

@@ -67,24 +67,35 @@ func newGRPCServer(tlsCfg *tls.Config, m *manager, c serveConfig) (*grpc.Server,
 }
 
 // publicUnary is the unary interceptor: a unary handler's error reaches the client through publicError.
+// The call goes on the audit trail (audit.go).
 func publicUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	bodyArrived(ctx) // grpc-go reads a unary request whole before its interceptor
 	resp, err := h(ctx, req)
-	return resp, publicError(info.FullMethod, err)
+	err = publicError(info.FullMethod, err)
+	auditCall(ctx, info.FullMethod, req, resp, err)
+	return resp, err
 }
 
 // publicStream is the stream interceptor: a streaming handler's error reaches the client through
-// publicError.
+// publicError. The call goes on the audit trail.
 func publicStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-	return publicError(info.FullMethod, h(srv, bodyStream{ss}))
+	bs := &bodyStream{ServerStream: ss}
+	err := publicError(info.FullMethod, h(srv, bs))
+	auditCall(ss.Context(), info.FullMethod, bs.req, nil, err)
+	return err
 }
 
-// bodyStream stops a streaming request's body deadline once its first message is read.
-type bodyStream struct{ grpc.ServerStream }
+// bodyStream stops a streaming request's body deadline once its first message is read, and keeps that
+// message for the audit trail.
+type bodyStream struct {
+	grpc.ServerStream
+	req any // the request, once read; only the handler's goroutine reads and writes it
+}
 
-func (s bodyStream) RecvMsg(m any) error {
+func (s *bodyStream) RecvMsg(m any) error {
 	err := s.ServerStream.RecvMsg(m)
 	bodyArrived(s.Context())
+	s.req = m
 	return err
 }
 
@@ -175,21 +186,30 @@ func startLimits(req *rpcpb.JobStartRequest) (limits, error) {
 	if cpu != nil && lim.cpuQuota == 0 {
 		return limits{}, clientErr(errInvalid, "max_cpu_bandwidth is 0; leave it unset for no limit")
 	}
-	for _, f := range []struct {
-		name string
-		w    *wrapperspb.UInt64Value
-		to   *uint64
-	}{
-		{"max_memory_usage", req.GetMaxMemoryUsage(), &lim.memory}, {"max_pids", req.GetMaxPids(), &lim.pids},
-		{"max_rbps", req.GetMaxRbps(), &lim.rbps}, {"max_wbps", req.GetMaxWbps(), &lim.wbps},
-		{"max_riops", req.GetMaxRiops(), &lim.riops}, {"max_wiops", req.GetMaxWiops(), &lim.wiops},
-	} {
+	for _, f := range limitFields(req, &lim) {
 		if f.w != nil && f.w.GetValue() == 0 {
 			return limits{}, clientErr(errInvalid, "%s is 0; leave it unset for no limit", f.name)
 		}
 		*f.to = f.w.GetValue()
 	}
 	return lim, nil
+}
+
+// limitField is one of a Start's counted limits: its name in the request, its value there (nil: unset)
+// and where it goes in lim.
+type limitField struct {
+	name string
+	w    *wrapperspb.UInt64Value
+	to   *uint64
+}
+
+// limitFields are a Start's limits but cpu's, which is of another type.
+func limitFields(req *rpcpb.JobStartRequest, lim *limits) []limitField {
+	return []limitField{
+		{"max_memory_usage", req.GetMaxMemoryUsage(), &lim.memory}, {"max_pids", req.GetMaxPids(), &lim.pids},
+		{"max_rbps", req.GetMaxRbps(), &lim.rbps}, {"max_wbps", req.GetMaxWbps(), &lim.wbps},
+		{"max_riops", req.GetMaxRiops(), &lim.riops}, {"max_wiops", req.GetMaxWiops(), &lim.wiops},
+	}
 }
 
 // lookup authenticates the caller and finds a job it may see.
