@@ -182,12 +182,12 @@ func clientCommand(cmd string, args []string, out clientIO) (int, error) {
 	if spec.nargs == commandLine {
 		o.req.Name, o.req.Args = pos[0], pos[1:]
 	}
-	conn, c, err := dial(o)
+	conn, err := dial(o)
 	if err != nil {
 		return 1, err
 	}
 	defer conn.Close()
-	return callClient(context.Background(), c, cmd, pos, o, out)
+	return callClient(context.Background(), rpcpb.NewJobControllerClient(conn), cmd, pos, o, out)
 }
 
 // callClient makes the call that cmd stands for and prints its result. pos are the operands, as many as
@@ -336,23 +336,19 @@ func startFlags(fs *flag.FlagSet, req *rpcpb.JobStartRequest) {
 
 // dial connects to the server that o, RUND_ADDR, RUND_CA, RUND_CERT and RUND_KEY, or the defaults
 // name, in that order (clientNotes).
-func dial(o *clientOpts) (*grpc.ClientConn, rpcpb.JobControllerClient, error) {
+func dial(o *clientOpts) (*grpc.ClientConn, error) {
 	cfg, err := clientTLS(cmp.Or(o.ca, os.Getenv("RUND_CA"), defaultFile("ca.crt")),
 		cmp.Or(o.cert, os.Getenv("RUND_CERT"), defaultFile("client.crt")),
 		cmp.Or(o.key, os.Getenv("RUND_KEY"), defaultFile("client.key")))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil, fmt.Errorf(
+		return nil, fmt.Errorf(
 			"%w (give -ca, -cert and -key, or set RUND_CA, RUND_CERT and RUND_KEY, or run rund certs)", err)
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	addr := cmp.Or(o.addr, os.Getenv("RUND_ADDR"), "localhost:8000")
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
-	if err != nil {
-		return nil, nil, err
-	}
-	return conn, rpcpb.NewJobControllerClient(conn), nil
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 }
 
 func exitOnErr(err error) (int, error) {
