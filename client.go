@@ -51,7 +51,7 @@ type clientCmd struct {
 }
 
 // commandLine, as a clientCmd's nargs, is a command to run and its arguments: any number, of which
-// startFlags wants one at least.
+// checkArgs wants one at least.
 const commandLine = -1
 
 // clientCmds are the client's commands, in the order its help lists them.
@@ -86,6 +86,9 @@ func (c clientCmd) usage() string {
 
 // checkArgs refuses operands that are not as many as c takes.
 func (c clientCmd) checkArgs(pos []string) error {
+	if c.nargs == commandLine && len(pos) == 0 {
+		return errors.New("no command given: rund client start [flags] -- NAME [ARG...]")
+	}
 	if c.nargs == commandLine || len(pos) == c.nargs {
 		return nil
 	}
@@ -121,12 +124,14 @@ type clientIO struct {
 	stdout, stderr io.Writer
 }
 
-// clientOpts is what a client command's flags say besides the start request.
+// clientOpts is what a client command's flags say.
 type clientOpts struct {
 	addr, ca, cert, key                  string // flags; dial falls back to RUND_* and the defaults
 	verbose, follow, lossy, json, idOnly bool
 	offset                               uint64
 	state                                string
+
+	req *rpcpb.JobStartRequest // start and run: its flags from startFlags, its command from the operands
 }
 
 // runClient runs one client command and returns the process exit code.
@@ -161,10 +166,10 @@ func clientCommand(cmd string, args []string, out clientIO) (int, error) {
 	}
 	spec := clientCmds[i]
 	fs := flag.NewFlagSet("rund client "+cmd, flag.ContinueOnError)
-	o, build := clientFlags(cmd, fs)
+	o := clientFlags(cmd, fs)
 	head := fmt.Sprintf("usage: rund client %s %s\n\n%s.\n\nexample:\n  rund client %s",
 		cmd, spec.usage(), spec.help, spec.example)
-	pos, err := parseInterspersed(fs, args, head, out.stdout, build == nil)
+	pos, err := parseInterspersed(fs, args, head, out.stdout, spec.nargs != commandLine)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0, nil
 	}
@@ -174,36 +179,32 @@ func clientCommand(cmd string, args []string, out clientIO) (int, error) {
 	if err := spec.checkArgs(pos); err != nil {
 		return 2, err
 	}
-	var req *rpcpb.JobStartRequest
-	if build != nil {
-		req, err = build(pos)
-		if err != nil {
-			return 2, err
-		}
+	if spec.nargs == commandLine {
+		o.req.Name, o.req.Args = pos[0], pos[1:]
 	}
-	conn, c, err := dial(o)
+	conn, err := dial(o)
 	if err != nil {
 		return 1, err
 	}
 	defer conn.Close()
-	return callClient(context.Background(), c, cmd, pos, req, o, out)
+	return callClient(context.Background(), rpcpb.NewJobControllerClient(conn), cmd, pos, o, out)
 }
 
 // callClient makes the call that cmd stands for and prints its result. pos are the operands, as many as
 // cmd's entry in clientCmds takes (clientCommand checked): for status, stop, signal and log, pos[0] is
 // the job's id.
-func callClient(ctx context.Context, c rpcpb.JobControllerClient, cmd string, pos []string,
-	req *rpcpb.JobStartRequest, o *clientOpts, out clientIO) (int, error) {
+func callClient(ctx context.Context, c rpcpb.JobControllerClient, cmd string, pos []string, o *clientOpts,
+	out clientIO) (int, error) {
 	switch cmd {
 	case "start":
-		id, err := c.Start(ctx, req)
+		id, err := c.Start(ctx, o.req)
 		if err != nil {
 			return 1, err
 		}
 		fmt.Fprintln(out.stdout, id.Ulid)
 		return 0, nil
 	case "run":
-		return runJob(ctx, c, req, o.verbose, out)
+		return runJob(ctx, c, o.req, o.verbose, out)
 	case "status":
 		return out.printJSON(c.Status(ctx, &rpcpb.JobIdentifier{Ulid: pos[0]}))
 	case "stop":
@@ -231,9 +232,9 @@ func callClient(ctx context.Context, c rpcpb.JobControllerClient, cmd string, po
 	return 0, nil
 }
 
-// clientFlags registers the flags that cmd takes; build is nil but for start and run.
-func clientFlags(cmd string, fs *flag.FlagSet) (o *clientOpts, build func([]string) (*rpcpb.JobStartRequest, error)) {
-	o, dir := &clientOpts{}, configDir()
+// clientFlags registers the flags that cmd takes.
+func clientFlags(cmd string, fs *flag.FlagSet) *clientOpts {
+	o, dir := &clientOpts{req: &rpcpb.JobStartRequest{}}, configDir()
 	fs.StringVar(&o.addr, "addr", "", "server address (else $RUND_ADDR, else localhost:8000)")
 	fs.StringVar(&o.ca, "ca", "",
 		"CA certificate that signed the server's (else $RUND_CA, else ca.crt in ./tls or "+dir+")")
@@ -241,7 +242,7 @@ func clientFlags(cmd string, fs *flag.FlagSet) (o *clientOpts, build func([]stri
 	fs.StringVar(&o.key, "key", "", "client private key (else $RUND_KEY, else client.key in ./tls or "+dir+")")
 	switch cmd {
 	case "start", "run":
-		build = startFlags(fs)
+		startFlags(fs, o.req)
 		if cmd == "run" {
 			fs.BoolVar(&o.verbose, "v", false, "print the job id on stderr")
 		}
@@ -261,7 +262,7 @@ func clientFlags(cmd string, fs *flag.FlagSet) (o *clientOpts, build func([]stri
 				return nil
 			})
 	}
-	return o, build
+	return o
 }
 
 // parseInterspersed parses args with fs and returns the arguments that are not flags; interspersed,
@@ -282,10 +283,10 @@ func parseInterspersed(fs *flag.FlagSet, args []string, head string, stdout io.W
 	}
 }
 
-// startFlags registers the flags of a job's start request. A limit is sent only when its flag is
-// given, so "-max_pids 0" reaches the server and gets its clear error instead of meaning "no limit".
-func startFlags(fs *flag.FlagSet) func(pos []string) (*rpcpb.JobStartRequest, error) {
-	req := &rpcpb.JobStartRequest{}
+// startFlags registers the flags of a job's start request, each into its field of req. A limit is sent
+// only when its flag is given, so "-max_pids 0" reaches the server and gets its clear error instead of
+// meaning "no limit".
+func startFlags(fs *flag.FlagSet, req *rpcpb.JobStartRequest) {
 	for _, l := range []struct {
 		name, help string
 		field      **wrapperspb.UInt64Value
@@ -331,34 +332,23 @@ func startFlags(fs *flag.FlagSet) func(pos []string) (*rpcpb.JobStartRequest, er
 		req.Env = append(req.Env, s)
 		return nil
 	})
-	return func(pos []string) (*rpcpb.JobStartRequest, error) {
-		if len(pos) == 0 {
-			return nil, errors.New("no command given: rund client start [flags] -- NAME [ARG...]")
-		}
-		req.Name, req.Args = pos[0], pos[1:]
-		return req, nil
-	}
 }
 
 // dial connects to the server that o, RUND_ADDR, RUND_CA, RUND_CERT and RUND_KEY, or the defaults
 // name, in that order (clientNotes).
-func dial(o *clientOpts) (*grpc.ClientConn, rpcpb.JobControllerClient, error) {
+func dial(o *clientOpts) (*grpc.ClientConn, error) {
 	cfg, err := clientTLS(cmp.Or(o.ca, os.Getenv("RUND_CA"), defaultFile("ca.crt")),
 		cmp.Or(o.cert, os.Getenv("RUND_CERT"), defaultFile("client.crt")),
 		cmp.Or(o.key, os.Getenv("RUND_KEY"), defaultFile("client.key")))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil, fmt.Errorf(
+		return nil, fmt.Errorf(
 			"%w (give -ca, -cert and -key, or set RUND_CA, RUND_CERT and RUND_KEY, or run rund certs)", err)
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	addr := cmp.Or(o.addr, os.Getenv("RUND_ADDR"), "localhost:8000")
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
-	if err != nil {
-		return nil, nil, err
-	}
-	return conn, rpcpb.NewJobControllerClient(conn), nil
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 }
 
 func exitOnErr(err error) (int, error) {
