@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"os"
 	"os/signal"
 	"slices"
@@ -30,7 +31,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -48,6 +51,7 @@ type clientCmd struct {
 	nargs    int    // how many operands it takes, or commandLine
 	help     string // what it does, for the client's help and its own -h
 	example  string // for its -h, after "rund client "
+	notes    string // for its -h, after the example
 }
 
 // commandLine, as a clientCmd's nargs, is a command to run and its arguments: any number, of which
@@ -61,7 +65,8 @@ var clientCmds = []clientCmd{
 		example: "start -max_memory_usage 512MiB -cpus 0.5 -- sh -c 'echo hi'"},
 	{name: "run", operands: "[--] NAME [ARG...]", nargs: commandLine,
 		help:    "start a job, stream all its output, exit with its exit code",
-		example: "run -max_pids 64 -- ls -l /"},
+		example: "run -max_pids 64 -- ls -l /",
+		notes:   runExitCodes},
 	{name: "status", operands: "ID", nargs: 1,
 		help:    "print a job's status as JSON",
 		example: "status $ID"},
@@ -87,7 +92,7 @@ func (c clientCmd) usage() string {
 // checkArgs refuses operands that are not as many as c takes.
 func (c clientCmd) checkArgs(pos []string) error {
 	if c.nargs == commandLine && len(pos) == 0 {
-		return errors.New("no command given: rund client start [flags] -- NAME [ARG...]")
+		return fmt.Errorf("no command given: rund client %s [flags] -- NAME [ARG...]", c.name)
 	}
 	if c.nargs == commandLine || len(pos) == c.nargs {
 		return nil
@@ -102,7 +107,8 @@ func (c clientCmd) checkArgs(pos []string) error {
 const clientNotes = `
 The server and credentials: -addr -ca -cert -key, else RUND_ADDR RUND_CA RUND_CERT RUND_KEY, else
 localhost:8000 with ca.crt, client.crt and client.key from ./tls if there, else from %s.
-run and log exit 3 when output was lost (run: unless the job's own exit code is non-zero).
+run exits as docker run does (rund client run -h); log exits 3 when output was lost; the other
+commands exit 1 on an error, 2 on a usage error.
 run passes SIGINT, SIGTERM, SIGHUP and SIGQUIT on to the job; a second Ctrl-C within 2 s stops it.
 `
 
@@ -116,8 +122,23 @@ func clientUsage() string {
 	return b.String() + fmt.Sprintf(clientNotes, configDir())
 }
 
-// exitLost is the exit code of run and log when bytes of the job's output were lost.
-const exitLost = 3
+// runExitCodes is run's exit status, for its -h and the README.
+const runExitCodes = `
+exit status, as docker run's:
+  N    the job's own exit code; 128+N if signal N ended it
+  3    the job exited 0, but bytes of its output were lost
+  125  rund's own failure: no connection, a refused call, a bad flag
+  126  the command cannot be run (not executable, not a program)
+  127  the command was not found`
+
+// Exit codes of run besides the job's own, as docker run has them (docker-run(1), "Exit Status"): rund's
+// own failure (no connection, a refusal, a bad flag) is exitRund; a command that the job could not find
+// or run exits as a shell's would (the server says which: the trailer exitTrailer). exitLost is the exit
+// code of run and log when bytes of the job's output were lost, and the job's own was 0.
+const (
+	exitLost = 3
+	exitRund = 125
+)
 
 // clientIO is where the client writes; tests replace it.
 type clientIO struct {
@@ -146,6 +167,9 @@ func runClient(args []string, out clientIO) int {
 	}
 	cmd, args := args[0], args[1:]
 	code, err := clientCommand(cmd, args, out)
+	if cmd == "run" && err != nil && (code == 1 || code == 2) {
+		code = exitRund // run's own failure, as docker run's; not a code the command could have returned
+	}
 	if err != nil {
 		if st, ok := status.FromError(err); ok && st.Code() != 0 {
 			err = fmt.Errorf("%v: %s", st.Code(), st.Message())
@@ -167,8 +191,8 @@ func clientCommand(cmd string, args []string, out clientIO) (int, error) {
 	spec := clientCmds[i]
 	fs := flag.NewFlagSet("rund client "+cmd, flag.ContinueOnError)
 	o := clientFlags(cmd, fs)
-	head := fmt.Sprintf("usage: rund client %s %s\n\n%s.\n\nexample:\n  rund client %s",
-		cmd, spec.usage(), spec.help, spec.example)
+	head := fmt.Sprintf("usage: rund client %s %s\n\n%s.\n\nexample:\n  rund client %s\n%s",
+		cmd, spec.usage(), spec.help, spec.example, spec.notes)
 	pos, err := parseInterspersed(fs, args, head, out.stdout, spec.nargs != commandLine)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0, nil
@@ -187,7 +211,11 @@ func clientCommand(cmd string, args []string, out clientIO) (int, error) {
 		return 1, err
 	}
 	defer conn.Close()
-	return callClient(context.Background(), rpcpb.NewJobControllerClient(conn), cmd, pos, o, out)
+	code, err := callClient(context.Background(), rpcpb.NewJobControllerClient(conn), cmd, pos, o, out)
+	if err != nil {
+		err = whyUnavailable(o, err)
+	}
+	return code, err
 }
 
 // callClient makes the call that cmd stands for and prints its result. pos are the operands, as many as
@@ -315,10 +343,11 @@ func startFlags(fs *flag.FlagSet, req *rpcpb.JobStartRequest) {
 		})
 	fs.Func("cpus", "CPUs the job may use, e.g. 0.5 (= -max_cpu_bandwidth 50000)", func(s string) error {
 		f, err := strconv.ParseFloat(s, 64)
-		if err != nil || !(f > 0 && f*100000 < 1<<32) {
+		quota := math.Round(f * 100000) // checked after rounding: just under 2^32 must not wrap to 0
+		if err != nil || !(quota >= 1 && quota < 1<<32) {
 			return errors.New("want a positive number of CPUs, e.g. 0.5 or 2")
 		}
-		req.MaxCpuBandwidth = wrapperspb.UInt32(uint32(math.Round(f * 100000)))
+		req.MaxCpuBandwidth = wrapperspb.UInt32(uint32(quota))
 		return nil
 	})
 	fs.StringVar(&req.Dir, "dir", "", "absolute working directory (default /)")
@@ -337,18 +366,48 @@ func startFlags(fs *flag.FlagSet, req *rpcpb.JobStartRequest) {
 // dial connects to the server that o, RUND_ADDR, RUND_CA, RUND_CERT and RUND_KEY, or the defaults
 // name, in that order (clientNotes).
 func dial(o *clientOpts) (*grpc.ClientConn, error) {
+	addr, cfg, err := serverOf(o)
+	if err != nil {
+		return nil, err
+	}
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+}
+
+// serverOf is the address and TLS configuration of the server o names, as dial says.
+func serverOf(o *clientOpts) (string, *tls.Config, error) {
 	cfg, err := clientTLS(cmp.Or(o.ca, os.Getenv("RUND_CA"), defaultFile("ca.crt")),
 		cmp.Or(o.cert, os.Getenv("RUND_CERT"), defaultFile("client.crt")),
 		cmp.Or(o.key, os.Getenv("RUND_KEY"), defaultFile("client.key")))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf(
+		return "", nil, fmt.Errorf(
 			"%w (give -ca, -cert and -key, or set RUND_CA, RUND_CERT and RUND_KEY, or run rund certs)", err)
 	}
-	if err != nil {
-		return nil, err
+	return cmp.Or(o.addr, os.Getenv("RUND_ADDR"), "localhost:8000"), cfg, err
+}
+
+// whyUnavailable explains a call that failed with Unavailable when the server refused this client's
+// certificate: in TLS 1.3 the server checks it after the client has finished its handshake, so grpc-go
+// sees a closed connection ("broken pipe") and not the alert. A handshake of our own, and a read, get
+// the alert; a server that accepts the certificate sends its HTTP/2 settings at once. err otherwise.
+func whyUnavailable(o *clientOpts, err error) error {
+	addr, cfg, cfgErr := serverOf(o)
+	if status.Code(err) != codes.Unavailable || cfgErr != nil {
+		return err
 	}
-	addr := cmp.Or(o.addr, os.Getenv("RUND_ADDR"), "localhost:8000")
-	return grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	cfg.NextProtos = []string{"h2"}
+	conn, dialErr := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
+	if dialErr != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, readErr := conn.Read(make([]byte, 1))
+	var alert *net.OpError
+	if errors.As(readErr, &alert) && alert.Op == "remote error" {
+		return fmt.Errorf("the server refused this client's certificate (%v): is it signed by the server's CA, "+
+			"for client authentication, and not expired? (%w)", alert.Err, err)
+	}
+	return err
 }
 
 func exitOnErr(err error) (int, error) {
@@ -448,8 +507,12 @@ func streamLog(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.LogR
 func runJob(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.JobStartRequest, verbose bool,
 	out clientIO) (int, error) {
 	req.HoldOutput = true // nothing is overwritten before the log below attaches
-	id, err := c.Start(ctx, req)
+	var trailer metadata.MD
+	id, err := c.Start(ctx, req, grpc.Trailer(&trailer))
 	if err != nil {
+		if code, convErr := strconv.Atoi(strings.Join(trailer.Get(exitTrailer), "")); convErr == nil {
+			return code, err
+		}
 		return 1, err
 	}
 	out.stderr = &lockedWriter{w: out.stderr} // the signal forwarder writes too

@@ -88,3 +88,48 @@ func TestClientErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestClientRunOwnFailures: run's exit codes besides the job's own, as docker run's (issue 25): 125 for
+// rund's own failure, 126 for a command that cannot be run, 127 for one not found; and errors that name
+// their cause (the working directory, the job's own /tmp).
+func TestClientRunOwnFailures(t *testing.T) {
+	ts := startServer(t)
+	for _, tc := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"run", "--", "rund-no-such-command"}, 127, "NotFound"},
+		{[]string{"run", "--", "/etc/hostname"}, 126, `"/etc/hostname"`},
+		{[]string{"run", "--", "/tmp/rund-no-such-command"}, 127, "in the job's own /tmp, which starts empty"},
+		{[]string{"run", "-dir", "/root", "--", "/bin/true"}, 125, `working directory "/root": permission denied`},
+		{[]string{"run", "-max_pids", "0", "--", "true"}, 125, "max_pids is 0"},
+		{[]string{"run", "-no-such-flag", "--", "true"}, 125, "no-such-flag"},
+		{[]string{"run"}, 125, "no command given"},
+		{[]string{"run", "-addr", "127.0.0.1:1", "--", "true"}, 125, "Unavailable"},
+	} {
+		code, out, errs := ts.runCLI(t, tc.args...)
+		if code != tc.code || out != "" || !strings.Contains(errs, tc.msg) {
+			t.Errorf("%v: exit %d stdout %q stderr %q; want exit %d and %q", tc.args, code, out, errs, tc.code, tc.msg)
+		}
+	}
+}
+
+// TestClientNamesRefusedCertificate: a client whose certificate the server refuses is told so, with the
+// server's TLS alert, not grpc-go's "broken pipe" or "connection closed".
+func TestClientNamesRefusedCertificate(t *testing.T) {
+	ts := startServer(t)
+	otherCA := mustIssue(t, certSpec{name: "other CA", isCA: true}, nil)
+	stranger := mustIssue(t, certSpec{name: "mallory", dns: []string{"mallory"}, eku: ekuClient}, otherCA)
+	if err := stranger.write(ts.pki.dir, "mallory"); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	code := runClient([]string{"list", "-addr", ts.addr, "-ca", ts.pki.file("ca.crt"), "-cert", ts.pki.file("mallory.crt"),
+		"-key", ts.pki.file("mallory.key")}, clientIO{&out, &errb})
+	// Go's client sends no certificate that the server's CA list does not name: the alert is then
+	// "certificate required"; one sent anyway gets "unknown certificate authority".
+	if code != 1 || !strings.Contains(errb.String(), "refused this client's certificate (tls: ") {
+		t.Errorf("exit %d stderr %q: want 1 and the server's alert", code, errb.String())
+	}
+}

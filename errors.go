@@ -29,7 +29,12 @@ var (
 type clientError struct {
 	kind error
 	msg  string
+	exit int // a command that could not be run: 126, or 127 if not found, as a shell exits (exitTrailer)
 }
+
+// exitTrailer is the trailer of a Start whose command could not be run: the exit code a shell would
+// give, which rund client run exits with.
+const exitTrailer = "rund-exit-code"
 
 func (e *clientError) Error() string { return e.msg }
 func (e *clientError) Unwrap() error { return e.kind }

@@ -422,8 +422,12 @@ func findCommand(cfg *initConfig, user *jobUser) (path string, fail *startReport
 		if err == nil && !fi.IsDir() {
 			err = syscall.ENOTDIR
 		}
+		if err == nil {
+			// chdir(2) needs search permission, which the exec would otherwise report as its own EACCES.
+			err = unix.Faccessat(unix.AT_FDCWD, dir, unix.X_OK, unix.AT_EACCESS)
+		}
 		if err != nil {
-			fail = pathFailure(stageDir, "working directory", cfg.Dir, err)
+			fail = pathFailure(stageDir, "working directory", cfg.Dir, err, user != nil)
 			return
 		}
 		cfg.Dir = dir
@@ -436,7 +440,7 @@ func findCommand(cfg *initConfig, user *jobUser) (path string, fail *startReport
 			path, err = resolvePath(found)
 		}
 		if err != nil {
-			fail = pathFailure(stagePath, "command", cfg.Argv[0], err)
+			fail = pathFailure(stagePath, "command", cfg.Argv[0], err, user != nil)
 		}
 	})
 	if err != nil {
@@ -445,10 +449,17 @@ func findCommand(cfg *initConfig, user *jobUser) (path string, fail *startReport
 	return path, fail
 }
 
-// pathFailure is the report of a working directory or command that the job cannot use.
-func pathFailure(st stage, what, name string, err error) *startReport {
+// pathFailure is the report of a working directory or command that the job cannot use. A contained
+// job's name under one of its private directories is missing there, not on the host: the report says so.
+func pathFailure(st stage, what, name string, err error, contained bool) *startReport {
 	if errors.Is(err, errMagicLink) {
 		return failure(st, syscall.EINVAL, "%s %q: %v; name it itself", what, name, err)
+	}
+	for _, d := range privateDirs {
+		if contained && errors.Is(err, syscall.ENOENT) && (name == d || strings.HasPrefix(name, d+"/")) {
+			return failure(st, err, "%s %q: %v in the job's own %s, which starts empty: not the host's",
+				what, name, errnoText(err), d)
+		}
 	}
 	return failure(st, err, "%s %q: %v", what, name, errnoText(err))
 }

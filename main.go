@@ -187,12 +187,11 @@ func runServe(args []string) int {
 	return 0
 }
 
-// setLogFormat sends rund serve's log, the audit trail (audit.go) and every log.Printf alike, to stderr as
-// log/slog's text or JSON lines.
+// setLogFormat sets the form of rund serve's log on stderr, the audit trail's (audit.go) and every
+// log.Printf's alike. text is slog's default: the log package's lines, slog's as "INFO msg key=value ...".
 func setLogFormat(format string) error {
 	switch format {
 	case "text":
-		slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, nil)))
 	case "json":
 		slog.SetDefault(slog.New(slog.NewJSONHandler(os.Stderr, nil)))
 	default:

@@ -15,6 +15,7 @@ import (
 	"io"
 	"log"
 	"path"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
@@ -171,6 +173,9 @@ func (s *server) Start(ctx context.Context, req *rpcpb.JobStartRequest) (*rpcpb.
 	}
 	spec.holdOutput = req.GetHoldOutput()
 	j, err := s.m.start(caller, spec)
+	if ce := (*clientError)(nil); errors.As(err, &ce) && ce.exit != 0 {
+		grpc.SetTrailer(ctx, metadata.Pairs(exitTrailer, strconv.Itoa(ce.exit)))
+	}
 	if err != nil {
 		return nil, err
 	}

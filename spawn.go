@@ -176,13 +176,16 @@ func (p *proc) reap() {
 // hears only Internal and the log gets the message.
 func startFailure(rep startReport) error {
 	kind := cmp.Or(errnoKinds[syscall.Errno(rep.Errno)], errNotStarted)
-	switch rep.Stage {
-	case stageSetup:
-		kind = nil
-	case stageDir:
-		kind = errInvalid
+	exit := 126 // the command cannot be run (sh(1), "Exit Status")
+	switch {
+	case rep.Stage == stageSetup:
+		kind, exit = nil, 0
+	case rep.Stage == stageDir:
+		kind, exit = errInvalid, 0
+	case rep.Errno == int(syscall.ENOENT):
+		exit = 127
 	}
-	return &clientError{kind: kind, msg: rep.Msg}
+	return &clientError{kind: kind, msg: rep.Msg, exit: exit}
 }
 
 // errnoKinds is the kind of a failed path lookup or exec of the command, by its errno; any other errno
