@@ -34,9 +34,8 @@ import (
 // auditArgvBytes bounds the quoted command line, environment keys or claimed names of one line.
 const auditArgvBytes = 1024
 
-// refusedLines lets through the trail's lines of refused calls and handshakes: a burst of 20, then 10
-// a second.
-var refusedLines = &lineLimit{burst: 20, perSecond: 10}
+// refusedLines lets through the trail's lines of refused calls and handshakes: 20 a second.
+var refusedLines = &lineLimit{perSecond: 20}
 
 // auditCall writes the line of one call: every Start, Stop and Signal, and any call refused
 // (PermissionDenied, NotFound, Unauthenticated). req and resp are nil where unknown; err is the
@@ -62,13 +61,12 @@ func auditCall(ctx context.Context, method string, req, resp any, err error) {
 		attrs = append(attrs, "job", r.GetUlid())
 	}
 	switch r := req.(type) {
-	case interface{ GetUlid() string }:
+	case *rpcpb.SignalRequest:
+		attrs = append(attrs, "job", r.GetUlid(), "signal", r.GetSignal())
+	case interface{ GetUlid() string }: // Stop, Status, Log, ReadLog
 		attrs = append(attrs, "job", r.GetUlid())
 	case *rpcpb.JobStartRequest:
 		attrs = append(attrs, startAttrs(r)...)
-	}
-	if r, ok := req.(*rpcpb.SignalRequest); ok {
-		attrs = append(attrs, "signal", r.GetSignal())
 	}
 	slog.Info("audit", attrs...)
 }
@@ -158,33 +156,30 @@ func peerAddr(ctx context.Context) string {
 	return p.Addr.String()
 }
 
-// lineLimit is a token bucket for log lines: at most burst at once, refilled at perSecond; it counts the
-// lines it refuses, for the next one it allows to report.
+// lineLimit lets through at most perSecond log lines in each second; it counts the lines it refuses,
+// for the next one it lets through to report.
 type lineLimit struct {
-	burst, perSecond float64
+	perSecond int
 
 	mu         sync.Mutex // guards the fields below
-	tokens     float64
-	last       time.Time
-	suppressed int
+	second     time.Time  // when the current second began
+	lines      int        // let through in the current second
+	suppressed int        // refused since the last line let through
 }
 
-// allow takes a token if there is one, and returns how many lines were suppressed since the last one
-// allowed.
+// allow says whether a line may be written, and how many were suppressed since the last one allowed.
 func (l *lineLimit) allow() (suppressed int, ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
-	if l.last.IsZero() {
-		l.tokens = l.burst
+	if now.Sub(l.second) >= time.Second {
+		l.second, l.lines = now, 0
 	}
-	l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.perSecond)
-	l.last = now
-	if l.tokens < 1 {
+	if l.lines == l.perSecond {
 		l.suppressed++
 		return 0, false
 	}
-	l.tokens--
+	l.lines++
 	suppressed, l.suppressed = l.suppressed, 0
 	return suppressed, true
 }
