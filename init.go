@@ -106,9 +106,10 @@ var forwardedSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGH
 	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGCONT, syscall.SIGWINCH, syscall.SIGALRM, syscall.SIGTSTP}
 
 // stopSignal is the server's Stop, sent to the init alone: SIGTERM to every process of the job, and the
-// init waits for all of them (a second: SIGKILL to them all), as systemd's KillMode=control-group stops a unit (systemd.kill(5)), so a
-// nested shell's trap runs within the grace period. SIGPWR, as lxc-stop asks a container's init to halt
-// (lxc.container.conf(5), lxc.signal.halt); no command is sent it.
+// init waits for all of them (a second stopSignal: SIGKILL to them all), as systemd's
+// KillMode=control-group stops a unit (systemd.kill(5)), so a nested shell's trap runs within the grace
+// period. SIGPWR, as lxc-stop asks a container's init to halt (lxc.container.conf(5), lxc.signal.halt);
+// no command is sent it.
 const stopSignal = syscall.SIGPWR
 
 // runInit is the body of "rund init", the PID 1 of a job. It returns the process exit code.
