@@ -40,15 +40,11 @@ type limits struct {
 }
 
 // controllers lists the controllers a set of limits needs, in the order of wantedControllers, each
-// named beside the limit that needs it.
+// named beside the limit that needs it: io for any key of the io.max line (ioMaxValue).
 func (l limits) controllers() []string {
-	needed := map[string]bool{"cpu": l.cpuQuota != 0, "io": l.hasIO(), "memory": l.memory != 0, "pids": l.pids != 0}
+	needed := map[string]bool{"cpu": l.cpuQuota != 0, "io": ioMaxValue(l) != "", "memory": l.memory != 0,
+		"pids": l.pids != 0}
 	return slices.DeleteFunc(slices.Clone(wantedControllers), func(c string) bool { return !needed[c] })
-}
-
-// hasIO reports whether any io.max limit is set.
-func (l limits) hasIO() bool {
-	return l.rbps != 0 || l.wbps != 0 || l.riops != 0 || l.wiops != 0
 }
 
 // cgroupFS is rund's view of the cgroup2 hierarchy. It is set up once and read-only afterwards.
@@ -197,7 +193,7 @@ func ownCgroup() (string, error) {
 // missing names every controller that lim needs and the hierarchy cannot give, or is empty.
 func (cg *cgroupFS) missing(lim limits) []string {
 	out := slices.DeleteFunc(lim.controllers(), func(c string) bool { return cg.available[c] })
-	if cg.available["io"] && lim.hasIO() && len(cg.ioDevices) == 0 {
+	if cg.available["io"] && ioMaxValue(lim) != "" && len(cg.ioDevices) == 0 {
 		out = append(out, "io (rund serve was given no -io_devices)")
 	}
 	return out
