@@ -33,7 +33,7 @@ var wantedControllers = []string{"cpu", "io", "memory", "pids"}
 
 // limits are validated job limits; 0 means unset for every field (0 is never a valid limit).
 type limits struct {
-	cpuQuota                 uint64 // cpu.max quota per 100000 us period
+	cpuQuota                 uint64 // cpu.max quota per cpuPeriod (100000 us)
 	memory                   uint64 // memory.max bytes
 	pids                     uint64 // pids.max
 	rbps, wbps, riops, wiops uint64 // io.max
@@ -243,7 +243,7 @@ func (cg *cgroupFS) writeLimits(dir string, lim limits) error {
 		}
 	}
 	if lim.cpuQuota != 0 {
-		write("cpu.max", fmt.Sprintf("%d 100000", lim.cpuQuota))
+		write("cpu.max", fmt.Sprintf("%d %d", lim.cpuQuota, cpuPeriod))
 	}
 	if lim.memory != 0 {
 		write("memory.max", strconv.FormatUint(lim.memory, 10))
