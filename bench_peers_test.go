@@ -4,7 +4,7 @@ package main
 // it the same, on one machine, rounds interleaved: bwrap (Debian's bubblewrap), `unshare -Urfpnm
 // --mount-proc` and crun (Debian's crun 1.8, on a bundle made here; see crunPeer), installed from apt if
 // missing and skipped with a note if they cannot be had. For each: the lifecycle of /bin/true one at a
-// time and four at a time.
+// time and four at a time, and the memory of an idle job.
 
 import (
 	"bytes"
@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -42,8 +43,12 @@ var peerTools = []struct {
 	{"unshare", "util-linux", []string{"unshare", "-Urfpnm", "--mount-proc"}},
 }
 
-// peerTrue is the command the peers run.
-var peerTrue = []string{"/bin/true"}
+// The commands the peers run: the measured job, and the idle one whose memory is measured (it writes
+// nothing and blocks in clock_nanosleep, which benchAsleep looks for).
+var (
+	peerTrue = []string{"/bin/true"}
+	peerIdle = []string{"/bin/sleep", "1000"}
+)
 
 // benchPeer is one C sandbox: command is its command line for argv, contained; within runs f where the
 // tool's commands must be started and cleaned up from, which for most is anywhere (f runs as it is);
@@ -98,6 +103,7 @@ func (b *bench) peers() {
 	runs := map[string]func() error{"rund": func() error { return benchRundLifecycle(c) }}
 	within := map[string]func(func()){"rund": benchAnywhere}
 	names := []string{"rund"}
+	var live []*benchPeer
 	for _, p := range tools {
 		var out bytes.Buffer
 		cmd := p.command(peerTrue...)
@@ -111,6 +117,7 @@ func (b *bench) peers() {
 		runs[p.name] = func() error { return p.run(p.command(peerTrue...)) }
 		within[p.name] = p.within
 		names = append(names, p.name)
+		live = append(live, p)
 	}
 	lat := map[string][]float64{}
 	rate, cpu := map[string][]float64{}, map[string][]float64{}
@@ -135,18 +142,21 @@ func (b *bench) peers() {
 			cpu[n] = append(cpu[n], busy/float64(jobs)*1000)
 		}
 	}
+	pss, parts := b.peersIdleMemory(c, srv, live)
 	for _, n := range names {
 		b.detail("peers: %s lifecycle of /bin/true %s, p90 %.4g ms; 4 in flight: %.1f jobs/s, machine busy CPU per job %.1f ms "+
-			"(medians of 4 rounds)", n, benchSummary(lat[n], "ms"), benchPct(lat[n], .9), benchPct(rate[n], .5), benchPct(cpu[n], .5))
+			"(medians of 4 rounds); idle job (%s) PSS median %.0f KiB of %d live at once (%s)", n, benchSummary(lat[n], "ms"),
+			benchPct(lat[n], .9), benchPct(rate[n], .5), benchPct(cpu[n], .5), strings.Join(peerIdle, " "),
+			benchPct(pss[n], .5), len(pss[n]), parts[n])
 	}
 	if _, ok := runs["bwrap"]; ok {
-		b.peersRows(names, lat, cpu, rate)
+		b.peersRows(names, lat, cpu, rate, pss)
 	}
 }
 
 // peersRows are the table's rows: rund against bwrap, judged against the issue's targets; then each
 // other peer against bwrap, for reference.
-func (b *bench) peersRows(names []string, lat, cpu, rate map[string][]float64) {
+func (b *bench) peersRows(names []string, lat, cpu, rate, pss map[string][]float64) {
 	ratio := func(x map[string][]float64, n string) float64 { return benchPct(x[n], .5) / benchPct(x["bwrap"], .5) }
 	for _, r := range []struct {
 		figure, unit string
@@ -157,18 +167,27 @@ func (b *bench) peersRows(names []string, lat, cpu, rate map[string][]float64) {
 		{"contained /bin/true, rund against bwrap: lifecycle p50", "ms", lat, 0.8, true},
 		{"↳ machine busy CPU per job, 4 in flight", "ms", cpu, 1.5, true},
 		{"↳ jobs/s, 4 in flight", "/s", rate, 0.8, false},
+		{"↳ memory per idle job (PSS of what stays alive): median", "KiB", pss, 3, true},
 	} {
 		q, target, met := benchJudge(ratio(r.x, "rund"), r.target, r.atMost)
-		b.rows = append(b.rows, benchRow{r.figure, fmt.Sprintf("%.1f %s", benchPct(r.x["rund"], .5), r.unit),
-			fmt.Sprintf("%.1f %s (bwrap)", benchPct(r.x["bwrap"], .5), r.unit), q, target, met})
+		f := "%.1f %s"
+		if r.unit == "KiB" {
+			f = "%.0f %s"
+		}
+		b.rows = append(b.rows, benchRow{r.figure, fmt.Sprintf(f, benchPct(r.x["rund"], .5), r.unit),
+			fmt.Sprintf(f+" (bwrap)", benchPct(r.x["bwrap"], .5), r.unit), q, target, met})
 	}
+	kib := benchPct(pss["rund"], .5)
+	b.rows = append(b.rows, benchRow{"↳ memory per idle job (PSS), rund: median", fmt.Sprintf("%.0f KiB", kib), "–", "",
+		"≤ 1024 KiB", map[bool]string{true: "yes", false: "NO"}[kib <= 1024]})
 	for _, n := range names {
 		if n == "rund" || n == "bwrap" {
 			continue
 		}
-		b.rows = append(b.rows, benchRow{fmt.Sprintf("↳ %s against bwrap (not rund): lifecycle p50; CPU per job; jobs/s", n), "",
-			fmt.Sprintf("%.1f ms; %.1f ms; %.1f /s (%s)", benchPct(lat[n], .5), benchPct(cpu[n], .5), benchPct(rate[n], .5), n),
-			fmt.Sprintf("%.2fx; %.2fx; %.2fx", ratio(lat, n), ratio(cpu, n), ratio(rate, n)), "", ""})
+		b.rows = append(b.rows, benchRow{fmt.Sprintf("↳ %s against bwrap (not rund): lifecycle p50; CPU per job; jobs/s; idle PSS", n), "",
+			fmt.Sprintf("%.1f ms; %.1f ms; %.1f /s; %.0f KiB (%s)", benchPct(lat[n], .5), benchPct(cpu[n], .5), benchPct(rate[n], .5),
+				benchPct(pss[n], .5), n),
+			fmt.Sprintf("%.2fx; %.2fx; %.2fx; %.2fx", ratio(lat, n), ratio(cpu, n), ratio(rate, n), ratio(pss, n)), "", ""})
 	}
 }
 
@@ -197,7 +216,7 @@ func (b *bench) crunPeer() (*benchPeer, func(), error) {
 		return nil, nil, err
 	}
 	bundles := map[string]string{} // by the command line: one bundle per command the bench runs
-	for i, argv := range [][]string{peerTrue} {
+	for i, argv := range [][]string{peerTrue, peerIdle} {
 		bundle := filepath.Join(dir, strconv.Itoa(i))
 		data, err := json.Marshal(crunConfig(rootfs, argv))
 		if err == nil {
@@ -354,6 +373,191 @@ func (t *mountNSThreads) do(f func()) {
 func (t *mountNSThreads) close() {
 	close(t.fns)
 	t.wg.Wait()
+}
+
+// benchIdleJobs is how many idle jobs of each tool are alive at once when their memory is read: enough
+// that the pages they share are split among several, as on a machine running many.
+const benchIdleJobs = 8
+
+// peersIdleMemory starts benchIdleJobs idle jobs (peerIdle) under rund and under each peer, one tool
+// at a time, and once all of them sleep reads the PSS (proportional set size: each page divided among
+// the processes that map it) of every process of each job that stays alive while it idles: for rund
+// the job's init and its command (the processes of its cgroup); for a peer the tool's process and all
+// its descendants. It returns each tool's per-job sums (KiB) and the parts of the median job. The
+// server's own memory for a job (its goroutines and ring) is not a process of the job and is not counted
+// here ("static server RSS per idle job" counts it).
+func (b *bench) peersIdleMemory(c rpcpb.JobControllerClient, srv *benchProc, tools []*benchPeer) (map[string][]float64, map[string]string) {
+	ctx := context.Background()
+	pss, parts := map[string][]float64{}, map[string]string{}
+	var ids []*rpcpb.JobIdentifier
+	var err error
+	for range benchIdleJobs {
+		id, err := c.Start(ctx, cmd(peerIdle[0], peerIdle[1:]...))
+		if err != nil {
+			b.t.Fatalf("peers: rund idle job: %v", err)
+		}
+		ids = append(ids, id)
+	}
+	var jobs []func() []benchProcPart
+	for _, id := range ids {
+		jobs = append(jobs, func() []benchProcPart {
+			var ps []benchProcPart
+			for _, leaf := range []string{"init", "job"} {
+				data, _ := os.ReadFile(filepath.Join(srv.parent, id.Ulid, leaf, "cgroup.procs"))
+				for _, f := range strings.Fields(string(data)) {
+					pid, _ := strconv.Atoi(f)
+					ps = append(ps, benchProcPart{pid, map[string]string{"init": "init", "job": "command"}[leaf]})
+				}
+			}
+			return ps
+		})
+	}
+	if pss["rund"], parts["rund"], err = benchIdlePSS(jobs); err != nil {
+		b.t.Errorf("peers: rund: %v", err)
+	}
+	for _, id := range ids {
+		if _, err := c.Stop(ctx, id); err != nil {
+			b.t.Fatalf("peers: stop rund idle job: %v", err)
+		}
+	}
+	for _, p := range tools {
+		var cmds []*exec.Cmd
+		jobs = jobs[:0]
+		p.within(func() {
+			for range benchIdleJobs {
+				cmd := p.command(peerIdle...)
+				if err = cmd.Start(); err != nil {
+					return
+				}
+				cmds = append(cmds, cmd)
+				jobs = append(jobs, func() []benchProcPart { return benchProcTree(cmd.Process.Pid) })
+			}
+		})
+		if err == nil {
+			pss[p.name], parts[p.name], err = benchIdlePSS(jobs)
+		}
+		if err != nil {
+			b.t.Errorf("peers: %s idle job: %v", p.name, err)
+		}
+		var all []benchProcPart
+		for i, cmd := range cmds {
+			ps := jobs[i]()
+			all = append(all, ps...)
+			// The command's end ends the job: each tool reaps it, cleans up and exits with its status. A job
+			// whose command never started (a failed start above) is killed whole.
+			sleeping := slices.ContainsFunc(ps, func(q benchProcPart) bool { return q.name == "sleep" })
+			for _, q := range ps {
+				if q.name == "sleep" || !sleeping {
+					syscall.Kill(q.pid, syscall.SIGKILL)
+				}
+			}
+			cmd.Wait()
+			if p.cleanup != nil {
+				p.within(func() { err = p.cleanup(cmd) })
+				if err != nil {
+					b.t.Error(err)
+				}
+			}
+		}
+		for _, q := range all {
+			if benchProcRunning(q.pid) {
+				b.t.Errorf("peers: %s idle job: process %d (%s) outlived its job", p.name, q.pid, q.name)
+			}
+		}
+	}
+	return pss, parts
+}
+
+// benchProcRunning says whether pid is a process that has not exited. A zombie has: bwrap's outer
+// process exits without reaping its child, the sandbox's PID 1, which the host's init then reaps.
+func benchProcRunning(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	rp := bytes.LastIndexByte(data, ')')
+	return err == nil && rp > 0 && !bytes.HasPrefix(data[rp+1:], []byte(" Z"))
+}
+
+// benchProcPart is one process of a job, named by its role or its comm.
+type benchProcPart struct {
+	pid  int
+	name string
+}
+
+// benchIdlePSS waits until every job's command sleeps, then sums each job's PSS. jobs[i] lists job i's
+// processes. It returns the sums (KiB) and the median job's parts, each with its anonymous share (Pss_Anon:
+// heap, stacks, data written; the rest is files' pages, such as text and libraries).
+func benchIdlePSS(jobs []func() []benchProcPart) ([]float64, string, error) {
+	// Nothing tells when a job's command has started and gone idle; its state does, so it is polled.
+	deadline := time.Now().Add(30 * time.Second)
+	for _, job := range jobs {
+		for !benchAsleep(job()) {
+			if time.Now().After(deadline) {
+				return nil, "", fmt.Errorf("a job not asleep after 30 s: %v", job())
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	var sums []float64
+	var each []string
+	for _, job := range jobs {
+		var sum int64
+		var ps []string
+		for _, q := range job() {
+			data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", q.pid))
+			if err != nil {
+				return nil, "", err
+			}
+			kb := benchKBField(data, "Pss")
+			sum += kb
+			ps = append(ps, fmt.Sprintf("%s %d (anon %d)", q.name, kb, benchKBField(data, "Pss_Anon")))
+		}
+		sums = append(sums, float64(sum))
+		each = append(each, strings.Join(ps, " + ")+" KiB")
+	}
+	return sums, each[slices.Index(sums, benchPct(sums, .5))], nil
+}
+
+// benchAsleep says whether one of a job's processes is sleep(1) blocked in clock_nanosleep: the job is
+// set up and idle.
+func benchAsleep(ps []benchProcPart) bool {
+	for _, q := range ps {
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", q.pid))
+		call, _ := os.ReadFile(fmt.Sprintf("/proc/%d/syscall", q.pid))
+		if strings.TrimSpace(string(comm)) == "sleep" && strings.HasPrefix(string(call), strconv.Itoa(unix.SYS_CLOCK_NANOSLEEP)+" ") {
+			return true
+		}
+	}
+	return false
+}
+
+// benchProcTree is pid and all its descendants, each named by its comm, from /proc's parent links.
+func benchProcTree(pid int) []benchProcPart {
+	ents, _ := os.ReadDir("/proc")
+	kids, comm := map[int][]int{}, map[int]string{}
+	for _, e := range ents {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n))
+		lp, rp := bytes.IndexByte(data, '('), bytes.LastIndexByte(data, ')') // the comm may hold either
+		if err != nil || lp < 0 || rp < lp {
+			continue
+		}
+		f := strings.Fields(string(data[rp+1:])) // state, ppid, ...
+		if len(f) < 2 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		kids[ppid] = append(kids[ppid], n)
+		comm[n] = string(data[lp+1 : rp])
+	}
+	tree := []benchProcPart{{pid, comm[pid]}}
+	for i := 0; i < len(tree); i++ {
+		for _, k := range kids[tree[i].pid] {
+			tree = append(tree, benchProcPart{k, comm[k]})
+		}
+	}
+	return tree
 }
 
 // benchRundLifecycle is one contained /bin/true through rund: Start, its log to the end, Status.

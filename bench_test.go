@@ -1436,7 +1436,11 @@ const benchMethod = `
   "/" root and this host's hybrid cgroups), each installed by the bench if missing. Four rounds, the tools in turn in
   each: 50 lifecycles one after another, 20 ms apart, then 3 s with four in flight, counting jobs and the
   machine's busy CPU (/proc/stat: every CPU's time but idle and iowait, so the kernel's workers and the
-  bench's own client side too). Not measured yet: the memory of an idle job.
+  bench's own client side too). Memory per idle job: 8 jobs of ` + "`sleep 1000`" + ` alive at once per tool, the sum
+  of Pss (/proc/PID/smaps_rollup) over every process of a job once its sleep is blocked in clock_nanosleep,
+  median of the 8: for rund the job's init and command (its cgroup's processes; the server's own memory for
+  the job is not counted, and its two idle spare inits share the init's pages without being counted); for a
+  peer the tool's process and its descendants.
 - **Log streaming**: lossy followers (ReadLog) of a ` + "`yes`" + ` job from offset 0, each on its own connection, counting
   the payload bytes received per window (a follower that falls behind skips what it lost, as rund promises). Raw: as many
   streams of JobLog messages sent from memory, with an offset like rund's. The judged baseline uses 32,742-byte
