@@ -4,7 +4,8 @@ package main
 // it the same, on one machine, rounds interleaved: bwrap (Debian's bubblewrap), `unshare -Urfpnm
 // --mount-proc` and crun (Debian's crun 1.8, on a bundle made here; see crunPeer), installed from apt if
 // missing and skipped with a note if they cannot be had. For each: the lifecycle of /bin/true one at a
-// time and four at a time, and the memory of an idle job.
+// time and four at a time, and the memory of an idle job; then `rund client run true` of this tree
+// against that of 87fd982, the day before issue 24.
 
 import (
 	"bytes"
@@ -78,7 +79,7 @@ func (p *benchPeer) run(c *exec.Cmd) error {
 }
 
 // peers runs each tool's lifecycle one at a time (latency) and four at a time (jobs/s, and the
-// machine's busy CPU per job), alternating with rund's; then the memory of idle jobs.
+// machine's busy CPU per job), alternating with rund's; then the memory of idle jobs, and the client.
 func (b *bench) peers() {
 	b.t.Log("peers: rund, bwrap, unshare, crun ...")
 	srv := b.rundServer("peers")
@@ -152,6 +153,7 @@ func (b *bench) peers() {
 	if _, ok := runs["bwrap"]; ok {
 		b.peersRows(names, lat, cpu, rate, pss)
 	}
+	b.clientRun(srv)
 }
 
 // peersRows are the table's rows: rund against bwrap, judged against the issue's targets; then each
@@ -558,6 +560,66 @@ func benchProcTree(pid int) []benchProcPart {
 		}
 	}
 	return tree
+}
+
+// clientRun: `rund client run true` of this tree's rund against that of 87fd982 (main the day before
+// issue 24), both against this tree's server, interleaved: wall time (fork and exec to exit) and the
+// client's CPU (its user and system time, from wait4's rusage).
+func (b *bench) clientRun(srv *benchProc) {
+	const oldRev = "87fd982"
+	b.t.Logf("client run: this tree against %s ...", oldRev)
+	old, err := b.buildRundAt(oldRev)
+	if err != nil {
+		b.detail("client run: %s skipped: %v", oldRev, err)
+		return
+	}
+	ca, crt, key := b.pki.file("ca.crt"), b.pki.file("a.crt"), b.pki.file("a.key")
+	run := func(bin string, wall, cpu *[]float64) {
+		c := exec.Command(bin, "client", "run", "-addr", srv.addr, "-ca", ca, "-cert", crt, "-key", key, "true")
+		t0 := time.Now()
+		out, err := c.CombinedOutput()
+		d := time.Since(t0)
+		if err != nil {
+			b.t.Fatalf("%s client run true: %v\n%s", bin, err, out)
+		}
+		*wall = append(*wall, benchMs(d))
+		*cpu = append(*cpu, benchMs(c.ProcessState.UserTime()+c.ProcessState.SystemTime()))
+	}
+	var newWall, newCPU, oldWall, oldCPU []float64
+	for r := range 100 {
+		time.Sleep(50 * time.Millisecond) // the previous job's cleanup, and the spare it took remade, out of the way
+		if (r/2)%2 == r%2 {               // new, old, old, new, ...: each goes first as often
+			run(b.rund, &newWall, &newCPU)
+		} else {
+			run(old, &oldWall, &oldCPU)
+		}
+	}
+	b.detail("`rund client run true`, this tree: wall %s; client CPU %s", benchSummary(newWall, "ms"), benchSummary(newCPU, "ms"))
+	b.detail("`rund client run true`, %s: wall %s; client CPU %s", oldRev, benchSummary(oldWall, "ms"), benchSummary(oldCPU, "ms"))
+	w, wo := benchPct(newWall, .5), benchPct(oldWall, .5)
+	ratio, target, met := benchJudge(w/wo, 0.8, true)
+	b.rows = append(b.rows, benchRow{fmt.Sprintf("`rund client run true` wall time, this tree against %s: p50", oldRev),
+		fmt.Sprintf("%.1f ms", w), fmt.Sprintf("%.1f ms (%s)", wo, oldRev), ratio, target, met})
+	u, uo := benchPct(newCPU, .5), benchPct(oldCPU, .5)
+	b.rows = append(b.rows, benchRow{"↳ the client's CPU (user + system): p50", fmt.Sprintf("%.1f ms", u),
+		fmt.Sprintf("%.1f ms (%s)", uo, oldRev), fmt.Sprintf("%.2fx", u/uo), "", ""})
+}
+
+// buildRundAt builds rund as `make build` does at rev, from a detached worktree that is removed after.
+func (b *bench) buildRundAt(rev string) (string, error) {
+	src, bin := filepath.Join(b.dir, "src-"+rev), filepath.Join(b.dir, "rund-"+rev)
+	if out, err := exec.Command("git", "worktree", "add", "--detach", src, rev).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("git worktree add %s: %v %s", rev, err, out)
+	}
+	defer func() {
+		if out, err := exec.Command("git", "worktree", "remove", "--force", src).CombinedOutput(); err != nil {
+			b.t.Errorf("git worktree remove %s: %v %s", src, err, out)
+		}
+	}()
+	if out, err := exec.Command("make", "--no-print-directory", "-C", src, "build", "BIN="+bin).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("make build at %s: %v %s", rev, err, out)
+	}
+	return bin, nil
 }
 
 // benchRundLifecycle is one contained /bin/true through rund: Start, its log to the end, Status.

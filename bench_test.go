@@ -1441,6 +1441,9 @@ const benchMethod = `
   median of the 8: for rund the job's init and command (its cgroup's processes; the server's own memory for
   the job is not counted, and its two idle spare inits share the init's pages without being counted); for a
   peer the tool's process and its descendants.
+- **Client run**: ` + "`rund client run true`" + ` of this tree's ` + "`make build`" + ` against that of 87fd982 (the day before
+  issue 24), both against this tree's server, 50 each, interleaved, 50 ms apart: wall time (fork and exec to
+  exit) and the client process's user + system CPU (wait4's rusage).
 - **Log streaming**: lossy followers (ReadLog) of a ` + "`yes`" + ` job from offset 0, each on its own connection, counting
   the payload bytes received per window (a follower that falls behind skips what it lost, as rund promises). Raw: as many
   streams of JobLog messages sent from memory, with an offset like rund's. The judged baseline uses 32,742-byte
