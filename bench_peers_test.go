@@ -441,10 +441,10 @@ func (b *bench) peersIdleMemory(c rpcpb.JobControllerClient, srv *benchProc, too
 		if err != nil {
 			b.t.Errorf("peers: %s idle job: %v", p.name, err)
 		}
-		var all []benchProcPart
+		var ends []benchProcEnd
 		for i, cmd := range cmds {
 			ps := jobs[i]()
-			all = append(all, ps...)
+			ends = append(ends, benchProcEnds(ps)...)
 			// The command's end ends the job: each tool reaps it, cleans up and exits with its status. A job
 			// whose command never started (a failed start above) is killed whole.
 			sleeping := slices.ContainsFunc(ps, func(q benchProcPart) bool { return q.name == "sleep" })
@@ -461,21 +461,46 @@ func (b *bench) peersIdleMemory(c rpcpb.JobControllerClient, srv *benchProc, too
 				}
 			}
 		}
-		for _, q := range all {
-			if benchProcRunning(q.pid) {
-				b.t.Errorf("peers: %s idle job: process %d (%s) outlived its job", p.name, q.pid, q.name)
+		// Not only the tool's own process, which is waited for: bwrap's exits without reaping its child, the
+		// sandbox's PID 1, which may still be ending its PID namespace (the host's init reaps it).
+		for _, e := range ends {
+			if !e.wait(10 * time.Second) {
+				b.t.Errorf("peers: %s idle job: process %d (%s) still there 10 s after its job ended", p.name, e.pid, e.name)
 			}
 		}
 	}
 	return pss, parts
 }
 
-// benchProcRunning says whether pid is a process that has not exited. A zombie has: bwrap's outer
-// process exits without reaping its child, the sandbox's PID 1, which the host's init then reaps.
-func benchProcRunning(pid int) bool {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	rp := bytes.LastIndexByte(data, ')')
-	return err == nil && rp > 0 && !bytes.HasPrefix(data[rp+1:], []byte(" Z"))
+// benchProcEnd is a pidfd of one process of a job, opened while the job lived, so that its end is
+// learnt without a doubt about pid reuse.
+type benchProcEnd struct {
+	benchProcPart
+	fd int
+}
+
+// benchProcEnds opens a pidfd of each of ps that is still there.
+func benchProcEnds(ps []benchProcPart) []benchProcEnd {
+	var ends []benchProcEnd
+	for _, q := range ps {
+		if fd, err := unix.PidfdOpen(q.pid, 0); err == nil {
+			ends = append(ends, benchProcEnd{q, fd})
+		}
+	}
+	return ends
+}
+
+// wait says whether the process has ended within d (its pidfd is readable once it has), and closes
+// the pidfd.
+func (e benchProcEnd) wait(d time.Duration) bool {
+	defer unix.Close(e.fd)
+	end := time.Now().Add(d)
+	for {
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(e.fd), Events: unix.POLLIN}}, max(0, int(time.Until(end).Milliseconds())))
+		if err != unix.EINTR {
+			return err == nil && n == 1
+		}
+	}
 }
 
 // benchProcPart is one process of a job, named by its role or its comm.
