@@ -1429,10 +1429,21 @@ const benchMethod = `
   an open connection, the server's defaults) against
   ` + "`bwrap --unshare-all --uid 0 --ro-bind / / --proc /proc --dev /dev --tmpfs /tmp --tmpfs /var/tmp`" + `
   (Debian's bubblewrap 0.8, without a seccomp filter) and
-  ` + "`unshare -Urfpnm --mount-proc`" + `, each installed by the bench if missing. Four rounds, the tools in turn in
+  ` + "`unshare -Urfpnm --mount-proc`" + ` and crun 1.8 (` + "`crun --cgroup-manager=disabled run`" + ` of a bundle the bench
+  writes: the same namespaces as bwrap, root mapped to an unprivileged uid, a read-only root that is / bound,
+  its own /proc, /dev, /tmp and /var/tmp; crun runs from threads of the bench with a mount namespace of their
+  own, where / is bound on the bundle's rootfs and cgroup2 is at /sys/fs/cgroup, since crun 1.8 refuses a
+  "/" root and this host's hybrid cgroups), each installed by the bench if missing. Four rounds, the tools in turn in
   each: 50 lifecycles one after another, 20 ms apart, then 3 s with four in flight, counting jobs and the
   machine's busy CPU (/proc/stat: every CPU's time but idle and iowait, so the kernel's workers and the
-  bench's own client side too). Not measured yet: crun, and the memory of an idle job.
+  bench's own client side too). Memory per idle job: 8 jobs of ` + "`sleep 1000`" + ` alive at once per tool, the sum
+  of Pss (/proc/PID/smaps_rollup) over every process of a job once its sleep is blocked in clock_nanosleep,
+  median of the 8: for rund the job's init and command (its cgroup's processes; the server's own memory for
+  the job is not counted, and its two idle spare inits share the init's pages without being counted); for a
+  peer the tool's process and its descendants.
+- **Client run**: ` + "`rund client run true`" + ` of this tree's ` + "`make build`" + ` against that of 87fd982 (the day before
+  issue 24), both against this tree's server, 50 each, interleaved, 50 ms apart: wall time (fork and exec to
+  exit) and the client process's user + system CPU (wait4's rusage).
 - **Log streaming**: lossy followers (ReadLog) of a ` + "`yes`" + ` job from offset 0, each on its own connection, counting
   the payload bytes received per window (a follower that falls behind skips what it lost, as rund promises). Raw: as many
   streams of JobLog messages sent from memory, with an offset like rund's. The judged baseline uses 32,742-byte
