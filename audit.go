@@ -87,6 +87,12 @@ func startAttrs(r *rpcpb.JobStartRequest) []any {
 	if c := r.GetMaxCpuBandwidth(); c != nil {
 		attrs = append(attrs, "max_cpu_bandwidth", c.GetValue())
 	}
+	if r.GetNetwork() != "" {
+		attrs = append(attrs, "network", cut(r.GetNetwork())) // a grant asked for (grants.go)
+	}
+	if r.GetRoot() {
+		attrs = append(attrs, "root", true)
+	}
 	return attrs
 }
 

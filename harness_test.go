@@ -277,6 +277,10 @@ func serveInProcess(tb testing.TB, prefix string, opts ...serverOpt) (ts *testSe
 		tb.Fatal(err)
 	}
 	ts.m = newManager(ts.cg, c.jobsConfig)
+	if err := ts.m.grants.load(); err != nil {
+		ts.m.shutdown()
+		tb.Fatal(err)
+	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
@@ -492,12 +496,31 @@ func probe(what []string) int {
 			probeSyscalls()
 		case "hold-quotas": // inotify instances and message queues, as many as it may, held (ucounts_test.go)
 			holdQuotas()
+		case "set-lo-flags": // lo's flags set to what they are: needs CAP_NET_ADMIN over its namespace (grants_test.go)
+			ifr, err := unix.NewIfreq("lo")
+			fd, _ := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+			if err == nil {
+				err = unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr)
+			}
+			if err == nil {
+				err = unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+			}
+			unix.Close(fd)
+			fmt.Printf("set-lo-flags=%v\n", err)
 		case "fill-inodes": // empty files in /tmp until the tmpfs refuses one (tmp_test.go)
 			n, err := 0, error(nil)
 			for ; err == nil; n++ {
 				err = os.WriteFile(fmt.Sprintf("/tmp/i%d", n), nil, 0o644)
 			}
 			fmt.Printf("files=%d\nfill-error=%v\n", n-1, err)
+		default:
+			if addr, ok := strings.CutPrefix(w, "dial="); ok { // a TCP connection to addr (grants_test.go)
+				c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+				if err == nil {
+					c.Close()
+				}
+				fmt.Printf("dial=%v\n", err)
+			}
 		}
 	}
 	return 0

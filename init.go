@@ -52,13 +52,14 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // initSetup is how the server starts an init (its RUND_INIT, as JSON): what it prepares before
 // the job's Start.
 type initSetup struct {
-	Hostname  string   `json:"hostname"`        // the job id
-	Own       *jobUser `json:"own,omitempty"`   // a contained job's own host uid:gid (its userns root); nil: uncontained
-	TmpSize   uint64   `json:"tmp_size"`        // bytes of each private tmpfs, when contained
-	Cgroup2   string   `json:"cgroup2"`         // the cgroup2 mount point, when contained
-	JobCgroup string   `json:"job_cgroup"`      // <job>/job, bound read-only on Cgroup2 when contained
-	Dirs      []string `json:"dirs,omitempty"`  // -job_dirs: DIR/<id> is made the job's own and bound on DIR
-	NProc     uint64   `json:"nproc,omitempty"` // RLIMIT_NPROC of a contained job's command; 0: none
+	Hostname  string   `json:"hostname"`           // the job id
+	Own       *jobUser `json:"own,omitempty"`      // a contained job's own host uid:gid (its userns root); nil: uncontained
+	TmpSize   uint64   `json:"tmp_size"`           // bytes of each private tmpfs, when contained
+	Cgroup2   string   `json:"cgroup2"`            // the cgroup2 mount point, when contained
+	JobCgroup string   `json:"job_cgroup"`         // <job>/job, bound read-only on Cgroup2 when contained
+	Dirs      []string `json:"dirs,omitempty"`     // -job_dirs: DIR/<id> is made the job's own and bound on DIR
+	NProc     uint64   `json:"nproc,omitempty"`    // RLIMIT_NPROC of a contained job's command; 0: none
+	HostNet   bool     `json:"host_net,omitempty"` // in the host's network namespace (grants.go): no lo to bring up
 }
 
 // initConfig is what the server tells the init at the Start: the command to run.
@@ -185,8 +186,8 @@ func setUpJob(start *json.Decoder, sigs chan<- os.Signal) (int, *startReport) {
 	setupFailed := func(err error) (int, *startReport) {
 		return 0, failure(stageSetup, err, "set up the job: %v", err)
 	}
-	// HOST ROOT, every capability, in the host's user namespace and in new PID, mount, network, UTS
-	// and IPC namespaces (spawn.go). No thread is filtered. The mounts are the host's, shared.
+	// HOST ROOT, every capability, in the host's user namespace and in new PID, mount, network (but
+	// with the grant of the host's: s.HostNet), UTS and IPC namespaces (spawn.go). No thread is filtered. The mounts are the host's, shared.
 	if err := step("close inherited fds", closeInherited); err != nil {
 		return setupFailed(err)
 	}
@@ -207,8 +208,10 @@ func setUpJob(start *json.Decoder, sigs chan<- os.Signal) (int, *startReport) {
 	if err := step("set the hostname", func() error { return unix.Sethostname([]byte(s.Hostname)) }); err != nil {
 		return setupFailed(err)
 	}
-	if err := step("bring lo up", loopbackUp); err != nil {
-		return setupFailed(err)
+	if !s.HostNet {
+		if err := step("bring lo up", loopbackUp); err != nil {
+			return setupFailed(err)
+		}
 	}
 	warmJSON()
 	// From here on this goroutine keeps its thread: what the command inherits from the thread that

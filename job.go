@@ -258,6 +258,7 @@ type snapshot struct {
 	ended         time.Time
 	exit          exitReport
 	use           usage
+	given         given
 }
 
 func (j *job) snapshot() snapshot {
@@ -269,7 +270,7 @@ func (j *job) snapshot() snapshot {
 	}
 	j.mu.Lock()
 	s := snapshot{id: j.id, command: j.command, started: j.started, stopRequested: j.stopRequested,
-		ended: j.ended, exit: j.exit, use: j.final}
+		ended: j.ended, exit: j.exit, use: j.final, given: j.given}
 	j.mu.Unlock()
 	if finished {
 		return s

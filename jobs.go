@@ -14,6 +14,7 @@ package main
 // is started or stopped.
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log"
@@ -36,6 +37,7 @@ type jobsConfig struct {
 	outputBudget     int64         // bytes all rings may hold together (budget.go)
 	defaultPids      uint64        // processes of a job whose Start sets no max_pids (-job_max_pids); 0: none
 	tmpTotal         uint64        // bytes all contained jobs' tmpfs may hold, where memory is not there; 0: none
+	grantsFile       string        // -grants: what identities may have beyond the default (grants.go); "": none
 }
 
 // manager is the job table.
@@ -44,6 +46,7 @@ type manager struct {
 	cfg    jobsConfig
 	pool   *pool
 	budget *budget
+	grants *grants
 
 	mu       sync.Mutex // guards jobs, finished, running, live and closing
 	jobs     map[string]*job
@@ -67,13 +70,20 @@ func newManager(cg *cgroupFS, cfg jobsConfig) *manager {
 		}
 		cfg.contain = &contain
 	}
-	return &manager{cg: cg, cfg: cfg, pool: newPool(cg, cfg.spareInits, cfg.contain),
+	gs := &grants{path: cfg.grantsFile, uncontained: cfg.contain == nil, cg: cg} // loaded by serve (load)
+	if cfg.contain != nil {
+		gs.dirs = cfg.contain.dirs
+	}
+	return &manager{cg: cg, cfg: cfg, pool: newPool(cg, cfg.spareInits, cfg.contain), grants: gs,
 		budget: &budget{max: cfg.outputBudget},
 		jobs:   map[string]*job{}, finished: map[string][]*job{}, running: map[string]int{}}
 }
 
-// start runs a validated job for owner.
+// start runs a validated job for owner, if its grant allows what it asks for.
 func (m *manager) start(owner []string, spec *jobSpec) (*job, error) {
+	if err := m.grants.allow(owner, spec); err != nil {
+		return nil, err
+	}
 	if cs := m.cg.missing(spec.lim); len(cs) > 0 {
 		return nil, clientErr(errUnsupported,
 			"this host cannot enforce the requested limits: cgroup controller %s not available",
@@ -82,7 +92,7 @@ func (m *manager) start(owner []string, spec *jobSpec) (*job, error) {
 	if spec.lim.pids == 0 && m.cg.available["pids"] {
 		spec.lim.pids = m.cfg.defaultPids // none asked for: the server's default bound
 	}
-	if err := m.reserve(owner); err != nil {
+	if err := m.reserve(owner, cmp.Or(spec.maxJobs, m.cfg.maxJobsPerClient)); err != nil {
 		return nil, err
 	}
 	j, err := m.launch(owner, spec)
@@ -105,7 +115,7 @@ func (m *manager) start(owner []string, spec *jobSpec) (*job, error) {
 // reached that init, so it cannot have run twice.
 func (m *manager) launch(owner []string, spec *jobSpec) (*job, error) {
 	for tries := 0; ; tries++ {
-		sb, err := m.pool.take()
+		sb, err := m.pool.take(spec.given)
 		if err != nil {
 			return nil, err
 		}
@@ -117,8 +127,8 @@ func (m *manager) launch(owner []string, spec *jobSpec) (*job, error) {
 	}
 }
 
-// reserve counts a job against the server's and its client's bounds, or says why it cannot run.
-func (m *manager) reserve(owner []string) error {
+// reserve counts a job against the server's bound and its client's, perClient, or says why it cannot run.
+func (m *manager) reserve(owner []string, perClient int) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	key := identityKey(owner)
@@ -127,8 +137,8 @@ func (m *manager) reserve(owner []string) error {
 		return clientErr(errClosing, "server is shutting down")
 	case m.live >= m.cfg.maxJobs:
 		return clientErr(errExhausted, "the server already runs its maximum of %d jobs", m.cfg.maxJobs)
-	case m.running[key] >= m.cfg.maxJobsPerClient:
-		return clientErr(errExhausted, "you already run %d jobs, the most one client may", m.cfg.maxJobsPerClient)
+	case m.running[key] >= perClient:
+		return clientErr(errExhausted, "you already run %d jobs, the most one client may", perClient)
 	}
 	m.running[key]++
 	m.live++

@@ -175,6 +175,9 @@ func runServe(args []string) int {
 		}
 	}
 	contained, err := contain()
+	if err == nil && contained == nil && c.grantsFile != "" {
+		err = errors.New("-grants says who may run as root; -unsafe_uncontained_jobs gives that to everyone: use one")
+	}
 	if err != nil {
 		log.Printf("rund serve: %v", err)
 		return 2
@@ -207,6 +210,8 @@ func serveFlags(fs *flag.FlagSet, c *serveConfig) {
 	fs.StringVar(&c.cert, "cert", defaultFile("server.crt"), "server certificate")
 	fs.StringVar(&c.key, "key", defaultFile("server.key"), "server private key (mode 0600)")
 	fs.StringVar(&c.cgroupParent, "cgroup", "", "cgroup2 directory for job cgroups (default <cgroup2 mount>/rund)")
+	fs.StringVar(&c.grantsFile, "grants", "", "JSON file of what each client identity's jobs may have beyond the "+
+		"default containment: the host's network, root, which -job_dirs, limits (README, \"Grants\"); reloaded on SIGHUP")
 	fs.StringVar(&c.logFormat, "log_format", "text", "the log's lines, the audit trail's too: text or json (log/slog)")
 	fs.Func("io_devices",
 		"comma-separated MAJ:MIN whole-disk block devices that io limits apply to (without them, io limits are refused)",
@@ -373,6 +378,10 @@ func serve(c serveConfig) error {
 		log.Printf("the lean init: %v; rund runs itself as each job's init (slower to start, as contained)", err)
 	}
 	m := newManager(cg, c.jobsConfig)
+	if err := m.grants.load(); err != nil {
+		m.shutdown()
+		return fmt.Errorf("-grants %w", err)
+	}
 	srv, health := newGRPCServer(tlsCfg, m, c)
 
 	sigs := make(chan os.Signal, 1)
@@ -388,6 +397,7 @@ func serve(c serveConfig) error {
 		case s := <-sigs:
 			if s == syscall.SIGHUP {
 				reloadTLS(c, reload)
+				reloadGrants(m.grants)
 				continue
 			}
 			log.Printf("%v: stopping every job", s)
@@ -413,6 +423,18 @@ func reloadTLS(c serveConfig, reload func() error) {
 		return
 	}
 	log.Printf("SIGHUP: reloaded %s, %s and %s", c.ca, c.cert, c.key)
+}
+
+// reloadGrants re-reads -grants on SIGHUP; if it cannot, the grants in force stay.
+func reloadGrants(gs *grants) {
+	if gs.path == "" {
+		return
+	}
+	if err := gs.load(); err != nil {
+		log.Printf("SIGHUP: keeping the grants in force: %v", err)
+		return
+	}
+	log.Printf("SIGHUP: reloaded %s", gs.path)
 }
 
 // fdBoundConns is -max_conns, lowered if need be so that connections cannot take the fds that jobs

@@ -38,6 +38,7 @@ type sandbox struct {
 	outputs [2]*os.File  // read ends of the stdout and stderr pipes
 	own     *jobUser     // a contained job's own uid and gid; nil if not contained
 	contain *containment // where own came from; nil if not contained
+	given   given        // beyond the default containment; its dirs are the -job_dirs it writes in
 }
 
 // containment is how the pool makes contained sandboxes; nil: -unsafe_uncontained_jobs.
@@ -104,16 +105,19 @@ func newPool(cg *cgroupFS, size int, contain *containment) *pool {
 	return p
 }
 
-// take returns a sandbox for a Start: the oldest spare, or a new one when there is none. The caller
-// owns it: it runs a job in it, or discards it.
-func (p *pool) take() (sb *sandbox, err error) {
+// take returns a sandbox for a Start: the oldest spare, or a new one when there is none or the Start
+// was given more than a spare has (grants.go). The caller owns it: it runs a job in it, or discards it.
+func (p *pool) take(g given) (sb *sandbox, err error) {
+	if !g.spare() {
+		return p.newSandbox(g)
+	}
 	p.mu.Lock()
 	if len(p.spares) > 0 {
 		sb, p.spares = p.spares[0], p.spares[1:]
 	}
 	p.mu.Unlock()
 	if sb == nil {
-		sb, err = p.newSandbox()
+		sb, err = p.newSandbox(g)
 	}
 	return sb, err
 }
@@ -136,7 +140,7 @@ func (p *pool) fill() {
 	p.mu.Lock()
 	for p.short() {
 		p.mu.Unlock() // not held while a sandbox is made
-		sb, err := p.newSandbox()
+		sb, err := p.newSandbox(given{})
 		if err != nil {
 			log.Printf("prepare a spare job sandbox: %v", err) // the next Start makes its own
 			p.mu.Lock()
@@ -164,19 +168,24 @@ func (p *pool) close() {
 	}
 }
 
-// newSandbox makes a sandbox: id, own uid if contained, cgroups, pipes, init. On error nothing is left.
-func (p *pool) newSandbox() (*sandbox, error) {
+// newSandbox makes a sandbox: id, own uid if contained, cgroups, pipes, init; contained unless the
+// pool is not or g.root, in the host's network namespace if g.hostNet, and writing in g.dirs of
+// -job_dirs (nil: all). On error nothing is left.
+func (p *pool) newSandbox(g given) (*sandbox, error) {
 	id, err := newULID(time.Now())
 	if err != nil {
 		return nil, err
 	}
-	sb := &sandbox{id: id.String()}
-	setup := initSetup{Hostname: sb.id}
-	if c := p.contain; c != nil {
+	sb := &sandbox{id: id.String(), given: g}
+	setup := initSetup{Hostname: sb.id, HostNet: g.hostNet}
+	if c := p.contain; c != nil && !g.root {
 		if err := sb.takeOwn(c); err != nil {
 			return nil, err
 		}
-		setup.Own, setup.TmpSize, setup.Dirs, setup.NProc = sb.own, c.tmpSize, c.dirs, c.nproc
+		if g.dirs == nil {
+			sb.given.dirs = c.dirs
+		}
+		setup.Own, setup.TmpSize, setup.Dirs, setup.NProc = sb.own, c.tmpSize, sb.given.dirs, c.nproc
 	}
 	if err := sb.start(p.cg, setup); err != nil {
 		sb.discard()
@@ -243,7 +252,7 @@ func (sb *sandbox) takeOwn(c *containment) error {
 // in -job_dirs that it left empty (a spare's, always); what a job wrote stays, under its uid.
 func (sb *sandbox) release() {
 	if sb.own != nil {
-		for _, d := range sb.contain.dirs {
+		for _, d := range sb.given.dirs {
 			os.Remove(filepath.Join(d, sb.id))
 		}
 		sb.contain.uids.give(sb.own.UID)

@@ -171,7 +171,7 @@ func (s *server) Start(ctx context.Context, req *rpcpb.JobStartRequest) (*rpcpb.
 	if err != nil {
 		return nil, err
 	}
-	spec.holdOutput = req.GetHoldOutput()
+	spec.holdOutput, spec.network, spec.root = req.GetHoldOutput(), req.GetNetwork(), req.GetRoot()
 	j, err := s.m.start(caller, spec)
 	if ce := (*clientError)(nil); errors.As(err, &ce) && ce.exit != 0 {
 		grpc.SetTrailer(ctx, metadata.Pairs(exitTrailer, strconv.Itoa(ce.exit)))
@@ -326,6 +326,8 @@ func statusProto(s snapshot) *rpcpb.JobStatus {
 	st := &rpcpb.JobStatus{
 		Ulid:          s.id,
 		Command:       s.command,
+		Root:          s.given.root,
+		JobDirs:       s.given.dirs,
 		StartTime:     timestamppb.New(s.started),
 		UserTime:      durationpb.New(time.Duration(s.use.userUsec) * time.Microsecond),
 		SystemTime:    durationpb.New(time.Duration(s.use.systemUsec) * time.Microsecond),
@@ -336,6 +338,9 @@ func statusProto(s snapshot) *rpcpb.JobStatus {
 		PidsCurrent:   s.use.pids,
 		OomKills:      s.use.oomKills,
 		State:         rpcpb.JobStatus_STATE_RUNNING,
+	}
+	if s.given.hostNet {
+		st.Network = "host"
 	}
 	if s.running {
 		return st

@@ -65,7 +65,7 @@ func TestSetupStepsFatal(t *testing.T) {
 		if err := os.WriteFile(script, []byte(wrapper), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		sb, err := p.take()
+		sb, err := p.take(given{})
 		if err != nil {
 			t.Fatalf("step %q: make a sandbox: %v", name, err)
 		}

@@ -90,6 +90,10 @@ func startInit(cg *jobCgroup, setup initSetup, stdout, stderr *os.File) (*proc, 
 		return nil, err
 	}
 
+	flags := syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWNET | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC
+	if setup.HostNet {
+		flags &^= syscall.CLONE_NEWNET // a grant (grants.go): the job is the host's network's, without a capability in it
+	}
 	cmd := &exec.Cmd{
 		Path: initExe,
 		Args: []string{"rund", "init"},
@@ -107,8 +111,7 @@ func startInit(cg *jobCgroup, setup initSetup, stdout, stderr *os.File) (*proc, 
 		Stderr:     stderr,
 		ExtraFiles: []*os.File{cfgR, repW, jobFD},
 		SysProcAttr: &syscall.SysProcAttr{
-			Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWNET |
-				syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC,
+			Cloneflags:  uintptr(flags),
 			UseCgroupFD: true,
 			CgroupFD:    int(initFD.Fd()),
 		},

@@ -42,6 +42,11 @@ type jobSpec struct {
 	lim   limits
 
 	holdOutput bool // keep the output from byte 0 for the first lossless reader
+
+	network string // asked for: "host", the host's network namespace; "": its own
+	root    bool   // asked for: to run uncontained
+	given   given  // what it gets beyond the default containment: grants.go allow decides
+	maxJobs int    // its identity's live jobs at most (its grant); 0: -max_jobs_per_client
 }
 
 // validate checks a request. A grace of 0 means the default; a negative one is refused.

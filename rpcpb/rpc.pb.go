@@ -149,7 +149,11 @@ type JobStartRequest struct {
 	StopGracePeriod *durationpb.Duration    `protobuf:"bytes,12,opt,name=stop_grace_period,json=stopGracePeriod,proto3" json:"stop_grace_period,omitempty"` // SIGTERM to SIGKILL on Stop, default 10s
 	// Keep the output from its first byte for the first lossless reader (see LogRequest.lossless): no byte
 	// is overwritten before it attaches, or before the server's lossless timeout passes without one.
-	HoldOutput    bool `protobuf:"varint,13,opt,name=hold_output,json=holdOutput,proto3" json:"hold_output,omitempty"`
+	HoldOutput bool `protobuf:"varint,13,opt,name=hold_output,json=holdOutput,proto3" json:"hold_output,omitempty"`
+	// What the job may have beyond the default containment, each only if the caller's identity has the
+	// grant in the server's grants file (README, "Grants"); PermissionDenied names a grant it lacks.
+	Network       string `protobuf:"bytes,14,opt,name=network,proto3" json:"network,omitempty"` // "host": the host's network namespace; "" (default): a new one with lo alone
+	Root          bool   `protobuf:"varint,15,opt,name=root,proto3" json:"root,omitempty"`      // run uncontained: as host root, with the host's mounts
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -275,6 +279,20 @@ func (x *JobStartRequest) GetHoldOutput() bool {
 	return false
 }
 
+func (x *JobStartRequest) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
+}
+
+func (x *JobStartRequest) GetRoot() bool {
+	if x != nil {
+		return x.Root
+	}
+	return false
+}
+
 type JobStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Original meaning, kept: stopped = ended because a client called Stop; killed = ended by a signal
@@ -297,6 +315,10 @@ type JobStatus struct {
 	PidsCurrent   uint64                  `protobuf:"varint,15,opt,name=pids_current,json=pidsCurrent,proto3" json:"pids_current,omitempty"`      // pids.current
 	OomKills      uint64                  `protobuf:"varint,16,opt,name=oom_kills,json=oomKills,proto3" json:"oom_kills,omitempty"`               // memory.events oom_kill
 	Command       []string                `protobuf:"bytes,17,rep,name=command,proto3" json:"command,omitempty"`                                  // name then args, as requested
+	// What the job was given beyond the default containment (JobStartRequest network, root).
+	Network       string   `protobuf:"bytes,18,opt,name=network,proto3" json:"network,omitempty"`                // "host", or "" for its own network namespace
+	Root          bool     `protobuf:"varint,19,opt,name=root,proto3" json:"root,omitempty"`                     // it runs uncontained, as host root
+	JobDirs       []string `protobuf:"bytes,20,rep,name=job_dirs,json=jobDirs,proto3" json:"job_dirs,omitempty"` // the -job_dirs it writes its own DIR/<ulid> in
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -446,6 +468,27 @@ func (x *JobStatus) GetOomKills() uint64 {
 func (x *JobStatus) GetCommand() []string {
 	if x != nil {
 		return x.Command
+	}
+	return nil
+}
+
+func (x *JobStatus) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
+}
+
+func (x *JobStatus) GetRoot() bool {
+	if x != nil {
+		return x.Root
+	}
+	return false
+}
+
+func (x *JobStatus) GetJobDirs() []string {
+	if x != nil {
+		return x.JobDirs
 	}
 	return nil
 }
@@ -764,7 +807,7 @@ const file_rpc_proto_rawDesc = "" +
 	"\n" +
 	"\trpc.proto\x12\x04rund\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\"#\n" +
 	"\rJobIdentifier\x12\x12\n" +
-	"\x04ulid\x18\x01 \x01(\tR\x04ulid\"\xf8\x04\n" +
+	"\x04ulid\x18\x01 \x01(\tR\x04ulid\"\xa6\x05\n" +
 	"\x0fJobStartRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04args\x18\x02 \x03(\tR\x04args\x12H\n" +
@@ -780,7 +823,9 @@ const file_rpc_proto_rawDesc = "" +
 	"\x03dir\x18\v \x01(\tR\x03dir\x12E\n" +
 	"\x11stop_grace_period\x18\f \x01(\v2\x19.google.protobuf.DurationR\x0fstopGracePeriod\x12\x1f\n" +
 	"\vhold_output\x18\r \x01(\bR\n" +
-	"holdOutput\"\xc4\x06\n" +
+	"holdOutput\x12\x18\n" +
+	"\anetwork\x18\x0e \x01(\tR\anetwork\x12\x12\n" +
+	"\x04root\x18\x0f \x01(\bR\x04root\"\x8d\a\n" +
 	"\tJobStatus\x12\x18\n" +
 	"\astopped\x18\x01 \x01(\bR\astopped\x12\x16\n" +
 	"\x06killed\x18\x02 \x01(\bR\x06killed\x129\n" +
@@ -802,7 +847,10 @@ const file_rpc_proto_rawDesc = "" +
 	"\x0eio_write_bytes\x18\x0e \x01(\x04R\fioWriteBytes\x12!\n" +
 	"\fpids_current\x18\x0f \x01(\x04R\vpidsCurrent\x12\x1b\n" +
 	"\toom_kills\x18\x10 \x01(\x04R\boomKills\x12\x18\n" +
-	"\acommand\x18\x11 \x03(\tR\acommand\"\x80\x01\n" +
+	"\acommand\x18\x11 \x03(\tR\acommand\x12\x18\n" +
+	"\anetwork\x18\x12 \x01(\tR\anetwork\x12\x12\n" +
+	"\x04root\x18\x13 \x01(\bR\x04root\x12\x19\n" +
+	"\bjob_dirs\x18\x14 \x03(\tR\ajobDirs\"\x80\x01\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSTATE_RUNNING\x10\x01\x12\x10\n" +
