@@ -341,6 +341,10 @@ func startFlags(fs *flag.FlagSet, req *rpcpb.JobStartRequest) {
 			}
 			return nil
 		})
+	fs.StringVar(&req.Network, "network", "", `"host" for the host's network namespace, if the server's grants `+
+		"give it to you (default: the job's own, with lo alone)")
+	fs.BoolVar(&req.Root, "root", false, "run as host root with the host's mounts, uncontained, if the server's grants "+
+		"give it to you")
 	fs.Func("cpus", "CPUs the job may use, e.g. 0.5 (= -max_cpu_bandwidth 50000)", func(s string) error {
 		f, err := strconv.ParseFloat(s, 64)
 		quota := math.Round(f * 100000) // checked after rounding: just under 2^32 must not wrap to 0
@@ -445,7 +449,7 @@ func (out clientIO) printList(l *rpcpb.JobList, o *clientOpts, now time.Time) (i
 	}
 	tw := tabwriter.NewWriter(out.stdout, 0, 0, 2, ' ', 0)
 	if !o.idOnly {
-		fmt.Fprintln(tw, "ID\tSTATE\tEXIT\tSTARTED\tRUN TIME\tCPU\tMEM PEAK\tCOMMAND")
+		fmt.Fprintln(tw, "ID\tSTATE\tEXIT\tSTARTED\tRUN TIME\tCPU\tMEM PEAK\tGIVEN\tCOMMAND")
 	}
 	for _, j := range l.Jobs {
 		if o.idOnly {
@@ -466,11 +470,23 @@ func (out clientIO) printList(l *rpcpb.JobList, o *clientOpts, now time.Time) (i
 			command = command[:37] + "..."
 		}
 		state := strings.ToLower(strings.TrimPrefix(j.State.String(), "STATE_"))
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s ago\t%s\t%s\t%s\t%s\n", j.Ulid, state,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s ago\t%s\t%s\t%s\t%s\t%s\n", j.Ulid, state,
 			exit, humanDuration(now.Sub(start)), humanDuration(end.Sub(start)),
-			humanDuration(j.UserTime.AsDuration()+j.SystemTime.AsDuration()), humanBytes(j.MemoryPeak), command)
+			humanDuration(j.UserTime.AsDuration()+j.SystemTime.AsDuration()), humanBytes(j.MemoryPeak), givenText(j), command)
 	}
 	return exitOnErr(tw.Flush())
+}
+
+// givenText is what a job was given beyond the default containment (the server's grants), for list: "-" for nothing.
+func givenText(j *rpcpb.JobStatus) string {
+	var g []string
+	if j.Network != "" {
+		g = append(g, "network="+j.Network)
+	}
+	if j.Root {
+		g = append(g, "root")
+	}
+	return cmp.Or(strings.Join(g, ","), "-")
 }
 
 // streamLog writes a job's output until the stream ends, moving req.Offset past each byte written, so

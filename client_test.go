@@ -106,6 +106,8 @@ func TestClientRunOwnFailures(t *testing.T) {
 		{[]string{"run", "-max_pids", "0", "--", "true"}, 125, "max_pids is 0"},
 		{[]string{"run", "-no-such-flag", "--", "true"}, 125, "no-such-flag"},
 		{[]string{"run"}, 125, "no command given"},
+		{[]string{"run", "-root", "--", "true"}, 125, "PermissionDenied: root needs a grant, and this server has no -grants file"},
+		{[]string{"run", "-network", "host", "--", "true"}, 125, `network "host" needs a grant`},
 		{[]string{"run", "-addr", "127.0.0.1:1", "--", "true"}, 125, "Unavailable"},
 	} {
 		code, out, errs := ts.runCLI(t, tc.args...)

@@ -252,6 +252,14 @@ func TestGrantRoot(t *testing.T) {
 	if _, err := b.Start(ctx(t), req); code(err) != "PermissionDenied" || !strings.Contains(err.Error(), "root needs a grant") {
 		t.Errorf("b, without the grant: %v, want PermissionDenied naming root", err)
 	}
+	// The client asks by its flag; list says what each job was given.
+	if code, out, errs := ts.runCLI(t, "run", "-root", "--", "sh", "-c", "read a b c </proc/self/uid_map; echo $b"); code != 0 ||
+		out != "0\n" {
+		t.Errorf("rund client run -root: exit %d, stdout %q, stderr %q; want host uid 0", code, out, errs)
+	}
+	if _, out, _ := ts.runCLI(t, "list"); len(grepLines(out, " root ")) != 2 || len(grepLines(out, " - ")) != 1 {
+		t.Errorf("list:\n%s\nwant two jobs given root and one nothing", out)
+	}
 }
 
 // TestGrantJobDirsAndReload: a grant's job_dirs are the only -job_dirs its jobs write in, its max_jobs
