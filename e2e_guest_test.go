@@ -75,6 +75,7 @@ var e2eChecks = []string{
 	"esc-vsock",
 	"esc-in-a-row", "esc-ucounts", "esc-magic-dir", "esc-nproc",
 	"esc-tmpfs-total",
+	"grant-network-host", "grant-root", "grant-denied",
 	"stop-grace",
 	"cpu-unlimited", "cpu-limited",
 	"memory-oom", "memory-usable",
@@ -372,8 +373,10 @@ type e2eGuest struct {
 	ioWrite      [2]uint64
 	bombTasks    int // forked + own threads, as the fork bomb counted them
 	bombStatusPC uint64
-	keySerial    int   // the key in the session keyring the server inherits (esc-keyring)
-	keyErr       error // why there is none
+	logMu        sync.Mutex // guards serverLog: the server's stderr reader appends while checks read
+	serverLog    []string   // every line rund serve wrote on stderr
+	keySerial    int        // the key in the session keyring the server inherits (esc-keyring)
+	keyErr       error      // why there is none
 }
 
 func TestE2EGuest(t *testing.T) {
@@ -397,6 +400,7 @@ func TestE2EGuest(t *testing.T) {
 		{"esc-magic-dir", g.checkMagicLinks},
 		{"esc-nproc", g.checkDefaultPids},
 		{"esc-tmpfs-total", g.checkTmpfs},
+		{"grant-network-host", g.checkGrants},
 		{"stop-grace", g.checkStop},
 		{"cpu-unlimited", g.checkCPUUnlimited},
 		{"cpu-limited", g.checkCPULimited},
@@ -449,6 +453,9 @@ func (g *e2eGuest) setup() error {
 	if _, g.keyErr = unix.KeyctlJoinSessionKeyring(e2eKeyring); g.keyErr == nil {
 		g.keySerial, g.keyErr = unix.AddKey("user", e2eKeyName, []byte(e2eKeySecret), unix.KEY_SPEC_SESSION_KEYRING)
 	}
+	if err := setupGrants(); err != nil {
+		return fmt.Errorf("grants: %w", err)
+	}
 	if err := g.startServer(e2eSvc); err != nil {
 		return err
 	}
@@ -468,8 +475,8 @@ func (g *e2eGuest) setup() error {
 // service's cgroup, then execs rund. It returns once rund logs that it serves.
 func (g *e2eGuest) startServer(cgroup string) error {
 	script := fmt.Sprintf("echo $$ > %s/cgroup.procs && exec %s serve -addr %s -cgroup %s -io_devices %s "+
-		"-ca %s/ca.crt -cert %s/server.crt -key %s/server.key -job_max_pids %d -job_tmp_size %d",
-		cgroup, e2eRund, e2eAddr, e2eParent, g.dev, e2eTLS, e2eTLS, e2eTLS, e2eDefaultPids, e2eTmpSize)
+		"-ca %s/ca.crt -cert %s/server.crt -key %s/server.key -job_max_pids %d -job_tmp_size %d -grants %s",
+		cgroup, e2eRund, e2eAddr, e2eParent, g.dev, e2eTLS, e2eTLS, e2eTLS, e2eDefaultPids, e2eTmpSize, e2eGrants)
 	cmd := exec.Command("/bin/sh", "-c", script)
 	cmd.Dir = "/"
 	stderr, err := cmd.StderrPipe()
@@ -485,6 +492,9 @@ func (g *e2eGuest) startServer(cgroup string) error {
 		said := false
 		for sc.Scan() {
 			os.Stderr.WriteString("[rund] " + sc.Text() + "\n")
+			g.logMu.Lock()
+			g.serverLog = append(g.serverLog, sc.Text())
+			g.logMu.Unlock()
 			if !said && strings.Contains(sc.Text(), "rund serving on ") {
 				said = true
 				serving <- true

@@ -182,7 +182,7 @@ func TestGrantNetworkHost(t *testing.T) {
 	for _, i := range ifs {
 		hostIfs = append(hostIfs, i.Name)
 	}
-	probe := selfCmd(t, "dial="+lis.Addr().String(), "net", "set-lo-flags")
+	probe := selfCmd(t, "dial="+lis.Addr().String(), "net", "set-lo-flags", "firewall")
 	probe.Network = "host"
 	id := startJob(t, a, probe)
 	out, errs := readAll(t, a, id)
@@ -192,9 +192,11 @@ func TestGrantNetworkHost(t *testing.T) {
 		jobIfs = append(jobIfs, strings.Fields(v)[0])
 	}
 	if !slices.Equal(f["dial"], []string{"<nil>"}) || !slices.Equal(jobIfs, hostIfs) ||
-		!slices.Equal(f["set-lo-flags"], []string{"operation not permitted"}) {
-		t.Errorf("network host job: dial %q, interfaces %q (host's %q), set lo's flags %q (stderr %q); want the "+
-			"listener reached, the host's interfaces, and EPERM", f["dial"], jobIfs, hostIfs, f["set-lo-flags"], errs)
+		!slices.Equal(f["set-lo-flags"], []string{"operation not permitted"}) ||
+		len(f["firewall"]) != 1 || !strings.HasPrefix(f["firewall"][0], "refused") {
+		t.Errorf("network host job: dial %q, interfaces %q (host's %q), set lo's flags %q, firewall %q (stderr %q); "+
+			"want the listener reached, the host's interfaces, and both refused", f["dial"], jobIfs, hostIfs,
+			f["set-lo-flags"], f["firewall"], errs)
 	}
 	if st, err := a.Status(ctx(t), &rpcpb.JobIdentifier{Ulid: id}); err != nil || st.Network != "host" || st.Root {
 		t.Errorf("its status: %v (%v), want network host, not root", st, err)

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -496,6 +497,8 @@ func probe(what []string) int {
 			probeSyscalls()
 		case "hold-quotas": // inotify instances and message queues, as many as it may, held (ucounts_test.go)
 			holdQuotas()
+		case "firewall": // iptables' raw socket, then nf_tables' netlink (e2e_grants_test.go)
+			fmt.Printf("firewall=%s\n", tryFirewall())
 		case "set-lo-flags": // lo's flags set to what they are: needs CAP_NET_ADMIN over its namespace (grants_test.go)
 			ifr, err := unix.NewIfreq("lo")
 			fd, _ := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
@@ -524,6 +527,42 @@ func probe(what []string) int {
 		}
 	}
 	return 0
+}
+
+// tryFirewall tries the first step of changing a firewall rule both ways there are: iptables' raw
+// socket (CAP_NET_RAW), and a message to nf_tables (nfnetlink_rcv answers EPERM without CAP_NET_ADMIN
+// over the network namespace, before it reads the message). It says "refused: ..." if both are refused.
+func tryFirewall() string {
+	fd, rawErr := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
+	if rawErr == nil {
+		unix.Close(fd)
+		return "a raw socket opened"
+	}
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return fmt.Sprintf("refused: raw socket: %v; nf_tables netlink socket: %v", rawErr, err)
+	}
+	defer unix.Close(fd)
+	// One NFNL_MSG_BATCH_BEGIN for nf_tables (subsystem 10), with an ack asked for: struct nlmsghdr, then
+	// struct nfgenmsg (family, version, res_id in network order).
+	msg := make([]byte, unix.NLMSG_HDRLEN+4)
+	binary.NativeEndian.PutUint32(msg[0:], uint32(len(msg)))
+	binary.NativeEndian.PutUint16(msg[4:], unix.NFNL_MSG_BATCH_BEGIN)
+	binary.NativeEndian.PutUint16(msg[6:], unix.NLM_F_REQUEST|unix.NLM_F_ACK)
+	binary.BigEndian.PutUint16(msg[unix.NLMSG_HDRLEN+2:], unix.NFNL_SUBSYS_NFTABLES)
+	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Sprintf("refused: raw socket: %v; nf_tables send: %v", rawErr, err)
+	}
+	buf := make([]byte, 4096)
+	n, _, err := unix.Recvfrom(fd, buf, 0)
+	if err != nil || n < unix.NLMSG_HDRLEN+4 || binary.NativeEndian.Uint16(buf[4:]) != unix.NLMSG_ERROR {
+		return fmt.Sprintf("nf_tables answered %d bytes (%v)", n, err)
+	}
+	errno := syscall.Errno(-int32(binary.NativeEndian.Uint32(buf[unix.NLMSG_HDRLEN:])))
+	if errno != syscall.EPERM {
+		return fmt.Sprintf("nf_tables answered errno %d (%v)", int(errno), errno)
+	}
+	return fmt.Sprintf("refused: raw socket: %v; nf_tables: %v", rawErr, errno)
 }
 
 // facts parses probe output into key -> values.

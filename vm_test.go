@@ -44,7 +44,8 @@ import (
 // vmModules are the modules the guest loads (with their dependencies) to see its virtio disk. Both
 // arches' cloud kernels build virtio, virtio_pci and virtio_blk as modules, and qemu makes an
 // if=virtio drive a virtio-blk-pci device on the pc and the virt machines alike.
-var vmModules = []string{"virtio_pci", "virtio_blk"}
+// dummy makes dummy0, the non-loopback interface of the grants check (e2e_grants_test.go).
+var vmModules = []string{"virtio_pci", "virtio_blk", "dummy"}
 
 // vmArch is what differs between the architectures the VM suite boots.
 type vmArch struct {
