@@ -90,10 +90,9 @@ func (f *frameCounter) count() error {
 	case typ == frameHeaders:
 	case typ == frameData && flags&flagEndStream != 0:
 		delete(f.streams, stream)
+	case typ == frameData && size >= smallData: // not small: nothing to count
 	case typ == frameData && size > 0:
-		if size < smallData {
-			f.streams[stream]++
-		}
+		f.streams[stream]++
 	default:
 		if typ == frameRSTStream {
 			delete(f.streams, stream)
