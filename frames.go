@@ -20,6 +20,7 @@ package main
 // one of its own.
 
 import (
+	"encoding/binary"
 	"fmt"
 	"log"
 	"net"
@@ -59,20 +60,17 @@ func newFrameCounter(c net.Conn) *frameCounter {
 func (f *frameCounter) Read(p []byte) (int, error) {
 	n, err := f.Conn.Read(p)
 	for b := p[:n]; len(b) > 0; {
-		if f.skip > 0 {
-			k := min(f.skip, len(b))
-			f.skip -= k
-			b = b[k:]
-			continue
-		}
-		k := copy(f.header[f.have:], b)
+		k := min(f.skip, len(b)) // passed over; a header is read only once skip is 0
+		f.skip -= k
+		b = b[k:]
+		k = copy(f.header[f.have:], b)
 		f.have += k
 		b = b[k:]
 		if f.have < len(f.header) {
 			continue
 		}
 		f.have = 0
-		f.skip = int(f.header[0])<<16 | int(f.header[1])<<8 | int(f.header[2])
+		f.skip = int(binary.BigEndian.Uint32(f.header[:4]) >> 8) // the payload's length, 24 bits
 		if err := f.count(); err != nil {
 			log.Printf("connection from %s closed: %v", f.RemoteAddr(), err)
 			f.Conn.Close()
@@ -85,18 +83,16 @@ func (f *frameCounter) Read(p []byte) (int, error) {
 // count accounts the frame whose header was just read, or says which bound it breaks.
 func (f *frameCounter) count() error {
 	typ, flags, size := f.header[3], f.header[4], f.skip
-	stream := (uint32(f.header[5])<<24 | uint32(f.header[6])<<16 | uint32(f.header[7])<<8 | uint32(f.header[8])) &
-		0x7fffffff
+	stream := binary.BigEndian.Uint32(f.header[5:]) & 0x7fffffff // the reserved bit cleared
 	switch {
 	case typ == frameHeaders && flags&flagEndStream == 0:
 		f.streams[stream] = 0
 	case typ == frameHeaders:
 	case typ == frameData && flags&flagEndStream != 0:
 		delete(f.streams, stream)
+	case typ == frameData && size >= smallData: // not small: nothing to count
 	case typ == frameData && size > 0:
-		if size < smallData {
-			f.streams[stream]++
-		}
+		f.streams[stream]++
 	default:
 		if typ == frameRSTStream {
 			delete(f.streams, stream)

@@ -141,41 +141,38 @@ func waitOn(ch *chan struct{}) chan struct{} {
 func (r *ring) WaitRoom(need int, patience time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+scan:
 	for !r.closed && len(r.holds) > 0 { // with no hold, the pump's usual case, no clock is read
 		keep := r.tail + int64(need) - int64(r.limit) // the first byte still held after the write
 		if r.segLen > 1 && r.segLen == r.segMax {
 			keep = max(keep, r.seg(1).start)
 		}
 		now := time.Now()
-		var oldest time.Time // when the hold longest in the way came into it
-		demoted := false
+		wait := time.Duration(math.MaxInt64) // until the hold longest in the way has stood there for patience
 		for h := range r.holds {
 			switch {
 			case h.off >= keep:
 				h.inWay = time.Time{}
 			case h.inWay.IsZero():
 				h.inWay = now
-				oldest = minTime(oldest, now)
+				wait = min(wait, patience)
 			case now.Sub(h.inWay) >= patience:
 				delete(r.holds, h)
 				r.demoteStalled(now.Add(-patience))
-				demoted = true
+				wakeAll(&r.room) // the other pump may wait for the same holds
+				continue scan    // the holds left, afresh
 			default:
-				oldest = minTime(oldest, h.inWay)
+				wait = min(wait, patience-now.Sub(h.inWay))
 			}
 		}
-		if demoted { // the other pump may wait for the same holds; oldest may be one of them
-			wakeAll(&r.room)
-			continue
-		}
-		if oldest.IsZero() {
+		if wait == math.MaxInt64 { // no hold stands in the way
 			return
 		}
 		room := waitOn(&r.room)
 		r.mu.Unlock()
 		select {
 		case <-room:
-		case <-time.After(patience - now.Sub(oldest)): // an unstopped timer is collected (Go 1.23)
+		case <-time.After(wait): // an unstopped timer is collected (Go 1.23)
 		}
 		r.mu.Lock()
 	}
@@ -189,14 +186,6 @@ func (r *ring) demoteStalled(since time.Time) {
 			delete(r.holds, h)
 		}
 	}
-}
-
-// minTime is the earlier of a and b, where the zero time is no time at all.
-func minTime(a, b time.Time) time.Time {
-	if a.IsZero() || b.Before(a) {
-		return b
-	}
-	return a
 }
 
 // newRing returns a ring holding up to capacity bytes of output, within a budget of no bound.
