@@ -503,12 +503,9 @@ var errMagicLink = errors.New("goes through a magic link of /proc (proc(5): fd, 
 // RESOLVE_NO_MAGICLINKS fails it with ELOOP. (systemd's RestrictSUIDSGID= refuses openat2 with
 // ENOSYS, since its flags cannot be filtered: there, the resolution holds alone.)
 func resolvePath(path string) (string, error) {
-	noMagic := openPath(path, unix.RESOLVE_NO_MAGICLINKS)
-	if noMagic == unix.ELOOP {
-		plain := openPath(path, 0) // without the flag: only a magic link, not a loop, resolves now
-		if plain != unix.ELOOP {
-			return "", errMagicLink
-		}
+	// ELOOP with RESOLVE_NO_MAGICLINKS and not without it: a magic link, not a loop of links.
+	if openPath(path, unix.RESOLVE_NO_MAGICLINKS) == unix.ELOOP && openPath(path, 0) != unix.ELOOP {
+		return "", errMagicLink
 	}
 	return filepath.EvalSymlinks(path)
 }
