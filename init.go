@@ -419,16 +419,9 @@ func forkCommand(path string, cfg initConfig, own *jobUser, inherited int) (int,
 func findCommand(cfg *initConfig, user *jobUser) (path string, fail *startReport) {
 	err := asJobUser(user, func() {
 		dir, err := resolvePath(cfg.Dir)
-		var fi os.FileInfo
-		if err == nil {
-			fi, err = os.Stat(dir)
-		}
-		if err == nil && !fi.IsDir() {
-			err = syscall.ENOTDIR
-		}
 		if err == nil {
 			// chdir(2) needs search permission, which the exec would otherwise report as its own EACCES.
-			err = unix.Faccessat(unix.AT_FDCWD, dir, unix.X_OK, unix.AT_EACCESS)
+			err = checkAccess(dir, true)
 		}
 		if err != nil {
 			fail = pathFailure(stageDir, "working directory", cfg.Dir, err, user != nil)
@@ -513,12 +506,9 @@ var errMagicLink = errors.New("goes through a magic link of /proc (proc(5): fd, 
 // RESOLVE_NO_MAGICLINKS fails it with ELOOP. (systemd's RestrictSUIDSGID= refuses openat2 with
 // ENOSYS, since its flags cannot be filtered: there, the resolution holds alone.)
 func resolvePath(path string) (string, error) {
-	noMagic := openPath(path, unix.RESOLVE_NO_MAGICLINKS)
-	if noMagic == unix.ELOOP {
-		plain := openPath(path, 0) // without the flag: only a magic link, not a loop, resolves now
-		if plain != unix.ELOOP {
-			return "", errMagicLink
-		}
+	// ELOOP with RESOLVE_NO_MAGICLINKS and not without it: a magic link, not a loop of links.
+	if openPath(path, unix.RESOLVE_NO_MAGICLINKS) == unix.ELOOP && openPath(path, 0) != unix.ELOOP {
+		return "", errMagicLink
 	}
 	return filepath.EvalSymlinks(path)
 }
@@ -542,7 +532,7 @@ func lookPath(name, dir string, env []string) (string, error) {
 		if !filepath.IsAbs(name) {
 			name = filepath.Join(dir, name)
 		}
-		return name, checkExecutable(name)
+		return name, checkAccess(name, false)
 	}
 	pathVar := defaultPath
 	for _, kv := range env {
@@ -556,7 +546,7 @@ func lookPath(name, dir string, env []string) (string, error) {
 			continue // a relative PATH entry would depend on the working directory: skip it
 		}
 		p := filepath.Join(d, name)
-		switch err := checkExecutable(p); {
+		switch err := checkAccess(p, false); {
 		case err == nil:
 			return p, nil
 		case errors.Is(err, syscall.EACCES):
@@ -566,12 +556,16 @@ func lookPath(name, dir string, env []string) (string, error) {
 	return "", found
 }
 
-func checkExecutable(p string) error {
+// checkAccess fails unless p is a directory the thread may search (dir), or a file, not a directory,
+// that it may execute (!dir).
+func checkAccess(p string, dir bool) error {
 	fi, err := os.Stat(p)
 	switch {
 	case err != nil:
 		return err
-	case fi.IsDir():
+	case dir && !fi.IsDir():
+		return syscall.ENOTDIR
+	case !dir && fi.IsDir():
 		return syscall.EACCES
 	}
 	// As the job's user (asJobUser): AT_EACCESS checks the thread's fsuid, where access(2) would check

@@ -252,10 +252,7 @@ func checkNotJobFiltered(inherited int) error {
 type seccompNotif struct {
 	ID         uint64
 	Pid, Flags uint32
-	Nr         int32
-	Arch       uint32
-	IP         uint64
-	Args       [6]uint64
+	Data       [64]byte // struct seccomp_data: the call is clone3 (the filter's only supervise rule)
 }
 
 type seccompNotifResp struct {
