@@ -206,14 +206,18 @@ func clientCommand(cmd string, args []string, out clientIO) (int, error) {
 	if spec.nargs == commandLine {
 		o.req.Name, o.req.Args = pos[0], pos[1:]
 	}
-	conn, err := dial(o)
+	addr, cfg, err := serverOf(o)
+	if err != nil {
+		return 1, err
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 	if err != nil {
 		return 1, err
 	}
 	defer conn.Close()
 	code, err := callClient(context.Background(), rpcpb.NewJobControllerClient(conn), cmd, pos, o, out)
-	if err != nil {
-		err = whyUnavailable(o, err)
+	if status.Code(err) == codes.Unavailable {
+		err = whyUnavailable(addr, cfg, err)
 	}
 	return code, err
 }
@@ -363,17 +367,8 @@ func startFlags(fs *flag.FlagSet, req *rpcpb.JobStartRequest) {
 	})
 }
 
-// dial connects to the server that o, RUND_ADDR, RUND_CA, RUND_CERT and RUND_KEY, or the defaults
-// name, in that order (clientNotes).
-func dial(o *clientOpts) (*grpc.ClientConn, error) {
-	addr, cfg, err := serverOf(o)
-	if err != nil {
-		return nil, err
-	}
-	return grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
-}
-
-// serverOf is the address and TLS configuration of the server o names, as dial says.
+// serverOf is the address and TLS configuration of the server that o, RUND_ADDR, RUND_CA, RUND_CERT
+// and RUND_KEY, or the defaults name, in that order (clientNotes).
 func serverOf(o *clientOpts) (string, *tls.Config, error) {
 	cfg, err := clientTLS(cmp.Or(o.ca, os.Getenv("RUND_CA"), defaultFile("ca.crt")),
 		cmp.Or(o.cert, os.Getenv("RUND_CERT"), defaultFile("client.crt")),
@@ -385,16 +380,13 @@ func serverOf(o *clientOpts) (string, *tls.Config, error) {
 	return cmp.Or(o.addr, os.Getenv("RUND_ADDR"), "localhost:8000"), cfg, err
 }
 
-// whyUnavailable explains a call that failed with Unavailable when the server refused this client's
-// certificate: in TLS 1.3 the server checks it after the client has finished its handshake, so grpc-go
-// sees a closed connection ("broken pipe") and not the alert. A handshake of our own, and a read, get
-// the alert; a server that accepts the certificate sends its HTTP/2 settings at once. err otherwise.
-func whyUnavailable(o *clientOpts, err error) error {
-	addr, cfg, cfgErr := serverOf(o)
-	if status.Code(err) != codes.Unavailable || cfgErr != nil {
-		return err
-	}
-	cfg.NextProtos = []string{"h2"}
+// whyUnavailable explains a call to addr that failed with Unavailable when the server refused this
+// client's certificate: in TLS 1.3 the server checks it after the client has finished its handshake, so
+// grpc-go sees a closed connection ("broken pipe") and not the alert. A handshake of our own with cfg,
+// and a read, get the alert; a server that accepts the certificate sends its HTTP/2 settings at once.
+// err otherwise.
+func whyUnavailable(addr string, cfg *tls.Config, err error) error {
+	cfg.NextProtos = []string{"h2"} // grpc-go dials with a copy of cfg (credentials.NewTLS)
 	conn, dialErr := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
 	if dialErr != nil {
 		return err
