@@ -90,18 +90,19 @@ var sysSetresuid, sysSetresgid, sysGetresuid, sysGetresgid uintptr = unix.SYS_SE
 // CAP_DAC_OVERRIDE). The command gets none of it: a new user namespace gives its child capabilities
 // there alone (kernel/user_namespace.c, set_cred_user_ns). The real and saved uids stay 0 all along,
 // which is what lets the thread take root's ids back (setfsuid(2), setresuid(2)).
+//
+// The steps run in this order; at the first that fails the thread takes root's ids back (leaveJobOwner).
 func becomeJobOwner(u *jobUser) error {
-	if err := setEffectiveIDs(u.UID, u.GID); err != nil {
-		return errors.Join(err, leaveJobOwner())
+	steps := []func() error{
+		func() error { return setEffectiveIDs(u.UID, u.GID) },
+		func() error { return setFSID(unix.SetfsuidRetUid, "fsuid", 0) },
+		func() error { return setFSID(unix.SetfsgidRetGid, "fsgid", 0) },
+		raiseCapabilities,
 	}
-	if err := setFSID(unix.SetfsuidRetUid, "fsuid", 0); err != nil {
-		return errors.Join(err, leaveJobOwner())
-	}
-	if err := setFSID(unix.SetfsgidRetGid, "fsgid", 0); err != nil {
-		return errors.Join(err, leaveJobOwner())
-	}
-	if err := raiseCapabilities(); err != nil {
-		return errors.Join(err, leaveJobOwner())
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return errors.Join(err, leaveJobOwner())
+		}
 	}
 	return nil
 }
