@@ -28,11 +28,8 @@ type budget struct {
 }
 
 // take accounts n more bytes for a live ring, giving up finished rings as needed. With force it always
-// succeeds (a ring's floor).
+// succeeds (a ring's floor). n > 0: a ring asks only to grow (grow, growSegs).
 func (b *budget) take(n int64, force bool) bool {
-	if n <= 0 {
-		return true
-	}
 	for kept := 0; ; {
 		b.mu.Lock()
 		if force || b.used+n <= b.max {
