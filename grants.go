@@ -60,9 +60,6 @@ type given struct {
 	dirs    []string // the -job_dirs it writes its own DIR/<id> in; nil: all of them
 }
 
-// spare reports whether a spare sandbox (pool.go), made with the defaults, fits the job.
-func (g given) spare() bool { return !g.hostNet && !g.root && g.dirs == nil }
-
 // grants is the table in force. Its methods are safe to call from any goroutine.
 type grants struct {
 	path        string       // -grants; "": no file

@@ -52,8 +52,9 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // initSetup is how the server starts an init (its RUND_INIT, as JSON): what it prepares before
 // the job's Start.
 type initSetup struct {
-	Hostname  string   `json:"hostname"`           // the job id
-	Own       *jobUser `json:"own,omitempty"`      // a contained job's own host uid:gid (its userns root); nil: uncontained
+	Hostname string `json:"hostname"` // the job id
+	// Own is a contained job's own host uid:gid (its userns root); nil: uncontained.
+	Own       *jobUser `json:"own,omitempty"`
 	TmpSize   uint64   `json:"tmp_size"`           // bytes of each private tmpfs, when contained
 	Cgroup2   string   `json:"cgroup2"`            // the cgroup2 mount point, when contained
 	JobCgroup string   `json:"job_cgroup"`         // <job>/job, bound read-only on Cgroup2 when contained
@@ -187,7 +188,8 @@ func setUpJob(start *json.Decoder, sigs chan<- os.Signal) (int, *startReport) {
 		return 0, failure(stageSetup, err, "set up the job: %v", err)
 	}
 	// HOST ROOT, every capability, in the host's user namespace and in new PID, mount, network (but
-	// with the grant of the host's: s.HostNet), UTS and IPC namespaces (spawn.go). No thread is filtered. The mounts are the host's, shared.
+	// with the grant of the host's: s.HostNet), UTS and IPC namespaces (spawn.go). No thread is filtered.
+	// The mounts are the host's, shared.
 	if err := step("close inherited fds", closeInherited); err != nil {
 		return setupFailed(err)
 	}

@@ -108,7 +108,7 @@ func newPool(cg *cgroupFS, size int, contain *containment) *pool {
 // take returns a sandbox for a Start: the oldest spare, or a new one when there is none or the Start
 // was given more than a spare has (grants.go). The caller owns it: it runs a job in it, or discards it.
 func (p *pool) take(g given) (sb *sandbox, err error) {
-	if !g.spare() {
+	if !p.fits(g) {
 		return p.newSandbox(g)
 	}
 	p.mu.Lock()
@@ -120,6 +120,12 @@ func (p *pool) take(g given) (sb *sandbox, err error) {
 		sb, err = p.newSandbox(g)
 	}
 	return sb, err
+}
+
+// fits reports whether a spare fits a job given g: one that asks for nothing a spare lacks (the host's
+// network, fewer -job_dirs, root unless the pool's spares are root's: -unsafe_uncontained_jobs).
+func (p *pool) fits(g given) bool {
+	return !g.hostNet && g.dirs == nil && (!g.root || p.contain == nil)
 }
 
 // refill starts fill to make up the spares, unless it runs already or none is missing.

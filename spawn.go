@@ -90,7 +90,8 @@ func startInit(cg *jobCgroup, setup initSetup, stdout, stderr *os.File) (*proc, 
 		return nil, err
 	}
 
-	flags := syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWNET | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC
+	flags := syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWNET | syscall.CLONE_NEWUTS |
+		syscall.CLONE_NEWIPC
 	if setup.HostNet {
 		flags &^= syscall.CLONE_NEWNET // a grant (grants.go): the job is the host's network's, without a capability in it
 	}
