@@ -143,6 +143,21 @@ func TestGrantsAllow(t *testing.T) {
 	if err := everyone.allow([]string{"dns:x"}, spec); err != nil || !spec.given.root || !spec.given.hostNet {
 		t.Errorf("-unsafe_uncontained_jobs: given %+v (%v), want root and the host's network for everyone", spec.given, err)
 	}
+	// Which jobs a spare fits: under -unsafe_uncontained_jobs (no containment) a root job takes one.
+	contained, uncontained := &pool{contain: &containment{}}, &pool{}
+	for _, c := range []struct {
+		p    *pool
+		g    given
+		fits bool
+	}{
+		{contained, given{}, true}, {contained, given{root: true}, false}, {contained, given{hostNet: true}, false},
+		{contained, given{dirs: []string{}}, false}, {uncontained, given{root: true}, true},
+		{uncontained, given{root: true, hostNet: true}, false},
+	} {
+		if c.p.fits(c.g) != c.fits {
+			t.Errorf("pool contained %v, given %+v: a spare fits %v, want %v", c.p.contain != nil, c.g, !c.fits, c.fits)
+		}
+	}
 }
 
 // writeGrants writes a grants file for a test server and returns the option that serves it.
