@@ -1,21 +1,26 @@
 package main
 
 // e2e_grants_test.go is the VM suite's check of grants (grants.go): the guest server runs with a grants
-// file that gives the "client" identity network "host" and root, and client2 nothing. The guest has a
+// file that gives the "client" identity network "host" and root, and client2 a memory ceiling and
+// default and nothing else. The guest has a
 // dummy interface with a documentation address (e2eDummyAddr), which a job in its own network namespace
 // cannot reach.
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"rund/rpcpb"
 )
@@ -23,8 +28,10 @@ import (
 const (
 	e2eGrants    = "/run/rund/grants.json"
 	e2eDummyAddr = "192.0.2.1" // on dummy0 (RFC 5737 TEST-NET-1)
-	// e2eGrantsFile gives the first development client what a network appliance's controller gets.
-	e2eGrantsFile = `{"dns:client": {"network": "host", "root": true}}`
+	// e2eGrantsFile gives the first development client what a network appliance's controller gets, and
+	// bounds the second's memory: 32 MiB unless it asks, 64 MiB at most.
+	e2eGrantsFile = `{"dns:client": {"network": "host", "root": true},
+		"dns:client2": {"max": {"max_memory_usage": 67108864}, "default": {"max_memory_usage": 33554432}}}`
 )
 
 // setupGrants writes the grants file and brings up dummy0 (the dummy module makes it) with its address.
@@ -113,6 +120,28 @@ func (g *e2eGuest) checkGrantsDenied(addr, proof string) {
 		err == nil && len(f["dial"]) == 1 && f["dial"][0] != "<nil>" && statErr != nil && st.GetNetwork() == "" && !st.GetRoot(),
 		"client2: network host %v, root %v; trail %q; the client's job asking for nothing: dial %q, %s: %v (%v)",
 		netErr, rootErr, trail, f["dial"], proof, statErr, err)
+	g.checkGrantLimits(client2)
+}
+
+// checkGrantLimits: client2's grant bounds its memory. A job that asks for no limit gets the grant's
+// default and is OOM-killed at it, touching 1 MiB at a time towards 512 MiB; one that asks for more than
+// the ceiling is refused, naming the limit.
+func (g *e2eGuest) checkGrantLimits(client2 rpcpb.JobControllerClient) {
+	ctx, cancel := e2eCtx()
+	defer cancel()
+	over := tool("sleep", "1s")
+	over.MaxMemoryUsage = wrapperspb.UInt64(128 << 20)
+	_, overErr := client2.Start(ctx, over)
+	id, err := client2.Start(ctx, tool("oom", strconv.Itoa(1<<20), strconv.Itoa(512<<20)))
+	var st *rpcpb.JobStatus
+	if err == nil {
+		st, err = followToEnd(ctx, client2, id.GetUlid())
+	}
+	peak := st.GetMemoryPeak()
+	g.report("grant-limits", code(overErr) == "PermissionDenied" && strings.Contains(fmt.Sprint(overErr), "max_memory_usage") &&
+		err == nil && st.GetState() == rpcpb.JobStatus_STATE_OOM_KILLED && peak <= 33554432 && peak > 16<<20,
+		"asking 128 MiB: %v; asking nothing, touching up to 512 MiB: state %v, memory peak %d (the default 33554432) (%v)",
+		overErr, st.GetState(), peak, err)
 }
 
 // run starts a job and follows it to its end.
@@ -150,4 +179,16 @@ func (g *e2eGuest) serverLines(subs ...string) []string {
 func runOut(name string, args ...string) (string, error) {
 	out, err := exec.Command(name, args...).CombinedOutput()
 	return string(out), err
+}
+
+// followToEnd reads a job's log to its end, which comes after its final status is set, and returns that.
+func followToEnd(ctx context.Context, c rpcpb.JobControllerClient, id string) (*rpcpb.JobStatus, error) {
+	stream, err := c.Log(ctx, &rpcpb.JobIdentifier{Ulid: id})
+	for err == nil {
+		_, err = stream.Recv()
+	}
+	if err != io.EOF {
+		return nil, err
+	}
+	return c.Status(ctx, &rpcpb.JobIdentifier{Ulid: id})
 }

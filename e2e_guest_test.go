@@ -75,7 +75,7 @@ var e2eChecks = []string{
 	"esc-vsock",
 	"esc-in-a-row", "esc-ucounts", "esc-magic-dir", "esc-nproc",
 	"esc-tmpfs-total",
-	"grant-network-host", "grant-root", "grant-denied",
+	"grant-network-host", "grant-root", "grant-denied", "grant-limits",
 	"stop-grace",
 	"cpu-unlimited", "cpu-limited",
 	"memory-oom", "memory-usable",
