@@ -124,8 +124,9 @@ func (g *e2eGuest) checkGrantsDenied(addr, proof string) {
 }
 
 // checkGrantLimits: client2's grant bounds its memory. A job that asks for no limit gets the grant's
-// default and is OOM-killed at it, touching 1 MiB at a time towards 512 MiB; one that asks for more than
-// the ceiling is refused, naming the limit.
+// default and is OOM-killed at it, touching 1 MiB at a time towards 512 MiB (memory.peak may pass
+// memory.max by a page or so: the charge comes before the reclaim that fails); one that asks for more
+// than the ceiling is refused, naming the limit.
 func (g *e2eGuest) checkGrantLimits(client2 rpcpb.JobControllerClient) {
 	ctx, cancel := e2eCtx()
 	defer cancel()
@@ -139,7 +140,7 @@ func (g *e2eGuest) checkGrantLimits(client2 rpcpb.JobControllerClient) {
 	}
 	peak := st.GetMemoryPeak()
 	g.report("grant-limits", code(overErr) == "PermissionDenied" && strings.Contains(fmt.Sprint(overErr), "max_memory_usage") &&
-		err == nil && st.GetState() == rpcpb.JobStatus_STATE_OOM_KILLED && peak <= 33554432 && peak > 16<<20,
+		err == nil && st.GetState() == rpcpb.JobStatus_STATE_OOM_KILLED && peak <= 33554432+64<<10 && peak > 16<<20,
 		"asking 128 MiB: %v; asking nothing, touching up to 512 MiB: state %v, memory peak %d (the default 33554432) (%v)",
 		overErr, st.GetState(), peak, err)
 }
