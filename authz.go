@@ -26,7 +26,9 @@ import (
 )
 
 // callerIdentity returns the SANs of the caller's verified certificate, each prefixed with its kind so
-// that a DNS name can never equal an email address of the same spelling.
+// that a DNS name can never equal an email address of the same spelling. A certificate that the CRL
+// last read revokes, since the connection's handshake, is refused (Unauthenticated: it no longer proves
+// who the caller is); its names come with the error, for the audit trail's line.
 func callerIdentity(ctx context.Context) ([]string, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
@@ -36,7 +38,11 @@ func callerIdentity(ctx context.Context) ([]string, error) {
 	if !ok || verifiedLeaf(info.State) == nil {
 		return nil, clientErr(errNoIdentity, "no verified client certificate")
 	}
-	return certIdentity(verifiedLeaf(info.State)), nil
+	ids := certIdentity(verifiedLeaf(info.State))
+	if info.crl.Load().revokes(info.State.VerifiedChains[0]) {
+		return ids, clientErr(errNoIdentity, "your certificate has been revoked")
+	}
+	return ids, nil
 }
 
 // verifiedLeaf is the client certificate that crypto/tls verified against -ca, or nil.

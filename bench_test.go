@@ -216,11 +216,11 @@ func (s *benchRawServer) ReadLog(req *rpcpb.LogRequest, stream grpc.ServerStream
 
 // newBenchGRPCServer serves srv with rund's TLS configuration and gRPC options.
 func newBenchGRPCServer(ca, cert, key string, srv rpcpb.JobControllerServer) (*grpc.Server, error) {
-	tlsCfg, _, err := rotatingTLS(ca, cert, key)
+	r, err := newRotatingTLS(ca, cert, key, "")
 	if err != nil {
 		return nil, err
 	}
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), grpc.MaxRecvMsgSize(1<<20))
+	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(r.listener())), grpc.MaxRecvMsgSize(1<<20))
 	rpcpb.RegisterJobControllerServer(g, srv)
 	return g, nil
 }

@@ -171,16 +171,19 @@ func sourcePrefix(a net.Addr) string {
 	return p.String()
 }
 
-// connInfo is what a call's peer carries as its AuthInfo: the TLS state, and the connection it came on.
+// connInfo is what a call's peer carries as its AuthInfo: the TLS state, the connection it came on, and
+// the server's CRL as SIGHUP last read it (tls.go), which callerIdentity checks on each call.
 type connInfo struct {
 	credentials.TLSInfo
 	conn *boundedConn
+	crl  *atomic.Pointer[crlSet]
 }
 
 // boundedCreds ends a boundedConn's handshake as its client's, and counts its frames from then on
 // (frames.go).
 type boundedCreds struct {
 	credentials.TransportCredentials
+	crl *atomic.Pointer[crlSet]
 }
 
 func (b boundedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -193,7 +196,7 @@ func (b boundedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthI
 		auditHandshake(c.RemoteAddr().String(), err)
 		return nil, nil, err
 	}
-	info := connInfo{TLSInfo: auth.(credentials.TLSInfo), conn: c}
+	info := connInfo{TLSInfo: auth.(credentials.TLSInfo), conn: c, crl: b.crl}
 	leaf := verifiedLeaf(info.State)
 	if leaf == nil {
 		conn.Close()

@@ -270,7 +270,7 @@ func serveInProcess(tb testing.TB, prefix string, opts ...serverOpt) (ts *testSe
 		o(&c)
 	}
 	ts = &testServer{pki: newTestPKI(tb)}
-	tlsCfg, err := serverTLS(ts.pki.file("ca.crt"), ts.pki.file("server.crt"), ts.pki.file("server.key"))
+	tlsCfg, err := newRotatingTLS(ts.pki.file("ca.crt"), ts.pki.file("server.crt"), ts.pki.file("server.key"), "")
 	if err != nil {
 		tb.Fatal(err)
 	}

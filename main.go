@@ -29,7 +29,7 @@ const mainUsage = `usage: rund <command> [flags]; rund <command> -h for its flag
 commands:
   serve     run the server
   client    talk to a server (rund client -h for its commands)
-  certs     write a development PKI (CA, server and two client certificates)
+  certs     write a PKI (a CA and its key, server and two client certificates), or one more certificate from it
   version   print rund's version, VCS revision and Go version`
 
 func main() {
@@ -131,6 +131,7 @@ func versionLine() string {
 // serveConfig is everything "rund serve" takes from its flags: its own, and the job table's.
 type serveConfig struct {
 	addr, ca, cert, key string
+	crl                 string // -crl: "" for none
 	cgroupParent        string
 	logFormat           string
 	ioDevices           []string
@@ -209,6 +210,8 @@ func serveFlags(fs *flag.FlagSet, c *serveConfig) {
 	fs.StringVar(&c.ca, "ca", defaultFile("ca.crt"), "CA certificate that client certificates must chain to")
 	fs.StringVar(&c.cert, "cert", defaultFile("server.crt"), "server certificate")
 	fs.StringVar(&c.key, "key", defaultFile("server.key"), "server private key (mode 0600)")
+	fs.StringVar(&c.crl, "crl", "", "CRL (PEM or DER), signed by a CA of -ca, of client certificates to refuse, "+
+		"at the handshake and at each call; reloaded on SIGHUP")
 	fs.StringVar(&c.cgroupParent, "cgroup", "", "cgroup2 directory for job cgroups (default <cgroup2 mount>/rund)")
 	fs.StringVar(&c.grantsFile, "grants", "", "JSON file of what each client identity's jobs may have beyond the "+
 		"default containment: the host's network, root, which -job_dirs, limits (README, \"Grants\"); reloaded on SIGHUP")
@@ -353,7 +356,7 @@ func serve(c serveConfig) error {
 	if err := checkHost(c.contain != nil); err != nil {
 		return err
 	}
-	tlsCfg, reload, err := rotatingTLS(c.ca, c.cert, c.key)
+	tlsCfg, err := newRotatingTLS(c.ca, c.cert, c.key, c.crl)
 	if err != nil {
 		return err
 	}
@@ -396,7 +399,7 @@ func serve(c serveConfig) error {
 			stop = true
 		case s := <-sigs:
 			if s == syscall.SIGHUP {
-				reloadTLS(c, reload)
+				reloadTLS(c, tlsCfg.reload)
 				reloadGrants(m.grants)
 				continue
 			}
@@ -416,13 +419,14 @@ func serve(c serveConfig) error {
 	return err
 }
 
-// reloadTLS re-reads the server's certificates on SIGHUP; if it cannot, the old ones stay in use.
+// reloadTLS re-reads the server's certificates and CRL on SIGHUP; if it cannot, the old ones stay in use.
 func reloadTLS(c serveConfig, reload func() error) {
 	if err := reload(); err != nil {
-		log.Printf("SIGHUP: keeping the old certificates: %v", err)
+		log.Printf("SIGHUP: keeping the old certificates and CRL: %v", err)
 		return
 	}
-	log.Printf("SIGHUP: reloaded %s, %s and %s", c.ca, c.cert, c.key)
+	log.Printf("SIGHUP: reloaded %s", strings.Join(slices.DeleteFunc([]string{c.ca, c.cert, c.key, c.crl},
+		func(f string) bool { return f == "" }), ", "))
 }
 
 // reloadGrants re-reads -grants on SIGHUP; if it cannot, the grants in force stay.

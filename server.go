@@ -10,7 +10,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"io"
 	"log"
@@ -49,8 +48,9 @@ const maxHeaderBytes = 16 << 10
 // publicError. Beside the job API: the standard health service (grpc_health_probe, load balancers),
 // whose Shutdown the caller calls when the server's shutdown starts, and server reflection (grpcurl
 // without the .proto), under the same mTLS and bounds.
-func newGRPCServer(tlsCfg *tls.Config, m *manager, c serveConfig) (*grpc.Server, *health.Server) {
-	srv := grpc.NewServer(grpc.Creds(boundedCreds{credentials.NewTLS(tlsCfg)}), grpc.MaxRecvMsgSize(maxRequestBytes),
+func newGRPCServer(r *rotatingTLS, m *manager, c serveConfig) (*grpc.Server, *health.Server) {
+	srv := grpc.NewServer(grpc.Creds(boundedCreds{credentials.NewTLS(r.listener()), &r.crl}),
+		grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.MaxConcurrentStreams(256), grpc.ConnectionTimeout(5*time.Second), grpc.MaxHeaderListSize(maxHeaderBytes),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: c.conns.idle}),
 		grpc.InTapHandle(func(ctx context.Context, info *tap.Info) (context.Context, error) {
@@ -304,6 +304,9 @@ func (s *server) ReadLog(req *rpcpb.LogRequest, stream grpc.ServerStreamingServe
 		case errors.Is(err, io.EOF):
 			return nil
 		case err != nil:
+			return err
+		}
+		if _, err := callerIdentity(ctx); err != nil { // revoked since the stream began
 			return err
 		}
 		msg := &rpcpb.JobLog{Offset: uint64(at), Lost: uint64(lost)}

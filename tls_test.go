@@ -5,6 +5,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/tls"
@@ -277,7 +278,7 @@ func handshake(t *testing.T, srv, cli *tls.Config) (srvErr, cliErr error) {
 	}
 	c.SetDeadline(deadline)
 	cli = cli.Clone()
-	cli.ServerName = "localhost"
+	cli.ServerName = cmp.Or(cli.ServerName, "localhost")
 	tc := tls.Client(c, cli)
 	if cliErr = tc.Handshake(); cliErr == nil {
 		_, cliErr = io.ReadFull(tc, make([]byte, 1))
@@ -388,7 +389,17 @@ func TestLoadKeyPairKeyMode(t *testing.T) {
 	}
 }
 
-var devPKIFiles = []string{"ca.crt", "client.crt", "client.key", "client2.crt", "client2.key", "server.crt", "server.key"}
+var devPKIFiles = []string{"ca.crt", "ca.key", "client.crt", "client.key", "client2.crt", "client2.key", "server.crt", "server.key"}
+
+// localServer is rund certs' default server certificate: localhost, 127.0.0.1 and ::1.
+func localServer(t testing.TB) certSpec {
+	t.Helper()
+	spec, err := serverSpec("localhost,127.0.0.1,::1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return spec
+}
 
 // readCert parses the one PEM certificate in path.
 func readCert(t testing.TB, path string) *x509.Certificate {
@@ -410,7 +421,7 @@ func readCert(t testing.TB, path string) *x509.Certificate {
 
 func TestWriteDevPKI(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "tls")
-	if err := writeDevPKI(dir); err != nil {
+	if err := writeDevPKI(dir, localServer(t)); err != nil {
 		t.Fatal(err)
 	}
 	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
@@ -425,7 +436,7 @@ func TestWriteDevPKI(t *testing.T) {
 		names = append(names, e.Name())
 	}
 	sort.Strings(names)
-	if !slices.Equal(names, devPKIFiles) { // in particular, no ca.key
+	if !slices.Equal(names, devPKIFiles) {
 		t.Errorf("files %v, want %v", names, devPKIFiles)
 	}
 	for _, n := range devPKIFiles {
@@ -514,7 +525,7 @@ func TestWriteDevPKIRerunReplacesNoFile(t *testing.T) {
 		prepare func(t *testing.T, dir string)
 	}{
 		{"complete PKI from an earlier run", func(t *testing.T, dir string) {
-			if err := writeDevPKI(dir); err != nil {
+			if err := writeDevPKI(dir, localServer(t)); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -534,7 +545,7 @@ func TestWriteDevPKIRerunReplacesNoFile(t *testing.T) {
 			dir := t.TempDir()
 			tc.prepare(t, dir)
 			before := readDir(t, dir)
-			err := writeDevPKI(dir)
+			err := writeDevPKI(dir, localServer(t))
 			if err == nil {
 				t.Fatal("writeDevPKI into a directory with an existing PKI file succeeded")
 			}
