@@ -26,9 +26,10 @@ import (
 )
 
 // callerIdentity returns the SANs of the caller's verified certificate, each prefixed with its kind so
-// that a DNS name can never equal an email address of the same spelling. A certificate that the CRL
-// last read revokes, since the connection's handshake, is refused (Unauthenticated: it no longer proves
-// who the caller is); its names come with the error, for the audit trail's line.
+// that a DNS name can never equal an email address of the same spelling. A certificate that the CRL in
+// force revokes (SIGHUP may have read it after the connection's handshake: tls.go) is refused with
+// Unauthenticated, as it no longer proves who the caller is; its names still come with the error, for
+// the audit trail's line.
 func callerIdentity(ctx context.Context) ([]string, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
