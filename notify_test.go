@@ -99,14 +99,16 @@ func TestServeLeavesItsCgroup(t *testing.T) {
 		}
 	})
 	pki := newTestPKI(t)
-	for _, start := range []struct{ in, want string }{{x, x + "/rund-server"}, {x, x + "/rund-server"}, {x + "/given", x + "/given"}} {
+	starts := []struct{ in, want string }{{x, x + "/rund-server"}, {x, x + "/rund-server"}, {x + "/given", x + "/given"}}
+	for _, start := range starts {
 		// A restart: a service manager could not start rund in X while X's controllers are enabled.
 		disableControllers(t, x+"/jobs", x)
 		serveIn(t, pki, start.in, x+"/jobs", start.want)
 	}
 	offered := strings.Fields(readString(filepath.Join(mount, "cgroup.controllers")))
 	if !slices.Contains(offered, "pids") {
-		t.Skipf("%s offers %v, not pids: that the move lets rund enable the controllers in %s is proven in the VM suites", mount, offered, x)
+		t.Skipf("%s offers %v, not pids: that the move lets rund enable the controllers in %s is proven "+
+			"in the VM suites", mount, offered, x)
 	}
 	disableControllers(t, x+"/jobs") // rund left them on, and X holds none of its processes
 	if got := readString(x + "/cgroup.subtree_control"); !strings.Contains(got, "pids") {

@@ -4,9 +4,9 @@ package main
 // cloud kernel under qemu (TCG) on a minimal Debian root filesystem (.ci/systemd-assets.sh builds and
 // caches it with mmdebstrap), whose systemd runs TestSystemdGuest (systemd_guest_test.go) as a
 // service. It does so twice, the same suite on each: on bookworm (systemd 252, the oldest the unit
-// supports) and on trixie (257). That suite starts, uses, crashes, reloads and stops rund.service with systemctl and prints
-// one "E2E <check> PASS|FAIL <figures>" line per check on the serial console; here each becomes a
-// subtest, and a missing line fails too.
+// supports) and on trixie (257). That suite starts, uses, crashes, reloads and stops rund.service with
+// systemctl and prints one "E2E <check> PASS|FAIL <figures>" line per check on the serial console; here
+// each becomes a subtest, and a missing line fails too.
 //
 // It takes minutes, so it runs only with RUND_E2E_SYSTEMD=1 (make e2e-systemd), as root;
 // RUND_E2E_SYSTEMD_SUITES="trixie" (say) runs fewer.
