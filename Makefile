@@ -99,13 +99,13 @@ e2e-trixie:
 e2e-floor:
 	RUND_E2E_FLOOR=1 $(GO) test -count=1 -run '^TestVMFloor$$' -v -timeout 10m .
 
-# e2e-systemd boots systemd (Debian trixie's, a root filesystem that .ci/systemd-assets.sh builds with
-# mmdebstrap and caches in .cache/systemd) in a throwaway VM and proves contrib/rund.service there:
-# start, limits, reload, crash and restart, stop, and each hardening option it leaves off
-# (systemd_vm_test.go, systemd_guest_test.go). As root; minutes of its own, so not part of test; .ci/run
-# runs it after test.
+# e2e-systemd boots systemd (Debian bookworm's 252, then trixie's 257: root filesystems that
+# .ci/systemd-assets.sh builds with mmdebstrap and caches in .cache/systemd-bookworm and .cache/systemd)
+# in a throwaway VM and proves contrib/rund.service there: start, limits, reload, crash and restart,
+# stop, and each hardening option it leaves off (systemd_vm_test.go, systemd_guest_test.go). As root;
+# minutes of its own, so not part of test; .ci/run runs it after test.
 e2e-systemd:
-	RUND_E2E_SYSTEMD=1 $(GO) test -count=1 -run '^TestSystemdVM$$' -v -timeout 30m .
+	RUND_E2E_SYSTEMD=1 $(GO) test -count=1 -run '^TestSystemdVM$$' -v -timeout 50m .
 
 # bench measures rund against a raw baseline for each figure, in one run, and rewrites BENCHMARKS.md
 # (bench_test.go). As root; about 8 minutes. Not part of test, and never under -race, which would

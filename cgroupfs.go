@@ -117,6 +117,10 @@ func setupCgroups(parent string, ioDevices []string) (*cgroupFS, error) {
 		return nil, err
 	}
 	cg := &cgroupFS{mount: mount, parent: parent, lock: lock, available: map[string]bool{}, ioDevices: ioDevices}
+	if err := cg.leaveEnablePath(); err != nil {
+		// Not fatal either: without the move, enabling the controllers fails (EBUSY) and is logged.
+		log.Print(err)
+	}
 	if err := cg.enableControllers(); err != nil {
 		// Not fatal: jobs without limits still run; limits will fail with FailedPrecondition.
 		log.Printf("cgroup controllers: %v", err)
@@ -129,9 +133,7 @@ func setupCgroups(parent string, ioDevices []string) (*cgroupFS, error) {
 }
 
 // enableControllers writes "+ctrl" into cgroup.subtree_control from the mount down to parent, for the
-// wanted controllers the hierarchy offers. cgroup v2's "no internal process" rule forbids enabling a
-// controller in a non-root cgroup that has processes, so if rund itself sits on that path it first moves
-// into a leaf of its own (the way a service manager would have placed it).
+// wanted controllers the hierarchy offers (rund has left that path first: leaveEnablePath).
 func (cg *cgroupFS) enableControllers() error {
 	offered := strings.Fields(readString(filepath.Join(cg.mount, "cgroup.controllers")))
 	wanted := slices.DeleteFunc(slices.Clone(wantedControllers), func(c string) bool {
@@ -139,9 +141,6 @@ func (cg *cgroupFS) enableControllers() error {
 	})
 	if len(wanted) == 0 {
 		return fmt.Errorf("none of %v is offered by %s (held by cgroup v1?)", wantedControllers, cg.mount)
-	}
-	if err := cg.leaveEnablePath(); err != nil {
-		return err
 	}
 	rel, _ := filepath.Rel(cg.mount, cg.parent)
 	dir := cg.mount
@@ -157,8 +156,14 @@ func (cg *cgroupFS) enableControllers() error {
 	return nil
 }
 
-// leaveEnablePath moves rund into <own cgroup>/rund-server when its own cgroup is the parent or one of
-// the parent's ancestors, whose subtree_control it is about to write.
+// leaveEnablePath moves rund (the whole process: cgroup.procs takes a pid for all its threads) into
+// <own cgroup>/rund-server when its own cgroup is the parent or one of the parent's ancestors, whose
+// subtree_control it is about to write: cgroup v2's "no internal process" rule forbids controllers in
+// the subtree_control of a non-root cgroup that holds a process (cgroup-v2.rst). So does systemd's
+// delegation before DelegateSubgroup= (254): the unit's main process starts in the delegated cgroup
+// itself. The root cgroup is exempt from the rule, and a leaf beside the parent is fine: rund stays.
+// rund-server may be left from a previous run (a restart); it holds no process then, as rund was its
+// only one.
 func (cg *cgroupFS) leaveEnablePath() error {
 	own, err := ownCgroup()
 	if err != nil {
@@ -166,14 +171,18 @@ func (cg *cgroupFS) leaveEnablePath() error {
 	}
 	ownDir := filepath.Join(cg.mount, own)
 	rel, err := filepath.Rel(ownDir, cg.parent)
-	if err != nil || strings.HasPrefix(rel, "..") {
-		return nil // rund is elsewhere in the tree: nothing to leave
+	if own == "/" || err != nil || strings.HasPrefix(rel, "..") {
+		return nil // in the root cgroup, or elsewhere in the tree: nothing to leave
 	}
 	leaf := filepath.Join(ownDir, "rund-server")
 	if err := os.Mkdir(leaf, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-		return err
+		return fmt.Errorf("move rund serve out of %s: %w", ownDir, err)
 	}
-	return writeFile(filepath.Join(leaf, "cgroup.procs"), strconv.Itoa(os.Getpid()))
+	if err := writeFile(filepath.Join(leaf, "cgroup.procs"), strconv.Itoa(os.Getpid())); err != nil {
+		return fmt.Errorf("move rund serve out of %s: %w", ownDir, err)
+	}
+	log.Printf("moved rund serve from %s into %s: the jobs' cgroups are below its own", ownDir, leaf)
+	return nil
 }
 
 // ownCgroup returns this process's cgroup2 path from /proc/self/cgroup ("0::/path").

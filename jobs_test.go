@@ -592,18 +592,28 @@ func serverProcess(t *testing.T, pki *testPKI, parent string, pre ...string) (*e
 // serverProcessOf is serverProcess with the binary exe as rund.
 func serverProcessOf(t *testing.T, exe string, pki *testPKI, parent string, pre ...string) (*exec.Cmd, string, <-chan string) {
 	t.Helper()
-	return serverProcessFlags(t, exe, pki, parent, pre, nil)
+	return startServerProcess(t, serveCommand(exe, pki, parent, pre, nil))
 }
 
 // serverProcessFlags is serverProcessOf with flags for rund serve after its own (where a flag is given
 // twice, the last one counts).
 func serverProcessFlags(t *testing.T, exe string, pki *testPKI, parent string, pre, flags []string) (*exec.Cmd, string, <-chan string) {
 	t.Helper()
+	return startServerProcess(t, serveCommand(exe, pki, parent, pre, flags))
+}
+
+// serveCommand is the command serverProcessFlags runs.
+func serveCommand(exe string, pki *testPKI, parent string, pre, flags []string) *exec.Cmd {
 	// 64 MiB of /tmp a job, as the in-process servers give: with the default 256 MiB, a host without the
 	// memory controller would run only -job_tmp_total / 256 MiB of them at once.
-	c := exec.Command(exe, slices.Concat(pre, []string{"serve", "-addr", "127.0.0.1:0", "-cgroup", parent,
+	return exec.Command(exe, slices.Concat(pre, []string{"serve", "-addr", "127.0.0.1:0", "-cgroup", parent,
 		"-ca", pki.file("ca.crt"), "-cert", pki.file("server.crt"), "-key", pki.file("server.key"),
 		"-job_tmp_size", "67108864"}, flags)...)
+}
+
+// startServerProcess starts c, a serveCommand, and returns as serverProcess does.
+func startServerProcess(t *testing.T, c *exec.Cmd) (*exec.Cmd, string, <-chan string) {
+	t.Helper()
 	stderr, _ := c.StderrPipe()
 	if err := c.Start(); err != nil {
 		t.Fatal(err)

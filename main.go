@@ -353,6 +353,7 @@ func nested(a, b string) bool {
 // goes to a buffered channel, read only if it ends first); one runs GracefulStop at shutdown and ends
 // when the last call does, or when srv.Stop cuts the calls off 5 s after the jobs are gone.
 func serve(c serveConfig) error {
+	n := newNotifier()
 	if err := checkHost(c.contain != nil); err != nil {
 		return err
 	}
@@ -393,20 +394,10 @@ func serve(c serveConfig) error {
 	go func() { served <- srv.Serve(lis) }()
 	log.Printf("rund serving on %s; jobs in %s; controllers %v; io devices %v; output budget %d MiB",
 		lis.Addr(), cg.parent, slices.Sorted(maps.Keys(cg.available)), cg.ioDevices, c.outputBudget>>20)
-	for stop := false; !stop; {
-		select {
-		case err = <-served:
-			stop = true
-		case s := <-sigs:
-			if s == syscall.SIGHUP {
-				reloadTLS(c, tlsCfg.reload)
-				reloadGrants(m.grants)
-				continue
-			}
-			log.Printf("%v: stopping every job", s)
-			stop = true
-		}
-	}
+	// The listener queues connections from net.Listen on, and Serve accepts them: clients may call now.
+	n.notify("READY=1")
+	err = awaitStop(c, sigs, served, tlsCfg.reload, m.grants)
+	n.notify("STOPPING=1")
 	health.Shutdown() // NOT_SERVING to every watcher
 	stopped := make(chan struct{})
 	go func() { srv.GracefulStop(); close(stopped) }() // refuses new calls at once
@@ -417,6 +408,24 @@ func serve(c serveConfig) error {
 		srv.Stop()
 	}
 	return err
+}
+
+// awaitStop returns when SIGTERM or SIGINT arrives (nil), or when Serve ends (its error); on SIGHUP it
+// re-reads the certificates and the grants.
+func awaitStop(c serveConfig, sigs <-chan os.Signal, served <-chan error, reload func() error, gs *grants) error {
+	for {
+		select {
+		case err := <-served:
+			return err
+		case s := <-sigs:
+			if s != syscall.SIGHUP {
+				log.Printf("%v: stopping every job", s)
+				return nil
+			}
+			reloadTLS(c, reload)
+			reloadGrants(gs)
+		}
+	}
 }
 
 // reloadTLS re-reads the server's certificates and CRL on SIGHUP; if it cannot, the old ones stay in use.

@@ -1,8 +1,9 @@
 package main
 
 // systemd_guest_test.go is the suite that runs inside the VM TestSystemdVM (systemd_vm_test.go) boots:
-// Debian trixie's systemd as PID 1, contrib/rund.service installed as /etc/systemd/system/rund.service,
-// rund in /usr/local/bin, a development PKI in /etc/rund. TestSystemdGuest is itself a systemd service
+// Debian bookworm's or trixie's systemd as PID 1, contrib/rund.service installed as
+// /etc/systemd/system/rund.service, contrib/rund.default as /etc/default/rund, rund in /usr/local/bin, a
+// development PKI in /etc/rund. TestSystemdGuest is itself a systemd service
 // there. It drives rund.service the way an administrator would (systemctl, `rund client` over mTLS)
 // and looks at what systemd and the kernel show (/sys/fs/cgroup, /proc, the journal). It prints one
 // line per check on the serial console:
@@ -39,7 +40,7 @@ const (
 	sdTest     = "/usr/local/bin/rund.test"
 	sdUnitFile = "/etc/systemd/system/rund.service"
 	sdCgroup   = "/sys/fs/cgroup/system.slice/rund.service" // the unit's delegated cgroup
-	sdServer   = sdCgroup + "/server"                       // DelegateSubgroup=: rund's own leaf
+	sdServer   = sdCgroup + "/rund-server"                  // the leaf rund moves itself into
 	sdJobs     = sdCgroup + "/jobs"                         // -cgroup
 	sdDropins  = "/run/systemd/system/rund.service.d"
 	sdWork     = "/run/rund-e2e"
@@ -64,6 +65,11 @@ type sdVariant struct {
 	// the shipped unit's.
 	want string
 }
+
+// sdSince is the systemd version that knows a variant's option value, where it is later than 252, the
+// oldest the unit supports: an older systemd must refuse the drop-in (systemd-analyze verify warns),
+// so the unit cannot turn it on there.
+var sdSince = map[string]int{"off-ProtectControlGroups-private": 257}
 
 // sdServe resets ExecStart and starts it anew with the shipped unit's certificate flags, for drop-ins
 // that change the others.
@@ -94,8 +100,9 @@ var sdVariants = []sdVariant{
 }
 
 // systemdChecks are the names TestSystemdGuest reports, in order; TestSystemdVM expects a line for each.
-var systemdChecks = append([]string{"systemd", "unit-verify", "start", "job-limits", "cpu-max", "memory-oom",
-	"io-rbps", "pids-max", "jobs-unrestricted", "reload", "crash-restart", "hardening", "stop"}, sdVariantChecks()...)
+var systemdChecks = append([]string{"systemd", "unit-verify", "start", "self-move", "job-limits", "cpu-max",
+	"memory-oom", "io-rbps", "pids-max", "jobs-unrestricted", "reload", "crash-restart", "hardening", "stopping",
+	"addr", "stop"}, sdVariantChecks()...)
 
 func sdVariantChecks() []string {
 	var names []string
@@ -117,11 +124,14 @@ echo "umask=$(umask)"
 var sdProbeBaseline = map[string]string{"mmap-wx": "ok", "home": "readable", "umask": "0022"}
 
 type sdGuest struct {
-	dev     string // MAJ:MIN of the root disk
-	mainPid string // rund's pid, as systemd knows it
-	jobID   string // a job left running from job-limits to crash-restart
-	jobPids []string
-	filters string // how many seccomp filters rund has under the shipped unit
+	defaults    string // /etc/default/rund as the suite keeps it
+	startCursor string // the journal's position before the start check
+	version     int    // systemd's
+	dev         string // MAJ:MIN of the root disk
+	mainPid     string // rund's pid, as systemd knows it
+	jobID       string // a job left running from job-limits to crash-restart
+	jobPids     []string
+	filters     string // how many seccomp filters rund has under the shipped unit
 }
 
 func TestSystemdGuest(t *testing.T) {
@@ -139,6 +149,7 @@ func TestSystemdGuest(t *testing.T) {
 		{"systemd", g.checkSystemd},
 		{"unit-verify", g.checkVerify},
 		{"start", g.checkStart},
+		{"self-move", g.checkSelfMove},
 		{"job-limits", g.checkJobLimits},
 		{"cpu-max", g.checkCPU},
 		{"memory-oom", g.checkOOM},
@@ -148,6 +159,8 @@ func TestSystemdGuest(t *testing.T) {
 		{"reload", g.checkReload},
 		{"crash-restart", g.checkCrashRestart},
 		{"hardening", g.checkHardening},
+		{"stopping", g.checkStopping},
+		{"addr", g.checkAddr},
 		{"stop", g.checkStop},
 	}
 	for _, v := range sdVariants {
@@ -181,6 +194,17 @@ func (g *sdGuest) setup() error {
 		return fmt.Errorf("root disk: %w", err)
 	}
 	g.dev = strings.TrimSpace(string(dev))
+	ver, err := sdRun(time.Minute, "systemctl", "--version")
+	if f := strings.Fields(ver); err == nil && len(f) > 1 {
+		g.version, _ = strconv.Atoi(f[1])
+	}
+	// contrib/rund.default, installed by the initramfs, sets nothing: the unit's own RUND_ADDR=:8000
+	// holds. The io limits need the disk, given the way the file shows.
+	shipped, err := os.ReadFile("/etc/default/rund")
+	if err != nil {
+		return err
+	}
+	g.defaults = string(shipped) + "RUND_FLAGS=\"-io_devices " + g.dev + "\"\n"
 	// The stop check reads what ExecStopPost saw, after rund's exit and before systemd's final kill
 	// and removal of the cgroup. "+": outside the unit's sandbox, which has no writable /run.
 	snapshot := "#!/bin/sh\ncd " + sdCgroup + " || exit 0\nfor d in $(find . -mindepth 1 -type d); do\n" +
@@ -192,7 +216,7 @@ func (g *sdGuest) setup() error {
 		{sdWork + "/snapshot.sh", snapshot, 0o755},
 		{sdDropins + "/e2e-snapshot.conf", "[Service]\nExecStopPost=+/bin/sh " + sdWork + "/snapshot.sh\n", 0o644},
 		{sdHome + "/probe", "readable", 0o644},
-		{"/etc/default/rund", "RUND_FLAGS=-io_devices " + g.dev + "\n", 0o644}, // io limits need the disk
+		{"/etc/default/rund", g.defaults, 0o644},
 	} {
 		if err := os.MkdirAll(filepath.Dir(f.path), 0o755); err != nil {
 			return err
@@ -259,8 +283,8 @@ func (g *sdGuest) status(id string) (*rpcpb.JobStatus, error) {
 	return st, nil
 }
 
-// waitServing returns once a client call succeeds: rund (Type=exec) tells systemd nothing when it is
-// ready, so readiness is a call that works.
+// waitServing returns once a client call succeeds: after a crash systemd's restart is not waited for,
+// and a variant may not serve at all.
 func (g *sdGuest) waitServing(timeout time.Duration) (time.Duration, error) {
 	begin := time.Now()
 	for {
@@ -343,9 +367,9 @@ func (g *sdGuest) checkSystemd() (bool, string) {
 	missing := slices.DeleteFunc(slices.Clone(wantedControllers), func(c string) bool { return slices.Contains(ctrls, c) })
 	cmdline := readTrim("/proc/cmdline")
 	uptime, _, _ := strings.Cut(readTrim("/proc/uptime"), " ")
-	return n >= 254 && len(v1) == 0 && slices.Equal(v2, []string{"/sys/fs/cgroup"}) && len(missing) == 0 &&
+	return n >= 252 && len(v1) == 0 && slices.Equal(v2, []string{"/sys/fs/cgroup"}) && len(missing) == 0 &&
 			!strings.Contains(cmdline, "cgroup_no_v1"),
-		fmt.Sprintf("%s (DelegateSubgroup= needs 254); cgroup2 at %v, cgroup v1 mounts %v, without cgroup_no_v1 on the command line; "+
+		fmt.Sprintf("%s (the unit needs 252); cgroup2 at %v, cgroup v1 mounts %v, without cgroup_no_v1 on the command line; "+
 			"root controllers %v (missing %v); kernel up %ss", ver, v2, v1, ctrls, missing, uptime)
 }
 
@@ -357,33 +381,44 @@ func (g *sdGuest) checkVerify() (bool, string) {
 	return true, "systemd-analyze verify " + sdUnitFile + ": no warnings"
 }
 
+// checkStart: Type=notify, so `systemctl start` returns once rund has sent READY=1, and a client's
+// call made at once, with no retry, succeeds.
 func (g *sdGuest) checkStart() (bool, string) {
-	c := cursor()
+	g.startCursor = cursor()
 	begin := time.Now()
 	if _, err := sdRun(2*time.Minute, "systemctl", "start", "rund.service"); err != nil {
 		return false, err.Error()
 	}
 	started := time.Since(begin)
-	took, err := g.waitServing(time.Minute)
-	if err != nil {
-		return false, err.Error()
-	}
+	_, callErr := g.client("list")
 	g.mainPid = unitProp("MainPID")
+	typ, state, sub, access := unitProp("Type"), unitProp("ActiveState"), unitProp("SubState"), unitProp("NotifyAccess")
+	ok := callErr == nil && typ == "notify" && access == "main" && state == "active" && sub == "running"
+	return ok, fmt.Sprintf("systemctl start returned after %.2fs (Type=%s, NotifyAccess=%s): %s/%s, MainPID %s; "+
+		"a client call at once: error %v", started.Seconds(), typ, access, state, sub, g.mainPid, callErr)
+}
+
+// checkSelfMove: systemd started rund in the unit's cgroup (no DelegateSubgroup=); rund moved itself into
+// rund-server, alone there, before enabling the controllers in the unit's cgroup and in jobs/.
+func (g *sdGuest) checkSelfMove() (bool, string) {
 	own := readTrim("/proc/" + g.mainPid + "/cgroup")
+	unitProcs := readTrim(sdCgroup + "/cgroup.procs")
 	svcCtl := strings.Fields(readTrim(sdCgroup + "/cgroup.subtree_control"))
 	jobsCtl := strings.Fields(readTrim(sdJobs + "/cgroup.subtree_control"))
-	ok := own == "0::/system.slice/rund.service/server" && readTrim(sdServer+"/cgroup.procs") == g.mainPid
+	ok := own == "0::/system.slice/rund.service/rund-server" && readTrim(sdServer+"/cgroup.procs") == g.mainPid && unitProcs == ""
 	for _, ctl := range wantedControllers {
 		ok = ok && slices.Contains(svcCtl, ctl) && slices.Contains(jobsCtl, ctl)
 	}
+	journal := journalSince(g.startCursor)
+	moved := slices.DeleteFunc(slices.Clone(journal), func(l string) bool { return !strings.Contains(l, "moved rund serve") })
 	// rund writes "+controller" into every subtree_control from the cgroup2 root down: above the unit
 	// those are systemd's, which Delegate= has already enabled, so the writes must change nothing
 	// and fail nowhere.
-	enableErrs := slices.DeleteFunc(journalSince(c), func(l string) bool { return !strings.Contains(l, "enable ") })
-	ok = ok && len(enableErrs) == 0
-	return ok, fmt.Sprintf("systemctl start %.2fs, serving %.2fs later; MainPID %s in %q, alone in server/; "+
+	enableErrs := slices.DeleteFunc(journal, func(l string) bool { return !strings.Contains(l, "enable ") })
+	ok = ok && len(moved) == 1 && len(enableErrs) == 0
+	return ok, fmt.Sprintf("MainPID %s in %q, alone in rund-server/; the unit's own cgroup holds %q; rund said %q; "+
 		"subtree_control of rund.service %v, of jobs/ %v; jobs/ holds %d spare(s); errors enabling controllers: %q",
-		started.Seconds(), took.Seconds(), g.mainPid, own, svcCtl, jobsCtl, len(jobDirs()), enableErrs)
+		g.mainPid, own, unitProcs, moved, svcCtl, jobsCtl, len(jobDirs()), enableErrs)
 }
 
 func (g *sdGuest) checkJobLimits() (bool, string) {
@@ -607,6 +642,67 @@ func (g *sdGuest) checkHardening() (bool, string) {
 		g.mainPid, st["NoNewPrivs"], st["Seccomp"], st["Seccomp_filters"], caps, want, strings.TrimSpace(overall))
 }
 
+// checkStopping: SIGTERM sent to rund itself, not by systemctl stop. rund sends STOPPING=1, and
+// systemd shows the unit deactivating (stop-sigterm) while rund still ends its jobs: a job that ignores
+// SIGTERM holds it there for its 5 s grace period. Without STOPPING=1 the unit would stay active until
+// rund exits. Then the unit is started again.
+func (g *sdGuest) checkStopping() (bool, string) {
+	if _, err := g.client("start", "-grace", "5s", "--", "sh", "-c", "trap '' TERM; sleep 600 & wait"); err != nil {
+		return false, err.Error()
+	}
+	pid := g.mainPid
+	begin := time.Now()
+	if _, err := sdRun(time.Minute, "systemctl", "kill", "-s", "TERM", "--kill-whom=main", "rund.service"); err != nil {
+		return false, err.Error()
+	}
+	var seen string // the unit's state while rund was still alive, once it was not active
+	for deadline := time.Now().Add(20 * time.Second); seen == "" && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		state, sub := unitProp("ActiveState"), unitProp("SubState")
+		if !pidAlive(pid) {
+			break
+		}
+		if state != "active" {
+			seen = state + "/" + sub
+		}
+	}
+	after := time.Since(begin)
+	for deadline := time.Now().Add(time.Minute); pidAlive(pid) && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+	}
+	state := unitProp("ActiveState")
+	for deadline := time.Now().Add(time.Minute); state != "inactive" && state != "failed" && time.Now().Before(deadline); state = unitProp("ActiveState") {
+		time.Sleep(100 * time.Millisecond)
+	}
+	result := unitProp("Result")
+	_, err := sdRun(2*time.Minute, "systemctl", "start", "rund.service")
+	g.mainPid = unitProp("MainPID")
+	return seen == "deactivating/stop-sigterm" && state == "inactive" && result == "success" && err == nil,
+		fmt.Sprintf("SIGTERM to rund %s with a job ignoring SIGTERM (grace 5s): while rund lived, %.2fs later, the unit was %q; "+
+			"then %s, Result %s; started again as %s: %v", pid, after.Seconds(), seen, state, result, g.mainPid, err)
+}
+
+// checkAddr: RUND_ADDR in /etc/default/rund overrides the unit's :8000.
+func (g *sdGuest) checkAddr() (bool, string) {
+	if err := os.WriteFile("/etc/default/rund", []byte(g.defaults+"RUND_ADDR=127.0.0.1:8443\n"), 0o644); err != nil {
+		return false, err.Error()
+	}
+	c := cursor()
+	_, err := sdRun(2*time.Minute, "systemctl", "restart", "rund.service")
+	_, on8443 := g.client("list", "-addr", "localhost:8443")
+	_, on8000 := g.client("list")
+	serving := slices.DeleteFunc(journalSince(c), func(l string) bool { return !strings.Contains(l, "rund serving on") })
+	restoreErr := os.WriteFile("/etc/default/rund", []byte(g.defaults), 0o644)
+	if restoreErr == nil {
+		_, restoreErr = sdRun(2*time.Minute, "systemctl", "restart", "rund.service")
+	}
+	g.mainPid = unitProp("MainPID")
+	_, back := g.client("list")
+	ok := err == nil && on8443 == nil && on8000 != nil && len(serving) == 1 && strings.Contains(serving[0], "127.0.0.1:8443") &&
+		restoreErr == nil && back == nil
+	return ok, fmt.Sprintf("RUND_ADDR=127.0.0.1:8443: restart %v; rund said %q; a call to 8443: %v; to 8000: %v; "+
+		"back to the default: %v, a call to 8000: %v", err, serving, on8443, on8000, restoreErr, back)
+}
+
 func (g *sdGuest) checkStop() (bool, string) {
 	id, err := g.client("start", "--", "sleep", "600")
 	if err != nil {
@@ -628,7 +724,7 @@ func (g *sdGuest) checkStop() (bool, string) {
 		if len(f) == 0 {
 			continue
 		}
-		if f[0] == "./.control" || ((f[0] == "./server" || f[0] == "./jobs") && len(f) == 1) {
+		if f[0] == "./.control" || ((f[0] == "./rund-server" || f[0] == "./jobs") && len(f) == 1) {
 			continue
 		}
 		left = append(left, line)
@@ -646,7 +742,7 @@ func (g *sdGuest) checkStop() (bool, string) {
 	ok := len(pids) == 1 && len(left) == 0 && errors.Is(gone, os.ErrNotExist) && len(alive) == 0 && len(killed) == 0 &&
 		result == "success" && status == "0"
 	return ok, fmt.Sprintf("systemctl stop with job %s (command %v) running, %d job and spare cgroup(s): %.2fs; Result %s, exit %s; "+
-		"after rund's exit (ExecStopPost): cgroups beyond empty server/ and jobs/ %q; after the stop: %s exists %v, command alive %v; "+
+		"after rund's exit (ExecStopPost): cgroups beyond empty rund-server/ and jobs/ %q; after the stop: %s exists %v, command alive %v; "+
 		"systemd killed %q", id, pids, len(before), took.Seconds(), result, status, left, sdCgroup, gone == nil, alive, killed)
 }
 
@@ -662,8 +758,14 @@ func (g *sdGuest) checkVariant(v sdVariant) (bool, string) {
 		sdRun(time.Minute, "systemctl", "daemon-reload")
 		sdRun(time.Minute, "systemctl", "reset-failed", "rund.service")
 	}()
-	// systemd ignores a line it cannot parse, with a warning: the drop-in must be taken as it is.
-	if out, err := sdRun(2*time.Minute, "systemd-analyze", "verify", "rund.service"); err != nil || out != "" {
+	// systemd ignores a line it cannot parse, with a warning: the drop-in must be taken as it is, or,
+	// on a systemd older than the option's value, refused.
+	out, err := sdRun(2*time.Minute, "systemd-analyze", "verify", "rund.service")
+	if since := sdSince[v.check]; g.version < since {
+		return out != "", fmt.Sprintf("%q on systemd %d (the value needs %d): systemd-analyze verify: %v: %s",
+			v.dropin, g.version, since, err, out)
+	}
+	if err != nil || out != "" {
 		return false, fmt.Sprintf("%q: systemd-analyze verify: %v: %s", v.dropin, err, out)
 	}
 	if _, err := sdRun(time.Minute, "systemctl", "daemon-reload"); err != nil {

@@ -1,23 +1,26 @@
 package main
 
 // systemd_vm_test.go: TestSystemdVM proves contrib/rund.service under a real systemd: it boots Debian's
-// cloud kernel under qemu (TCG) on a minimal Debian trixie root filesystem (.ci/systemd-assets.sh builds
-// and caches it with mmdebstrap), whose systemd runs TestSystemdGuest (systemd_guest_test.go) as a
-// service. That suite starts, uses, crashes, reloads and stops rund.service with systemctl and prints
-// one "E2E <check> PASS|FAIL <figures>" line per check on the serial console; here each becomes a
-// subtest, and a missing line fails too.
+// cloud kernel under qemu (TCG) on a minimal Debian root filesystem (.ci/systemd-assets.sh builds and
+// caches it with mmdebstrap), whose systemd runs TestSystemdGuest (systemd_guest_test.go) as a
+// service. It does so twice, the same suite on each: on bookworm (systemd 252, the oldest the unit
+// supports) and on trixie (257). That suite starts, uses, crashes, reloads and stops rund.service with
+// systemctl and prints one "E2E <check> PASS|FAIL <figures>" line per check on the serial console; here
+// each becomes a subtest, and a missing line fails too.
 //
-// It takes minutes, so it runs only with RUND_E2E_SYSTEMD=1 (make e2e-systemd), as root.
+// It takes minutes, so it runs only with RUND_E2E_SYSTEMD=1 (make e2e-systemd), as root;
+// RUND_E2E_SYSTEMD_SUITES="trixie" (say) runs fewer.
 //
 // The guest's boot: a busybox initramfs loads the virtio modules, mounts the image (booted with
 // snapshot=on, so the cached image is never written), copies in this checkout's static rund, the
-// static test binary, contrib/rund.service and the suite's own unit, writes a development PKI with
+// static test binary, contrib/rund.service, contrib/rund.default (as /etc/default/rund) and the suite's
+// own unit, writes a development PKI with
 // `rund certs -dir /etc/rund`, and switch_roots to systemd, with systemd.unit= naming the suite's unit.
 
 import (
 	"bufio"
+	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -52,6 +55,7 @@ if ! mount -t ext4 /dev/vda /newroot; then
 fi
 cp /payload/rund /payload/rund.test /newroot/usr/local/bin/
 cp /payload/rund.service /payload/rund-e2e.service /newroot/etc/systemd/system/
+cp /payload/rund.default /newroot/etc/default/rund
 /payload/rund certs -dir /newroot/etc/rund >/dev/null
 echo "E2E-INIT kernel $(uname -r); root $(cat /sys/block/vda/dev); starting systemd"
 umount /proc /sys /dev
@@ -87,20 +91,14 @@ func TestSystemdVM(t *testing.T) {
 		t.Fatal("RUND_E2E_SYSTEMD=1 needs root: it installs qemu and mmdebstrap with apt and boots a VM")
 	}
 	begin := time.Now()
-	vmCache, err1 := filepath.Abs(".cache/vm")
-	cache, err2 := filepath.Abs(".cache/systemd")
-	if err := errors.Join(err1, err2); err != nil {
+	vmCache, err := filepath.Abs(".cache/vm")
+	if err != nil {
 		t.Fatal(err)
 	}
 	assets, err := vmAssets(vmCache, "amd64")
 	if err != nil {
 		t.Fatalf("prepare the VM's kernel and busybox: %v", err)
 	}
-	rootfs, err := systemdRootfs(cache)
-	if err != nil {
-		t.Fatal(err)
-	}
-	assetsTook := time.Since(begin)
 	dir := t.TempDir()
 	rund, rundTest := filepath.Join(dir, "rund"), filepath.Join(dir, "rund.test")
 	if err := makeRund("amd64", rund); err != nil {
@@ -111,12 +109,32 @@ func TestSystemdVM(t *testing.T) {
 	}
 	initrd := filepath.Join(dir, "initramfs.cpio")
 	if err := writeSystemdInitramfs(initrd, assets, map[string]string{
-		"rund": rund, "rund.test": rundTest, "rund.service": "contrib/rund.service",
+		"rund": rund, "rund.test": rundTest, "rund.service": "contrib/rund.service", "rund.default": "contrib/rund.default",
 	}); err != nil {
 		t.Fatalf("initramfs: %v", err)
 	}
-	prepared := time.Since(begin)
+	t.Logf("kernel, busybox, rund, its test binary and the initramfs: %.1fs", time.Since(begin).Seconds())
+	suites := strings.Fields(cmp.Or(os.Getenv("RUND_E2E_SYSTEMD_SUITES"), "bookworm trixie"))
+	for _, suite := range suites {
+		t.Run(suite, func(t *testing.T) { systemdSuite(t, suite, assets, initrd) })
+	}
+}
 
+// systemdCaches are the root filesystems' cache directories by Debian suite.
+var systemdCaches = map[string]string{"bookworm": ".cache/systemd-bookworm", "trixie": ".cache/systemd"}
+
+// systemdSuite boots suite's root filesystem and turns the guest's lines into subtests.
+func systemdSuite(t *testing.T, suite string, assets map[string]string, initrd string) {
+	begin := time.Now()
+	cache, err := filepath.Abs(systemdCaches[suite])
+	if err != nil || systemdCaches[suite] == "" {
+		t.Fatalf("suite %q: no cache directory (%v)", suite, err)
+	}
+	rootfs, err := systemdRootfs(cache, suite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	assetsTook := time.Since(begin)
 	logPath := filepath.Join(cache, "last-console.log")
 	run, err := runSystemdVM(assets, initrd, rootfs, logPath)
 	fi, _ := os.Stat(rootfs)
@@ -124,9 +142,9 @@ func TestSystemdVM(t *testing.T) {
 	if fi != nil {
 		used = diskUsage(fi)
 	}
-	t.Logf("systemd VM: %.1fs in all (%.1fs for the assets, %.1fs to build and prepare); kernel to initramfs %.1fs, "+
+	t.Logf("systemd VM on %s: %.1fs in all (%.1fs for the root filesystem); kernel to initramfs %.1fs, "+
 		"to the suite's first line %.1fs, suite done %.1fs after qemu's start; root image %s: %d MiB on disk; console log: %s",
-		time.Since(begin).Seconds(), assetsTook.Seconds(), prepared.Seconds(), run.initramfs.Seconds(), run.firstCheck.Seconds(),
+		suite, time.Since(begin).Seconds(), assetsTook.Seconds(), run.initramfs.Seconds(), run.firstCheck.Seconds(),
 		run.done.Seconds(), filepath.Base(rootfs), used>>20, logPath)
 	if err != nil {
 		t.Errorf("qemu: %v\nlast console lines:\n%s", err, consoleTail(logPath, 60))
@@ -153,9 +171,9 @@ func TestSystemdVM(t *testing.T) {
 	}
 }
 
-// systemdRootfs runs .ci/systemd-assets.sh and returns the root image it names.
-func systemdRootfs(cache string) (string, error) {
-	cmd := exec.Command("bash", ".ci/systemd-assets.sh", cache)
+// systemdRootfs runs .ci/systemd-assets.sh for suite and returns the root image it names.
+func systemdRootfs(cache, suite string) (string, error) {
+	cmd := exec.Command("bash", ".ci/systemd-assets.sh", cache, suite)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -195,7 +213,7 @@ func writeSystemdInitramfs(path string, assets, payload map[string]string) error
 			return err
 		}
 		mode := uint32(0o100755)
-		if strings.HasSuffix(dst, ".service") {
+		if strings.HasSuffix(dst, ".service") || strings.HasSuffix(dst, ".default") {
 			mode = 0o100644
 		}
 		w.add(dst, mode, data, 0, 0)

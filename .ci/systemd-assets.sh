@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# systemd-assets.sh CACHE_DIR: the root filesystem that TestSystemdVM (systemd_vm_test.go) boots with
-# Debian's cloud kernel, made ready on a fresh Debian machine, as root:
+# systemd-assets.sh CACHE_DIR [SUITE]: the root filesystem that TestSystemdVM (systemd_vm_test.go) boots
+# with Debian's cloud kernel, made ready on a fresh Debian machine, as root:
 #   - mmdebstrap installed with apt;
-#   - a minimal Debian trixie (systemd 257: DelegateSubgroup= needs 254, bookworm has 252) built by
-#     mmdebstrap from Debian's packages, as a raw ext4 image CACHE_DIR/rootfs-<key>.ext4. The key is
-#     this script's own hash: the image is rebuilt only when the recipe below changes, and the next run
-#     works offline from the cache. The image is never written to: qemu boots it with snapshot=on.
+#   - a minimal Debian SUITE (trixie, the default: systemd 257; bookworm: systemd 252, the oldest the
+#     unit supports) built by mmdebstrap from Debian's packages, as a raw ext4 image
+#     CACHE_DIR/rootfs-<key>.ext4. The key is the hash of this script and SUITE: the image is rebuilt
+#     only when the recipe below changes, and the next run works offline from the cache. The image is
+#     never written to: qemu boots it with snapshot=on.
 # The kernel, busybox and qemu come from .ci/vm-assets.sh, as for TestVM. It prints
 # rootfs=<image> on stdout; everything else goes to stderr.
 set -euo pipefail
-cache=${1:?usage: systemd-assets.sh CACHE_DIR}
+cache=${1:?usage: systemd-assets.sh CACHE_DIR [SUITE]}
+suite=${2:-trixie}
 export DEBIAN_FRONTEND=noninteractive
 mkdir -p "$cache"
 cache=$(cd "$cache" && pwd)
-key=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-12)
+key=$( (cat "${BASH_SOURCE[0]}"; echo "$suite") | sha256sum | cut -c1-12)
 img="$cache/rootfs-$key.ext4"
 
 if [ ! -f "$img" ]; then
@@ -36,7 +38,7 @@ if [ ! -f "$img" ]; then
 		--customize-hook='echo rund-systemd > "$1/etc/hostname"' \
 		--customize-hook='mkdir -p "$1/etc/systemd/journald.conf.d" && printf "[Journal]\nStorage=volatile\n" > "$1/etc/systemd/journald.conf.d/volatile.conf"' \
 		--customize-hook='printf "127.0.0.1 localhost\n::1 localhost\n" > "$1/etc/hosts"' \
-		trixie "$tmp/root" >&2
+		"$suite" "$tmp/root" >&2
 	# The image has room for the files the test's initramfs copies in (rund, its test binary).
 	mkfs.ext4 -q -F -L rund-root -d "$tmp/root" "$tmp/rootfs.ext4" 640M >&2
 	rm -f "$cache"/rootfs-*.ext4
