@@ -84,6 +84,7 @@ var e2eChecks = []string{
 	"usage-cpu", "usage-memory", "usage-io", "usage-pids",
 	"crash-restart",
 	"cleanup",
+	"initscript-start", "initscript-limits", "initscript-reload", "initscript-stop", "initscript-restart",
 }
 
 // e2eTool is a job command of the VM suite. It returns the process exit code.
@@ -411,6 +412,7 @@ func TestE2EGuest(t *testing.T) {
 		{"usage-cpu", g.checkUsage},
 		{"crash-restart", g.checkCrashRestart},
 		{"cleanup", g.checkCleanup},
+		{"initscript-start", g.checkInitScript}, // after cleanup: the suite's server is gone
 	} {
 		func() {
 			defer func() {

@@ -282,7 +282,7 @@ func writeInitramfs(path string, assets map[string]string, rund, rundTest string
 	defer f.Close()
 	w := &cpioWriter{w: bufio.NewWriterSize(f, 1<<20)}
 	for _, d := range []string{"bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run",
-		"etc", "lib", "lib/modules", "mnt", "root"} {
+		"etc", "etc/init.d", "lib", "lib/modules", "mnt", "root", "usr/local", "usr/local/bin"} {
 		w.add(d, 0o040755, nil, 0, 0)
 	}
 	w.add("dev/console", 0o020600, nil, 5, 1) // the kernel opens it for /init's stdio
@@ -290,6 +290,13 @@ func writeInitramfs(path string, assets map[string]string, rund, rundTest string
 	w.add("init", 0o100755, []byte(fmt.Sprintf(vmInit, arch.scale(vmGuestTimeout))), 0, 0)
 	w.add("bin/sh", 0o120777, []byte("busybox"), 0, 0) // for /init's #!, before it installs the rest
 	w.add("etc/hosts", 0o100644, []byte("127.0.0.1 localhost\n::1 localhost\n"), 0, 0)
+	// The init script and rund where it looks for it (e2e_initscript_test.go).
+	w.add("usr/local/bin/rund", 0o120777, []byte("/bin/rund"), 0, 0)
+	script, err := os.ReadFile("contrib/rund.init")
+	if err != nil {
+		return err
+	}
+	w.add("etc/init.d/rund", 0o100755, script, 0, 0)
 	for _, file := range []struct{ src, dst string }{
 		{assets["busybox"], "bin/busybox"}, {rund, "bin/rund"}, {rundTest, "bin/rund.test"},
 	} {
