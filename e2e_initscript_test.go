@@ -209,7 +209,7 @@ func (g *e2eGuest) initReload(r *initRun) {
 		return
 	}
 	out, rc := initScript("reload")
-	want := "SIGHUP: reloaded /etc/rund/ca.crt, /etc/rund/server.crt and /etc/rund/server.key"
+	want := "SIGHUP: reloaded /etc/rund/ca.crt, /etc/rund/server.crt, /etc/rund/server.key"
 	for deadline := time.Now().Add(10 * time.Second); len(initLogLines(want)) == 0 && time.Now().Before(deadline); {
 		time.Sleep(50 * time.Millisecond) // the log file is all there is to watch
 	}
