@@ -41,8 +41,10 @@ func runCerts(args []string) int {
 	dir := fs.String("dir", configDir(), "directory to write into; existing files are never replaced")
 	names := fs.String("server_names", "localhost,127.0.0.1,::1",
 		"comma-separated DNS names and IP addresses that clients dial the server by (no wildcards)")
-	client := fs.String("client", "", "issue one more client certificate from DIR's CA: `NAME`.{crt,key}, the identity dns:NAME")
-	server := fs.String("server", "", "issue one more server certificate from DIR's CA: `NAME`.{crt,key}, for -server_names")
+	client := fs.String("client", "",
+		"issue one more client certificate from DIR's CA: `NAME`.{crt,key}, the identity dns:NAME")
+	server := fs.String("server", "",
+		"issue one more server certificate from DIR's CA: `NAME`.{crt,key}, for -server_names")
 	code, ok := parseArgs(fs, args, certsHead)
 	if !ok {
 		return code
