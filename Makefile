@@ -6,7 +6,7 @@ PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 TOOLS     := $(CURDIR)/.cache/tools
 
-.PHONY: build run certs test fuzz e2e e2e-arm64 e2e-trixie e2e-floor e2e-systemd bench check proto proto-check clean release release-check release-sizes
+.PHONY: build run certs test fuzz e2e e2e-arm64 e2e-armv7 e2e-riscv64 e2e-trixie e2e-floor e2e-systemd bench check proto proto-check clean release release-check release-sizes
 
 # grpcnotrace leaves out grpc's golang.org/x/net/trace support (rund never enables it) and with it
 # html/template and more: 2 MB less binary, and a faster start of rund itself (the client, a plain build's init).
@@ -86,6 +86,15 @@ e2e:
 # minutes: .ci/run calls it after test.
 e2e-arm64:
 	RUND_E2E_ARM64=1 $(GO) test -count=1 -run '^TestVMArm64$$' -v -timeout 20m .
+
+# e2e-armv7 and e2e-riscv64 run the same guest suite on 32-bit ARM (qemu-system-arm's virt machine,
+# a cortex-a15, Debian bookworm's armmp-lpae kernel and armhf busybox, rund built GOARM=7) and on
+# riscv64 (qemu-system-riscv64's virt machine, Debian trixie's riscv64 kernel and busybox). As root;
+# minutes each under TCG, so .ci/run calls them after test.
+e2e-armv7:
+	RUND_E2E_ARMV7=1 $(GO) test -count=1 -run '^TestVMArmv7$$' -v -timeout 30m .
+e2e-riscv64:
+	RUND_E2E_RISCV64=1 $(GO) test -count=1 -run '^TestVMRiscv64$$' -v -timeout 20m .
 
 # e2e-trixie runs the x86-64 guest suite on a second kernel series: Debian trixie's cloud kernel and
 # busybox (.ci/vm-assets.sh .cache/vm-trixie amd64 trixie), where e2e boots bookworm's. As root; not

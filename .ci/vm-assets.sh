@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # vm-assets.sh CACHE_DIR [ARCH [SUITE]]: what TestVM (vm_test.go) needs to boot its throwaway VM for
-# ARCH (amd64, the default, or arm64), made ready on a fresh Debian machine, as root:
+# ARCH (Debian's name: amd64, the default, arm64, armhf or riscv64), made ready on a fresh Debian
+# machine, as root:
 #   - the system emulator installed with apt (no recommends: no GUI): qemu-system-x86 for amd64,
-#     qemu-system-arm (qemu-system-aarch64) for arm64;
-#   - busybox-static and Debian's cloud kernel (linux-image-cloud-ARCH's current image package) for
-#     ARCH, fetched with apt-get download and unpacked with dpkg -x into CACHE_DIR, which keeps them: the
-#     next run only asks apt which version is current, and works offline from the cache.
+#     qemu-system-arm (qemu-system-aarch64 and qemu-system-arm) for arm64 and armhf, qemu-system-misc
+#     (qemu-system-riscv64, and the OpenSBI firmware that -bios default loads) for riscv64;
+#   - busybox-static and a Debian kernel for ARCH: the cloud kernel (linux-image-cloud-ARCH's current
+#     image package) where Debian has one; armhf has none, and gets the LPAE multiplatform kernel
+#     (linux-image-armmp-lpae), which boots qemu's virt machine with more than 4 GiB of address space;
+#     riscv64 gets its one flavour (linux-image-riscv64). They are fetched with apt-get download and
+#     unpacked with dpkg -x into CACHE_DIR, which keeps them: the next run only asks apt which version
+#     is current, and works offline from the cache.
 # A foreign ARCH's packages come through a private apt state in CACHE_DIR/apt (its own package lists,
 # an empty dpkg status), so the host's dpkg gets no foreign architecture (no dpkg --add-architecture)
 # and its own apt-get update stays as it was. Those lists are fetched again when a week old.
@@ -19,9 +24,11 @@ cache=${1:?usage: vm-assets.sh CACHE_DIR [ARCH [SUITE]]}
 arch=${2:-amd64}
 suite=${3:-}
 case $arch in
-amd64) qemu=qemu-system-x86_64 qemu_pkg=qemu-system-x86 ;;
-arm64) qemu=qemu-system-aarch64 qemu_pkg=qemu-system-arm ;;
-*) echo "vm-assets: no VM for architecture $arch (amd64 or arm64)" >&2; exit 1 ;;
+amd64) qemu=qemu-system-x86_64 qemu_pkg=qemu-system-x86 flavour=cloud-amd64 ;;
+arm64) qemu=qemu-system-aarch64 qemu_pkg=qemu-system-arm flavour=cloud-arm64 ;;
+armhf) qemu=qemu-system-arm qemu_pkg=qemu-system-arm flavour=armmp-lpae ;;
+riscv64) qemu=qemu-system-riscv64 qemu_pkg=qemu-system-misc flavour=riscv64 ;;
+*) echo "vm-assets: no VM for architecture $arch (amd64, arm64, armhf or riscv64)" >&2; exit 1 ;;
 esac
 export DEBIAN_FRONTEND=noninteractive
 mkdir -p "$cache/debs"
@@ -61,10 +68,10 @@ if [ "$arch" != "$(dpkg --print-architecture)" ] || [ -n "$suite" ]; then
 	fi
 fi
 
-# The kernel: the image package that linux-image-cloud-ARCH depends on now.
+# The kernel: the image package that linux-image-FLAVOUR depends on now.
 kernel_pkg() {
-	apt-cache "${guest[@]}" depends linux-image-cloud-$arch 2>/dev/null |
-		awk -v re="^linux-image-.*-cloud-$arch\$" '$1 == "Depends:" && $2 ~ re { print $2; exit }' || true
+	apt-cache "${guest[@]}" depends linux-image-$flavour 2>/dev/null |
+		awk -v re="^linux-image-.*-$flavour\$" '$1 == "Depends:" && $2 ~ re { print $2; exit }' || true
 }
 kpkg=$(kernel_pkg)
 if [ -z "$kpkg" ]; then
@@ -100,12 +107,13 @@ unpack() {
 	echo "$dir"
 }
 
-kdir=$(unpack "$kpkg" "linux-image-*-cloud-${arch}_*")
+kdir=$(unpack "$kpkg" "linux-image-*-${flavour}_*")
 bdir=$(unpack busybox-static 'busybox-static_*')
 
 # first PATH...: the first of the paths that exists, or nothing (and success, for the checks below to
 # say what is missing). Trixie's packages put their files under /usr (merged /usr: the modules in
-# /usr/lib/modules, busybox in /usr/bin), bookworm's under / .
+# /usr/lib/modules, busybox in /usr/bin), bookworm's under / . riscv64's kernel is boot/vmlinux-*, an
+# uncompressed Image (with an EFI stub, not an ELF file), which qemu's -kernel takes as it is.
 first() {
 	local p
 	for p; do
@@ -115,7 +123,7 @@ first() {
 		fi
 	done
 }
-kernel=$(first "$kdir"/boot/vmlinuz-*)
+kernel=$(first "$kdir"/boot/vmlinuz-* "$kdir"/boot/vmlinux-*)
 modules=$(first "$kdir"/lib/modules/* "$kdir"/usr/lib/modules/*)
 busybox=$(first "$bdir"/bin/busybox "$bdir"/usr/bin/busybox)
 [ -f "$kernel" ] && [ -d "$modules" ] || { echo "vm-assets: no kernel or modules in $kdir" >&2; exit 1; }
