@@ -205,6 +205,11 @@ func (cg *cgroupFS) missing(lim limits) []string {
 	if cg.available["io"] && ioMaxValue(lim) != "" && len(cg.ioDevices) == 0 {
 		out = append(out, "io (rund serve was given no -io_devices)")
 	}
+	if cg.available["io"] && ioMaxValue(lim) != "" {
+		if why := ioLimitsWaitNow(); why != "" {
+			out = append(out, why)
+		}
+	}
 	return out
 }
 

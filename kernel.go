@@ -9,6 +9,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -41,4 +42,34 @@ func checkHost(contained bool) error {
 		return fmt.Errorf("user namespaces are off (sysctl user.max_user_namespaces = 0): contained jobs need them")
 	}
 	return nil
+}
+
+// ioLimitsUptime is how long a 32-bit kernel must have been up before rund writes an io.max. Such a
+// kernel's jiffies are 32 bits and start 300 s before they wrap (INITIAL_JIFFIES, include/linux/jiffies.h),
+// so that wrap bugs show early; Debian bookworm's armhf 6.1 has one: the first bio that an io.max
+// throttles before the wrap hits the BUG_ON in throtl_trim_slice (block/blk-throttle.c), and the host
+// panics (make e2e-armv7 saw it on every boot). Refused, a Start gets an error it can act on instead.
+const ioLimitsUptime = 310
+
+// ioLimitsWait says why this host cannot take io limits yet, or "": a 32-bit kernel (bits, the word
+// size of rund's build, is 32, and the kernel's machine is not a 64-bit one running it) up for less
+// than ioLimitsUptime seconds.
+func ioLimitsWait(bits int, machine string, uptime int64) string {
+	if bits == 64 || machine == "aarch64" || machine == "x86_64" || uptime >= ioLimitsUptime {
+		return ""
+	}
+	return fmt.Sprintf("io (on a 32-bit kernel, from %d s of uptime: it is %d s; README \"Limits\")",
+		ioLimitsUptime, uptime)
+}
+
+// ioLimitsWaitNow is ioLimitsWait for this host, now.
+func ioLimitsWaitNow() string {
+	if strconv.IntSize == 64 {
+		return ""
+	}
+	var u unix.Utsname
+	unix.Uname(&u) // cannot fail: u is valid memory
+	var si unix.Sysinfo_t
+	unix.Sysinfo(&si) // cannot fail: si is valid memory
+	return ioLimitsWait(strconv.IntSize, unix.ByteSliceToString(u.Machine[:]), int64(si.Uptime))
 }

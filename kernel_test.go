@@ -25,3 +25,28 @@ func TestKernelFloor(t *testing.T) {
 		t.Errorf("this host: %v", err)
 	}
 }
+
+// TestIOLimitsWait: io limits wait on a 32-bit kernel (a 32-bit build on a 32-bit machine) until it has
+// been up ioLimitsUptime seconds, and nowhere else.
+func TestIOLimitsWait(t *testing.T) {
+	for _, tc := range []struct {
+		bits    int
+		machine string
+		uptime  int64
+		wait    bool
+	}{
+		{32, "armv7l", 12, true},
+		{32, "armv7l", ioLimitsUptime - 1, true},
+		{32, "i686", 0, true},
+		{32, "armv7l", ioLimitsUptime, false},
+		{32, "aarch64", 12, false}, // an armv7 rund on a 64-bit kernel
+		{32, "x86_64", 12, false},
+		{64, "aarch64", 12, false},
+		{64, "riscv64", 0, false},
+	} {
+		why := ioLimitsWait(tc.bits, tc.machine, tc.uptime)
+		if (why != "") != tc.wait || tc.wait && !strings.Contains(why, "32-bit kernel") {
+			t.Errorf("ioLimitsWait(%d, %q, %d) = %q, want a wait: %v", tc.bits, tc.machine, tc.uptime, why, tc.wait)
+		}
+	}
+}

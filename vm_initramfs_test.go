@@ -33,7 +33,7 @@ func writeInitramfs(path string, assets map[string]string, rund, rundTest string
 	}
 	w.add("dev/console", 0o020600, nil, 5, 1) // the kernel opens it for /init's stdio
 	w.add("dev/null", 0o020666, nil, 1, 3)
-	w.add("init", 0o100755, []byte(fmt.Sprintf(vmInit, arch.settle, arch.scale(vmGuestTimeout))), 0, 0)
+	w.add("init", 0o100755, []byte(fmt.Sprintf(vmInit, arch.scale(vmGuestTimeout))), 0, 0)
 	w.add("bin/sh", 0o120777, []byte("busybox"), 0, 0) // for /init's #!, before it installs the rest
 	w.add("etc/hosts", 0o100644, []byte("127.0.0.1 localhost\n::1 localhost\n"), 0, 0)
 	// The init script and rund where it looks for it (e2e_initscript_test.go).

@@ -60,8 +60,6 @@ type vmArch struct {
 	// it, so arm64 gets a margin of its own. The guest checks' own deadlines are not scaled: they
 	// hold on both, and what they measure (cgroup files, the jobs' own clocks) is in the guest's time.
 	slow int
-	// settle is shell that the guest's /init runs before the suite, after its disk is there.
-	settle string
 }
 
 // assetArch is the Debian architecture of arch's kernel and busybox.
@@ -89,7 +87,7 @@ var (
 	// of physical address space only with highmem; cortex-a15 is the armv7 core with LPAE and the
 	// virtualisation extensions that -M virt models.
 	vmARMv7 = vmArch{goarch: "arm", debian: "armhf", qemu: "qemu-system-arm", machine: []string{"-M", "virt", "-cpu", "cortex-a15"},
-		console: "ttyAMA0", cache: ".cache/vm-armhf", slow: 3, settle: jiffiesWrapWait}
+		console: "ttyAMA0", cache: ".cache/vm-armhf", slow: 3}
 	// riscv64: trixie's kernel (bookworm has no riscv64 port), started by the OpenSBI firmware that
 	// qemu-system-misc ships (-bios default).
 	vmRISCV64 = vmArch{goarch: "riscv64", qemu: "qemu-system-riscv64", machine: []string{"-M", "virt", "-bios", "default"},
@@ -309,7 +307,6 @@ fi
 chmod 666 /dev/vda
 echo "E2E-INIT kernel $(uname -r); cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers); vda $(cat /sys/block/vda/dev 2>&1)"
 cd /
-%s
 RUND_E2E_GUEST=1 /bin/rund.test -test.run '^TestE2EGuest$' -test.v -test.timeout %v
 echo "E2E-DONE exit=$?"
 poweroff -f
@@ -428,12 +425,3 @@ func consoleTail(path string, n int) string {
 	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
-
-// jiffiesWrapWait is vmARMv7's settle: it holds the suite back until the guest is 310 s up. The
-// kernel starts jiffies 300 s before they wrap (INITIAL_JIFFIES, include/linux/jiffies.h), so that
-// wrap bugs show early; on a 32-bit kernel, where jiffies are 32 bits, bookworm's 6.1 armmp-lpae then
-// hits the BUG_ON in throtl_trim_slice (block/blk-throttle.c) as soon as a job's io.max throttles a
-// bio, and panics: seen on every boot that ran the io checks before the wrap, none after. It is the
-// kernel's, not rund's: README "Limits" says so to whoever runs rund on a 32-bit board.
-const jiffiesWrapWait = `echo "E2E-INIT 32-bit kernel: waiting for jiffies to wrap, 300 s after boot, before the io checks"
-while [ "$(cut -d. -f1 /proc/uptime)" -lt 310 ]; do sleep 5; done`
