@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -111,7 +112,7 @@ func (g *e2eGuest) checkGrantsDenied(addr, proof string) {
 	client2 := rpcpb.NewJobControllerClient(c2)
 	_, netErr := client2.Start(ctx, &rpcpb.JobStartRequest{Name: "/bin/true", Network: "host"})
 	_, rootErr := client2.Start(ctx, &rpcpb.JobStartRequest{Name: "/bin/true", Root: true})
-	trail := g.serverLines("method=Start code=PermissionDenied", "identity=dns:client2")
+	trail := g.serverLines(2, "method=Start code=PermissionDenied", "identity=dns:client2")
 	plain := &rpcpb.JobStartRequest{Name: "/bin/sh", Args: []string{"-c", e2eTest + " probe dial=" + addr + "; touch " + proof}}
 	out, _, st, err := g.run(plain)
 	f := facts(out)
@@ -163,17 +164,31 @@ func (g *e2eGuest) dialAs(name string) (*grpc.ClientConn, error) {
 	return grpc.NewClient(e2eAddr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 }
 
-// serverLines are the lines of rund serve's log so far that hold every one of subs.
-func (g *e2eGuest) serverLines(subs ...string) []string {
+// serverLines returns the server's stderr lines that contain every one of subs, once there are n of them
+// or 10 s have passed. A refusal's audit line is written before the client has its answer, but the
+// guest reads the server's stderr on its own goroutine, which may not have got to it yet.
+func (g *e2eGuest) serverLines(n int, subs ...string) []string {
+	timeout := time.AfterFunc(10*time.Second, func() {
+		g.logMu.Lock()
+		g.logAdded.Broadcast()
+		g.logMu.Unlock()
+	})
+	defer timeout.Stop()
+	deadline := time.Now().Add(10 * time.Second)
 	g.logMu.Lock()
 	defer g.logMu.Unlock()
-	var out []string
-	for _, l := range g.serverLog {
-		if !slices.ContainsFunc(subs, func(s string) bool { return !strings.Contains(l, s) }) {
-			out = append(out, l)
+	for {
+		var out []string
+		for _, l := range g.serverLog {
+			if !slices.ContainsFunc(subs, func(s string) bool { return !strings.Contains(l, s) }) {
+				out = append(out, l)
+			}
 		}
+		if len(out) >= n || !time.Now().Before(deadline) {
+			return out
+		}
+		g.logAdded.Wait()
 	}
-	return out
 }
 
 // runOut runs a guest command and returns its combined output.

@@ -376,6 +376,7 @@ type e2eGuest struct {
 	bombStatusPC uint64
 	logMu        sync.Mutex // guards serverLog: the server's stderr reader appends while checks read
 	serverLog    []string   // every line rund serve wrote on stderr
+	logAdded     sync.Cond  // on logMu: broadcast when serverLog grows
 	keySerial    int        // the key in the session keyring the server inherits (esc-keyring)
 	keyErr       error      // why there is none
 }
@@ -385,6 +386,7 @@ func TestE2EGuest(t *testing.T) {
 		t.Skip("runs only inside the VM that TestVM boots (RUND_E2E_GUEST=1)")
 	}
 	g := &e2eGuest{t: t}
+	g.logAdded.L = &g.logMu
 	if err := g.setup(); err != nil {
 		t.Fatalf("guest setup: %v", err) // TestVM reports every check as missing
 	}
@@ -496,6 +498,7 @@ func (g *e2eGuest) startServer(cgroup string) error {
 			os.Stderr.WriteString("[rund] " + sc.Text() + "\n")
 			g.logMu.Lock()
 			g.serverLog = append(g.serverLog, sc.Text())
+			g.logAdded.Broadcast()
 			g.logMu.Unlock()
 			if !said && strings.Contains(sc.Text(), "rund serving on ") {
 				said = true
