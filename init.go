@@ -236,8 +236,6 @@ func setUpJob(start *json.Decoder, sigs chan<- os.Signal) (int, *startReport) {
 		if err := step("bound the job's processes", func() error { return limitProcesses(s.NProc) }); err != nil {
 			return setupFailed(err)
 		}
-		// The filter's rules for our own fork need two Ps (seccomp.go); spawn.go starts us with one.
-		runtime.GOMAXPROCS(2)
 		if err := step("install the syscall filter", func() (err error) {
 			listener, inherited, err = installJobFilter()
 			return err
@@ -410,6 +408,10 @@ func forkCommand(path string, cfg initConfig, own *jobUser, inherited int) (int,
 		return syscall.ForkExec(path, cfg.Argv, attr)
 	}
 	ownUserns(sys, own)
+	// The filter's rules for our own fork need two Ps (seccomp.go); spawn.go starts us with one. One
+	// again after it: each P takes spans of its own, which an idle init keeps (BENCHMARKS.md, issue 24).
+	runtime.GOMAXPROCS(2)
+	defer runtime.GOMAXPROCS(1)
 	return forkExecFiltered(path, cfg.Argv, attr, inherited)
 }
 

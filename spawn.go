@@ -100,7 +100,7 @@ func startInit(cg *jobCgroup, setup initSetup, stdout, stderr *os.File) (*proc, 
 		Args: []string{"rund", "init"},
 		// None of the server's environment. One P: the init has little to run, and each P costs page
 		// faults at start-up (BENCHMARKS.md, "Where a Start's time goes"); a contained one takes a
-		// second once started (init.go prepare). No collector: none may run while a contained init
+		// second for its fork alone (init.go forkCommand). No collector: none may run while a contained init
 		// forks the command under its filter (seccomp.go), and an init allocates little after its
 		// start-up. The setup goes in the environment, not an argument: the job's processes may read
 		// their init's /proc/1/cmdline, but its environ only with ptrace access to it (proc(5)), which
