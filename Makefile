@@ -21,8 +21,10 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 # GOARCH of the environment, then rund with it embedded (-tags embedinit, initembed.go) through a
 # -overlay that names it rund-init.bin, so nothing is written into the checkout. rund serve runs it from
 # a sealed memfd. A plain `go build` leaves it out, and rund runs itself as each job's init.
+# The init never collects (GOGC=off, spawn.go), so it is built without the Green Tea collector, which
+# writes to the last page of every small-object span it allocates, a page an idle init keeps (issue 24).
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -tags rundinit -ldflags='-s -w' -o $(BIN).init .
+	CGO_ENABLED=0 GOEXPERIMENT=nogreenteagc $(GO) build -trimpath -tags rundinit -ldflags='-s -w' -o $(BIN).init .
 	printf '{"Replace":{"%s/rund-init.bin":"%s.init"}}' '$(CURDIR)' '$(abspath $(BIN))' > $(BIN).overlay
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -tags grpcnotrace,embedinit -overlay $(BIN).overlay \
 		-ldflags='$(LDFLAGS)' -o $(BIN) .

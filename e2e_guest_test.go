@@ -1900,7 +1900,7 @@ func idleSandbox(dir string) bool {
 	}
 	cmdline, _ := os.ReadFile("/proc/" + pids[0] + "/cmdline")
 	environ, _ := os.ReadFile("/proc/" + pids[0] + "/environ") // RUND_INIT (spawn.go)
-	return string(cmdline) == "rund\x00init\x00" && strings.Contains(string(environ), "\x00RUND_INIT={\"hostname\":\""+filepath.Base(dir)+"\",")
+	return string(cmdline) == "rund\x00init\x00" && strings.Contains(string(environ), "\x00RUND_INIT=\""+filepath.Base(dir)+"\" ")
 }
 
 func (g *e2eGuest) checkCleanup() {

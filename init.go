@@ -16,11 +16,12 @@ package main
 //
 //	0      /dev/null
 //	1, 2   the job's stdout and stderr pipes (the command inherits them)
-//	3      config pipe: one JSON initConfig, then kept open as a lifeline: EOF means rund died
-//	4      report pipe: one JSON startReport, then, if the command started, one exitReport
+//	3      config pipe: one initConfig, then kept open as a lifeline: EOF means rund died
+//	4      report pipe: one startReport, then, if the command started, one exitReport
 //	5      <job>/job cgroup directory, for CLONE_INTO_CGROUP of the command
 //
-// Its environment's RUND_INIT is an initSetup, as JSON (spawn.go says why not an argument).
+// Its environment's RUND_INIT is an initSetup (spawn.go says why not an argument). initproto.go encodes
+// the messages.
 //
 // Goroutines of the init (it is a process of its own; its exit ends them all):
 //   - main: setUpJob, locked to its thread from the first step that the command inherits; then reaping
@@ -31,7 +32,7 @@ package main
 //   - the signal forwarder and the lifeline reader: started once the command runs; end with the process.
 
 import (
-	"encoding/json"
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -48,59 +49,6 @@ import (
 
 // defaultPath is the PATH of a job whose request sets none.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-// initSetup is how the server starts an init (its RUND_INIT, as JSON): what it prepares before
-// the job's Start.
-type initSetup struct {
-	Hostname string `json:"hostname"` // the job id
-	// Own is a contained job's own host uid:gid (its userns root); nil: uncontained.
-	Own       *jobUser `json:"own,omitempty"`
-	TmpSize   uint64   `json:"tmp_size"`           // bytes of each private tmpfs, when contained
-	Cgroup2   string   `json:"cgroup2"`            // the cgroup2 mount point, when contained
-	JobCgroup string   `json:"job_cgroup"`         // <job>/job, bound read-only on Cgroup2 when contained
-	Dirs      []string `json:"dirs,omitempty"`     // -job_dirs: DIR/<id> is made the job's own and bound on DIR
-	NProc     uint64   `json:"nproc,omitempty"`    // RLIMIT_NPROC of a contained job's command; 0: none
-	HostNet   bool     `json:"host_net,omitempty"` // in the host's network namespace (grants.go): no lo to bring up
-}
-
-// initConfig is what the server tells the init at the Start: the command to run.
-type initConfig struct {
-	Argv []string `json:"argv"` // argv[0] is the command as requested
-	Env  []string `json:"env"`
-	Dir  string   `json:"dir"`
-}
-
-// jobUser is a contained job's own host uid and gid (pool.go uidRange).
-type jobUser struct {
-	UID uint32 `json:"uid"`
-	GID uint32 `json:"gid"`
-}
-
-// startReport is the init's first message: the command's pid, or why it did not start.
-type startReport struct {
-	Pid   int    `json:"pid,omitempty"` // > 0 once the command runs
-	Stage stage  `json:"stage,omitempty"`
-	Errno int    `json:"errno,omitempty"`
-	Msg   string `json:"msg,omitempty"` // for the client: no host path but the ones it named
-}
-
-// stage is the step of a start that failed; the server decides from it whose fault the failure is.
-type stage string
-
-const (
-	stageSetup stage = "setup" // the init's own namespaces, mounts, filter or credentials: the server's fault
-	stageDir   stage = "dir"   // the requested working directory
-	stagePath  stage = "path"  // finding the command
-	stageExec  stage = "exec"  // the exec itself
-)
-
-// exitReport is the init's second and last message: how the command ended. The server reads a
-// missing one as SIGKILL (spawn.go wait).
-type exitReport struct {
-	Exited bool `json:"exited"`
-	Code   int  `json:"code"`   // exit status, when Exited
-	Signal int  `json:"signal"` // the signal that ended it, when not Exited
-}
 
 // forwardedSignals are passed on from the init to the command (and so are what the Signal RPC may send,
 // besides SIGKILL). Not SIGURG: the Go runtime preempts its own threads with it.
@@ -121,17 +69,17 @@ func runInit() int {
 		return 2
 	}
 	cfgPipe, repPipe := initPipe(3, "config"), initPipe(4, "report")
-	dec, enc := json.NewDecoder(cfgPipe), json.NewEncoder(repPipe)
+	config := bufio.NewReader(cfgPipe)
 	sigs := make(chan os.Signal, 8)
-	pid, fail := setUpJob(dec, sigs)
+	pid, fail := setUpJob(config, sigs)
 	if fail == errNoStart {
 		return 1 // rund is gone: no one to report to
 	}
 	if fail != nil {
-		enc.Encode(fail)
+		writeMessage(repPipe, fail.encode())
 		return 1
 	}
-	enc.Encode(startReport{Pid: pid})
+	writeMessage(repPipe, startReport{Pid: pid}.encode())
 	var stopping atomic.Bool // a Stop came: the init waits for every process, not the command alone
 	go func() {
 		for s := range sigs {
@@ -151,7 +99,7 @@ func runInit() int {
 	}()
 	go func() {
 		// The lifeline: rund holds the write end; EOF means it is gone, so the job goes too.
-		io.Copy(io.Discard, io.MultiReader(dec.Buffered(), cfgPipe))
+		io.Copy(io.Discard, config)
 		syscall.Kill(-1, syscall.SIGKILL)
 	}()
 	ws := reap(pid)
@@ -167,7 +115,7 @@ func runInit() int {
 	if ws.Signaled() {
 		rep = exitReport{Signal: int(ws.Signal())}
 	}
-	enc.Encode(rep)
+	writeMessage(repPipe, rep.encode())
 	return 0 // our exit makes the kernel SIGKILL whatever is left in the namespace
 }
 
@@ -183,7 +131,7 @@ var errNoStart = &startReport{Msg: "no Start: rund is gone"}
 // Invariant (fail closed): a step that fails ends the setup, and no command runs; setUpJob never goes
 // on past an error (TestSetupStepsFatal fails each step in turn). The steps of a spare run before its
 // Start, where no job code runs; at the Start only the mounts are locked and the command started.
-func setUpJob(start *json.Decoder, sigs chan<- os.Signal) (int, *startReport) {
+func setUpJob(start *bufio.Reader, sigs chan<- os.Signal) (int, *startReport) {
 	setupFailed := func(err error) (int, *startReport) {
 		return 0, failure(stageSetup, err, "set up the job: %v", err)
 	}
@@ -215,7 +163,6 @@ func setUpJob(start *json.Decoder, sigs chan<- os.Signal) (int, *startReport) {
 			return setupFailed(err)
 		}
 	}
-	warmJSON()
 	// From here on this goroutine keeps its thread: what the command inherits from the thread that
 	// forks it (no_new_privs, groups, session keyring, seccomp filter) is that thread's alone.
 	runtime.LockOSThread()
@@ -236,8 +183,6 @@ func setUpJob(start *json.Decoder, sigs chan<- os.Signal) (int, *startReport) {
 		if err := step("bound the job's processes", func() error { return limitProcesses(s.NProc) }); err != nil {
 			return setupFailed(err)
 		}
-		// The filter's rules for our own fork need two Ps (seccomp.go); spawn.go starts us with one.
-		runtime.GOMAXPROCS(2)
 		if err := step("install the syscall filter", func() (err error) {
 			listener, inherited, err = installJobFilter()
 			return err
@@ -311,7 +256,7 @@ func step(name string, do func() error) error {
 }
 
 // readSetup reads the init's RUND_INIT (spawn.go).
-func readSetup(s *initSetup) error { return json.Unmarshal([]byte(os.Getenv("RUND_INIT")), s) }
+func readSetup(s *initSetup) error { return s.decode(os.Getenv("RUND_INIT")) }
 
 // closeInherited: the command gets fds 0-2 only, not our control pipes, and not whatever rund itself
 // inherited without O_CLOEXEC from the one that started it (os/exec passes those on). close_range(2).
@@ -349,22 +294,19 @@ func limitProcesses(n uint64) error {
 	return unix.Setrlimit(unix.RLIMIT_NPROC, &unix.Rlimit{Cur: n, Max: n})
 }
 
-// warmJSON builds encoding/json's reflection caches for the Start and its report, here and not in the
-// Start (BENCHMARKS.md, "Where a Start's time goes").
-func warmJSON() {
-	json.Unmarshal([]byte(`{"argv":["x"],"env":["k=v"],"dir":"/"}`), new(initConfig))
-	json.Marshal(startReport{Pid: 1})
-}
-
 // awaitStart reads the Start and then runs lock, on another goroutine: its thread is not the locked
 // one that the filter is on (Go starts no thread from a locked one, runtime newm), so it may mount, and
 // a locked thread waiting on the pipe itself would cost a wakeup at the Start. readErr is the pipe's
 // (rund is gone); lock runs only after a Start.
-func awaitStart(start *json.Decoder, lock func() error) (cfg initConfig, readErr, lockErr error) {
+func awaitStart(start *bufio.Reader, lock func() error) (cfg initConfig, readErr, lockErr error) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done) // what it sets is this function's to read from then on
-		readErr = start.Decode(&cfg)
+		line, err := readMessage(start)
+		if err == nil {
+			err = cfg.decode(line)
+		}
+		readErr = err
 		if readErr == nil {
 			lockErr = lock()
 		}
@@ -410,6 +352,10 @@ func forkCommand(path string, cfg initConfig, own *jobUser, inherited int) (int,
 		return syscall.ForkExec(path, cfg.Argv, attr)
 	}
 	ownUserns(sys, own)
+	// The filter's rules for our own fork need two Ps (seccomp.go); spawn.go starts us with one. One
+	// again after it: each P takes spans of its own, which an idle init keeps (BENCHMARKS.md, issue 24).
+	runtime.GOMAXPROCS(2)
+	defer runtime.GOMAXPROCS(1)
 	return forkExecFiltered(path, cfg.Argv, attr, inherited)
 }
 

@@ -8,8 +8,8 @@ package main
 // no goroutine.
 
 import (
+	"bufio"
 	"cmp"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -70,7 +70,7 @@ func sealInit() error {
 type proc struct {
 	cmd      *exec.Cmd
 	lifeline *os.File      // write end of the config pipe, held open while the job runs
-	reports  *json.Decoder // the report pipe
+	reports  *bufio.Reader // the report pipe
 	report   *os.File
 }
 
@@ -78,7 +78,6 @@ type proc struct {
 // then waits on its config pipe for the command, which begin sends: so jobs can be prepared before
 // their Start (sandbox, pool.go).
 func startInit(cg *jobCgroup, setup initSetup, stdout, stderr *os.File) (*proc, error) {
-	arg, _ := json.Marshal(setup) // cannot fail: strings and integers only
 	// All four are made before any error is checked: a failed one is nil, which closeAll leaves alone.
 	initFD, err1 := os.Open(cg.initDir())
 	jobFD, err2 := os.Open(cg.jobDir())
@@ -100,12 +99,12 @@ func startInit(cg *jobCgroup, setup initSetup, stdout, stderr *os.File) (*proc, 
 		Args: []string{"rund", "init"},
 		// None of the server's environment. One P: the init has little to run, and each P costs page
 		// faults at start-up (BENCHMARKS.md, "Where a Start's time goes"); a contained one takes a
-		// second once started (init.go prepare). No collector: none may run while a contained init
+		// second for its fork alone (init.go forkCommand). No collector: none may run while a contained init
 		// forks the command under its filter (seccomp.go), and an init allocates little after its
 		// start-up. The setup goes in the environment, not an argument: the job's processes may read
 		// their init's /proc/1/cmdline, but its environ only with ptrace access to it (proc(5)), which
 		// they have not.
-		Env: []string{"GOMAXPROCS=1", "GOGC=off", "RUND_INIT=" + string(arg)},
+		Env: []string{"GOMAXPROCS=1", "GOGC=off", "RUND_INIT=" + setup.encode()},
 		// No Stdin: os/exec opens /dev/null for it, the init's fd 0, which its command inherits
 		// (init.go forkCommand).
 		Stdout:     stdout,
@@ -123,13 +122,13 @@ func startInit(cg *jobCgroup, setup initSetup, stdout, stderr *os.File) (*proc, 
 		closeAll([]*os.File{cfgW, repR})
 		return nil, fmt.Errorf("start job init: %w", err)
 	}
-	return &proc{cmd: cmd, lifeline: cfgW, reports: json.NewDecoder(repR), report: repR}, nil
+	return &proc{cmd: cmd, lifeline: cfgW, reports: bufio.NewReader(repR), report: repR}, nil
 }
 
 // begin sends the init its command and waits for the start report. If the command did not start, the
 // caller ends the init (sandbox.discard). errInitGone: the init was gone before the command was sent.
 func (p *proc) begin(cfg initConfig) error {
-	err := json.NewEncoder(p.lifeline).Encode(cfg)
+	err := writeMessage(p.lifeline, cfg.encode())
 	if errors.Is(err, syscall.EPIPE) {
 		return fmt.Errorf("%w: %v", errInitGone, err)
 	}
@@ -137,7 +136,7 @@ func (p *proc) begin(cfg initConfig) error {
 		return fmt.Errorf("send the job's command to its init: %w", err)
 	}
 	var rep startReport
-	if err := p.reports.Decode(&rep); err != nil {
+	if err := p.readReport(rep.decode); err != nil {
 		return fmt.Errorf("job init did not start: %w", err)
 	}
 	if rep.Pid == 0 {
@@ -162,10 +161,19 @@ func (p *proc) kill() { p.cmd.Process.Kill() }
 // init.
 func (p *proc) wait() exitReport {
 	var rep exitReport
-	if err := p.reports.Decode(&rep); err != nil || (!rep.Exited && rep.Signal == 0) {
+	if err := p.readReport(rep.decode); err != nil || (!rep.Exited && rep.Signal == 0) {
 		return exitReport{Signal: int(syscall.SIGKILL)}
 	}
 	return rep
+}
+
+// readReport reads the init's next report and decodes it.
+func (p *proc) readReport(decode func(string) error) error {
+	line, err := readMessage(p.reports)
+	if err != nil {
+		return err
+	}
+	return decode(line)
 }
 
 // reap waits for the init to exit and closes rund's ends of its pipes.
