@@ -65,3 +65,32 @@ func TestInitMessagesRoundTrip(t *testing.T) {
 		t.Errorf("a message cut short: %q read without an error", line)
 	}
 }
+
+// FuzzInitMessages: any line either fails to decode or decodes to messages whose own lines decode to
+// the same again; no line panics a decoder. The lines come from the server or the init, not a job, but
+// the init's side runs beside one.
+func FuzzInitMessages(f *testing.F) {
+	f.Add(initSetup{Hostname: "h", Own: &jobUser{UID: 1, GID: 2}, Dirs: []string{"/d"}}.encode())
+	f.Add(initConfig{Argv: []string{"sh", "-c", "x"}, Env: []string{"A=1"}, Dir: "/"}.encode())
+	f.Add(startReport{Stage: stageExec, Errno: 13, Msg: "m"}.encode())
+	f.Add(exitReport{Exited: true, Code: 3}.encode())
+	f.Add(`"a" "b`)
+	f.Fuzz(func(t *testing.T, line string) {
+		var s, s2 initSetup
+		if s.decode(line) == nil && (s2.decode(s.encode()) != nil || !reflect.DeepEqual(s, s2)) {
+			t.Fatalf("setup from %q: %+v re-decoded to %+v", line, s, s2)
+		}
+		var c, c2 initConfig
+		if c.decode(line) == nil && (c2.decode(c.encode()) != nil || !reflect.DeepEqual(c, c2) || len(c.Argv) < 1) {
+			t.Fatalf("config from %q: %+v re-decoded to %+v", line, c, c2)
+		}
+		var r, r2 startReport
+		if r.decode(line) == nil && (r2.decode(r.encode()) != nil || r != r2) {
+			t.Fatalf("start report from %q: %+v re-decoded to %+v", line, r, r2)
+		}
+		var e, e2 exitReport
+		if e.decode(line) == nil && (e2.decode(e.encode()) != nil || e != e2) {
+			t.Fatalf("exit report from %q: %+v re-decoded to %+v", line, e, e2)
+		}
+	})
+}
