@@ -1403,7 +1403,8 @@ made (2026-11-27), and the figures above are what the current code gives.
 - **GOMAXPROCS=1 for the init** (spawn.go). Each P costs page faults at start-up: perf stat of one init
   start, 21.6 ms of CPU with the default, 18.2 ms with one.
 - **The init's JSON caches built before the Start** (init.go). The start report went out 0.20 -> 0.08 ms
-  after the command's exec (traced).
+  after the command's exec (traced). Since gone with JSON itself: the init and the server exchange lines
+  of quoted fields (initproto.go), which need no cache, and an idle init keeps no reflection pages.
 - **The init's pipes polled, not blocking** (init.go initPipe). One thread fewer (a spare's init 6 -> 5
   threads, a running job's 7 -> 6) and lifecycle p50 8.18 -> 7.80 ms.
 `
