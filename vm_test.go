@@ -23,7 +23,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -61,8 +60,6 @@ type vmArch struct {
 	// it, so arm64 gets a margin of its own. The guest checks' own deadlines are not scaled: they
 	// hold on both, and what they measure (cgroup files, the jobs' own clocks) is in the guest's time.
 	slow int
-	// tcg is qemu's -accel; "" is multi-threaded TCG, a host thread for each of the guest's two CPUs.
-	tcg string
 }
 
 // assetArch is the Debian architecture of arch's kernel and busybox.
@@ -88,12 +85,9 @@ var (
 		console: "ttyAMA0", cache: ".cache/vm-arm64", slow: 2}
 	// armv7: Debian's LPAE multiplatform kernel on qemu's virt machine, whose RAM starts above 4 GiB
 	// of physical address space only with highmem; cortex-a15 is the armv7 core with LPAE and the
-	// virtualisation extensions that -M virt models. Single-threaded TCG: under multi-threaded TCG,
-	// one armv7 run in four (2026-12-05) saw TLS connections inside the guest fail with "bad record
-	// MAC", which no other arch and no later single-threaded run has shown; qemu then emulates the two
-	// CPUs' memory ordering and 32-bit atomics on one host thread, which takes them out of the suspects.
+	// virtualisation extensions that -M virt models.
 	vmARMv7 = vmArch{goarch: "arm", debian: "armhf", qemu: "qemu-system-arm", machine: []string{"-M", "virt", "-cpu", "cortex-a15"},
-		console: "ttyAMA0", cache: ".cache/vm-armhf", slow: 3, tcg: "tcg,thread=single"}
+		console: "ttyAMA0", cache: ".cache/vm-armhf", slow: 3}
 	// riscv64: trixie's kernel (bookworm has no riscv64 port), started by the OpenSBI firmware that
 	// qemu-system-misc ships (-bios default).
 	vmRISCV64 = vmArch{goarch: "riscv64", qemu: "qemu-system-riscv64", machine: []string{"-M", "virt", "-bios", "default"},
@@ -347,7 +341,7 @@ func runVM(arch vmArch, assets map[string]string, initrd, disk, logPath string) 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), arch.scale(vmTimeout))
 	defer cancel()
-	args := append(slices.Clone(arch.machine), "-accel", cmp.Or(arch.tcg, "tcg,thread=multi"), "-smp", "2", "-m", "1024",
+	args := append(slices.Clone(arch.machine), "-accel", "tcg,thread=multi", "-smp", "2", "-m", "1024",
 		"-nographic", "-no-reboot", "-nic", "none",
 		"-kernel", assets["kernel"], "-initrd", initrd,
 		"-append", "console="+arch.console+" cgroup_no_v1=all panic=-1 loglevel=3",
