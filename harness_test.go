@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -69,6 +70,12 @@ func TestMain(m *testing.M) {
 // /run/rund-test-<pid> (or /var/lib/...), which is TMPDIR for the tests: not under any of those, and
 // not under the checkout, whose path may be neither (a clone in /tmp, or in root's 0700 home).
 func runTests(m *testing.M) int {
+	// A fuzzing worker (go test -fuzz runs this binary again with -test.fuzzworker, internal/fuzz) runs
+	// fuzz targets only, which need none of this, and the coordinator kills it at the end: what it made
+	// here would be left behind.
+	if slices.Contains(os.Args[1:], "-test.fuzzworker") {
+		return m.Run()
+	}
 	base := "/run"
 	if fi, err := os.Stat(base); err != nil || !fi.IsDir() {
 		base = "/var/lib"
