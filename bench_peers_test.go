@@ -608,9 +608,7 @@ func benchProcTree(pid int) []benchProcPart {
 
 // clientRun: `rund client run true` of this tree's rund against that of 87fd982 (main the day before
 // issue 24), both against this tree's server, interleaved: wall time (fork and exec to exit) and the
-// client's CPU (its user and system time, from wait4's rusage). This tree's client resumes the TLS session
-// that its previous run left in its cache (sessionFiles); it is also run with an empty cache each time, a
-// full handshake as 87fd982 makes.
+// client's CPU (its user and system time, from wait4's rusage).
 func (b *bench) clientRun(srv *benchProc) {
 	const oldRev = "87fd982"
 	b.t.Logf("client run: this tree against %s ...", oldRev)
@@ -620,9 +618,8 @@ func (b *bench) clientRun(srv *benchProc) {
 		return
 	}
 	ca, crt, key := b.pki.file("ca.crt"), b.pki.file("a.crt"), b.pki.file("a.key")
-	run := func(bin, cache string, wall, cpu *[]float64) {
+	run := func(bin string, wall, cpu *[]float64) {
 		c := exec.Command(bin, "client", "run", "-addr", srv.addr, "-ca", ca, "-cert", crt, "-key", key, "true")
-		c.Env = append(os.Environ(), "XDG_CACHE_HOME="+cache)
 		t0 := time.Now()
 		out, err := c.CombinedOutput()
 		d := time.Since(t0)
@@ -632,22 +629,17 @@ func (b *bench) clientRun(srv *benchProc) {
 		*wall = append(*wall, benchMs(d))
 		*cpu = append(*cpu, benchMs(c.ProcessState.UserTime()+c.ProcessState.SystemTime()))
 	}
-	var newWall, newCPU, oldWall, oldCPU, coldWall, coldCPU []float64
-	for r := range 150 {
+	var newWall, newCPU, oldWall, oldCPU []float64
+	for r := range 100 {
 		time.Sleep(50 * time.Millisecond) // the previous job's cleanup, and the spare it took remade, out of the way
-		switch (r + r/3) % 3 {            // each of the three goes first, second and third as often
-		case 0:
-			run(b.rund, filepath.Join(b.dir, "cache"), &newWall, &newCPU)
-		case 1:
-			run(old, filepath.Join(b.dir, "cache"), &oldWall, &oldCPU)
-		default:
-			run(b.rund, filepath.Join(b.dir, fmt.Sprintf("cache-%d", r)), &coldWall, &coldCPU)
+		if (r/2)%2 == r%2 {               // new, old, old, new, ...: each goes first as often
+			run(b.rund, &newWall, &newCPU)
+		} else {
+			run(old, &oldWall, &oldCPU)
 		}
 	}
 	b.detail("`rund client run true`, this tree: wall %s; client CPU %s", benchSummary(newWall, "ms"), benchSummary(newCPU, "ms"))
 	b.detail("`rund client run true`, %s: wall %s; client CPU %s", oldRev, benchSummary(oldWall, "ms"), benchSummary(oldCPU, "ms"))
-	b.detail("`rund client run true`, this tree with an empty session cache: wall %s; client CPU %s",
-		benchSummary(coldWall, "ms"), benchSummary(coldCPU, "ms"))
 	w, wo := benchPct(newWall, .5), benchPct(oldWall, .5)
 	ratio, target, met := benchJudge(w/wo, 0.8, true)
 	b.rows = append(b.rows, benchRow{fmt.Sprintf("`rund client run true` wall time, this tree against %s: p50", oldRev),
@@ -655,9 +647,6 @@ func (b *bench) clientRun(srv *benchProc) {
 	u, uo := benchPct(newCPU, .5), benchPct(oldCPU, .5)
 	b.rows = append(b.rows, benchRow{"↳ the client's CPU (user + system): p50", fmt.Sprintf("%.1f ms", u),
 		fmt.Sprintf("%.1f ms (%s)", uo, oldRev), fmt.Sprintf("%.2fx", u/uo), "", ""})
-	c := benchPct(coldWall, .5)
-	b.rows = append(b.rows, benchRow{"↳ this tree with no TLS session to resume (a full handshake): wall p50",
-		fmt.Sprintf("%.1f ms", c), fmt.Sprintf("%.1f ms (%s)", wo, oldRev), fmt.Sprintf("%.2fx", c/wo), "", ""})
 }
 
 // buildRundAt builds rund as `make build` does at rev, from a detached worktree that is removed after.

@@ -751,20 +751,16 @@ func (b *bench) startLatency() {
 func (b *bench) clientStatus(srv *benchProc, id string) {
 	b.t.Log("client status wall time ...")
 	ca, crt, key := b.pki.file("ca.crt"), b.pki.file("a.crt"), b.pki.file("a.key")
-	var rundT, minT []float64
 	run := func(name string, args ...string) float64 {
-		c := exec.Command(name, args...)
-		// An empty TLS session cache for each run: a full handshake, as the minimal client makes.
-		cache := filepath.Join(b.dir, fmt.Sprintf("cache-status-%d", len(rundT)+len(minT)))
-		c.Env = append(os.Environ(), "XDG_CACHE_HOME="+cache)
 		t0 := time.Now()
-		out, err := c.CombinedOutput()
+		out, err := exec.Command(name, args...).CombinedOutput()
 		d := benchMs(time.Since(t0))
 		if err != nil || !strings.Contains(string(out), "EXITED") {
 			b.t.Fatalf("%s: %v\n%s", name, err, out)
 		}
 		return d
 	}
+	var rundT, minT []float64
 	for r := range 60 {
 		a := func() {
 			rundT = append(rundT, run(b.rund, "client", "status", "-addr", srv.addr, "-ca", ca, "-cert", crt, "-key", key, id))
@@ -1448,9 +1444,7 @@ const benchMethod = `
   peer the tool's process and its descendants.
 - **Client run**: ` + "`rund client run true`" + ` of this tree's ` + "`make build`" + ` against that of 87fd982 (the day before
   issue 24), both against this tree's server, 50 each, interleaved, 50 ms apart: wall time (fork and exec to
-  exit) and the client process's user + system CPU (wait4's rusage). This tree's client resumes the TLS
-  session its previous run kept (in ` + "`$XDG_CACHE_HOME/rund/tls-sessions`" + `, a directory of the bench's); it
-  is also run 50 times with an empty cache each (a full handshake, as 87fd982's), interleaved with the two.
+  exit) and the client process's user + system CPU (wait4's rusage).
 - **Log streaming**: lossy followers (ReadLog) of a ` + "`yes`" + ` job from offset 0, each on its own connection, counting
   the payload bytes received per window (a follower that falls behind skips what it lost, as rund promises). Raw: as many
   streams of JobLog messages sent from memory, with an offset like rund's. The judged baseline uses 32,742-byte
@@ -1493,7 +1487,7 @@ const benchMethod = `
   as in production).
 - **Client wall time**: fork+exec to exit of ` + "`rund client status ID`" + `, against a minimal static Go client (generated
   by the benchmark, built like ` + "`make build`" + `) that loads the same key pair, dials, calls Status once and prints
-  the state; rund's client with an empty TLS session cache each time, so that both make a full handshake.
+  the state.
 - **Binary size**: ` + "`make build`" + ` (` + "`CGO_ENABLED=0 go build -trimpath -tags grpcnotrace,embedinit -ldflags='-s -w'`" + `, the lean
   init inside), against a gRPC server with TLS and one service (grpc's health service) built the same way but
   without the tags.

@@ -14,11 +14,13 @@ import (
 	"cmp"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -103,7 +105,6 @@ func (c clientCmd) checkArgs(pos []string) error {
 const clientNotes = `
 The server and credentials: -addr -ca -cert -key, else RUND_ADDR RUND_CA RUND_CERT RUND_KEY, else
 localhost:8000 with ca.crt, client.crt and client.key from ./tls if there, else from %s.
-TLS sessions are kept, for the next command to resume, in $XDG_CACHE_HOME/rund/tls-sessions (else ~/.cache).
 run exits as docker run does (rund client run -h); log exits 3 when output was lost; the other
 commands exit 1 on an error, 2 on a usage error.
 run passes SIGINT, SIGTERM, SIGHUP and SIGQUIT on to the job; a second Ctrl-C within 2 s stops it.
@@ -351,22 +352,38 @@ func startFlags(fs *flag.FlagSet, req *rpcpb.JobStartRequest) {
 }
 
 // serverOf is the address and TLS configuration of the server that o, RUND_ADDR, RUND_CA, RUND_CERT
-// and RUND_KEY, or the defaults name, in that order (clientNotes); with a session cache (sessionFiles)
-// when the user's cache directory can hold one.
+// and RUND_KEY, or the defaults name, in that order (clientNotes).
 func serverOf(o *clientOpts) (string, *tls.Config, error) {
-	addr := cmp.Or(o.addr, os.Getenv("RUND_ADDR"), "localhost:8000")
-	cfg, bind, err := clientFiles(cmp.Or(o.ca, os.Getenv("RUND_CA"), defaultFile("ca.crt")),
+	cfg, err := clientTLS(cmp.Or(o.ca, os.Getenv("RUND_CA"), defaultFile("ca.crt")),
 		cmp.Or(o.cert, os.Getenv("RUND_CERT"), defaultFile("client.crt")),
 		cmp.Or(o.key, os.Getenv("RUND_KEY"), defaultFile("client.key")))
 	if errors.Is(err, os.ErrNotExist) {
 		return "", nil, fmt.Errorf(
 			"%w (give -ca, -cert and -key, or set RUND_CA, RUND_CERT and RUND_KEY, or run rund certs)", err)
 	}
-	if err != nil {
-		return "", nil, err
+	return cmp.Or(o.addr, os.Getenv("RUND_ADDR"), "localhost:8000"), cfg, err
+}
+
+// whyUnavailable explains a call to addr that failed with Unavailable when the server refused this
+// client's certificate: in TLS 1.3 the server checks it after the client has finished its handshake, so
+// grpc-go sees a closed connection ("broken pipe") and not the alert. A handshake of our own with cfg,
+// and a read, get the alert; a server that accepts the certificate sends its HTTP/2 settings at once.
+// err otherwise.
+func whyUnavailable(addr string, cfg *tls.Config, err error) error {
+	cfg.NextProtos = []string{"h2"} // grpc-go dials with a copy of cfg (credentials.NewTLS)
+	conn, dialErr := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
+	if dialErr != nil {
+		return err
 	}
-	cfg.ClientSessionCache = newSessionFiles(addr, bind)
-	return addr, cfg, nil
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, readErr := conn.Read(make([]byte, 1))
+	var alert *net.OpError
+	if errors.As(readErr, &alert) && alert.Op == "remote error" {
+		return fmt.Errorf("the server refused this client's certificate (%v): is it signed by the server's CA, "+
+			"for client authentication, and not expired? (%w)", alert.Err, err)
+	}
+	return err
 }
 
 func exitOnErr(err error) (int, error) {
@@ -470,6 +487,18 @@ func streamLog(ctx context.Context, c rpcpb.JobControllerClient, req *rpcpb.LogR
 		out.stderr.Write(msg.Stderr)
 		req.Offset = msg.Offset + uint64(len(msg.Stdout)+len(msg.Stderr))
 	}
+}
+
+// clientTLS is the client's configuration: it trusts only caFile and wants the ServerAuth EKU.
+func clientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+	cfg, err := tlsFiles(caFile, certFile, keyFile)
+	if err != nil {
+		return nil, err
+	}
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		return requireEKU(cs.VerifiedChains[0][0], x509.ExtKeyUsageServerAuth, "server")
+	}
+	return cfg, nil
 }
 
 // unknownCommand says that name is none of names, and which one it is nearest to: the one that starts

@@ -87,7 +87,6 @@ func runTests(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	os.Setenv("TMPDIR", filepath.Join(dir, "tmp"))
-	os.Setenv("XDG_CACHE_HOME", filepath.Join(dir, "cache")) // the client's TLS sessions (sessionFiles)
 	if err := copyFile(mustExecutable(), filepath.Join(dir, "rund.test")); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -585,10 +584,3 @@ func facts(out string) map[string][]string {
 }
 
 func code(err error) string { return status.Code(err).String() }
-
-// clientTLS is clientFiles' configuration alone: no session cache, so that each dial of a test or a
-// benchmark makes a full handshake.
-func clientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
-	cfg, _, err := clientFiles(caFile, certFile, keyFile)
-	return cfg, err
-}

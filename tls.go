@@ -2,9 +2,9 @@
 
 package main
 
-// tls.go owns the server's mutual TLS configuration and its CRL (-crl), and what both ends read alike
-// (readKeyPair, readCA) and require of the other's certificate (requireEKU); the client's own
-// configuration is client.go's clientFiles, and the development PKI certs.go's.
+// tls.go owns the server's mutual TLS configuration and its CRL (-crl), and what both ends load alike
+// (tlsFiles) and require of the other's certificate (requireEKU); the client's own configuration is
+// client.go's clientTLS, and the development PKI certs.go's.
 //
 // Both ends speak TLS 1.3 only and keep Go's default key exchanges (X25519MLKEM768 first): no curve list
 // is pinned. The server requires a client certificate that chains to -ca and carries the ClientAuth
@@ -26,72 +26,54 @@ import (
 
 // loadKeyPair loads a certificate and its key, refusing a key file that group or others can read.
 func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
-	certPEM, keyPEM, err := readKeyPair(certFile, keyFile)
+	fi, err := os.Stat(keyFile)
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	return parseKeyPair(certFile, keyFile, certPEM, keyPEM)
-}
-
-// readKeyPair reads a certificate and its key, refusing a key file that group or others can read.
-func readKeyPair(certFile, keyFile string) (certPEM, keyPEM []byte, err error) {
-	fi, err := os.Stat(keyFile)
-	if err != nil {
-		return nil, nil, err
-	}
 	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, nil, fmt.Errorf(
+		return tls.Certificate{}, fmt.Errorf(
 			"private key %s has mode %v: it must not be readable by group or others (chmod 600 %s)",
 			keyFile, fi.Mode().Perm(), keyFile)
 	}
-	if certPEM, err = os.ReadFile(certFile); err != nil {
-		return nil, nil, err
-	}
-	if keyPEM, err = os.ReadFile(keyFile); err != nil {
-		return nil, nil, err
-	}
-	return certPEM, keyPEM, nil
-}
-
-// parseKeyPair parses what readKeyPair read from certFile and keyFile.
-func parseKeyPair(certFile, keyFile string, certPEM, keyPEM []byte) (tls.Certificate, error) {
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("load %s and %s: %w", certFile, keyFile, err)
 	}
 	return cert, nil
 }
 
-// readCA reads caFile into a pool of the CAs that the other end must chain to; data is the file's.
-func readCA(caFile string) (pool *x509.CertPool, data []byte, err error) {
-	if data, err = os.ReadFile(caFile); err != nil {
-		return nil, nil, err
-	}
-	pool = x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(data) {
-		return nil, nil, fmt.Errorf("read CA %s: no PEM certificate in it", caFile)
-	}
-	return pool, data, nil
-}
-
-// serverTLS is the server's configuration: mutual TLS 1.3 against caFile.
-func serverTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+// tlsFiles is what both ends load alike: TLS 1.3 only, their own certificate, and caFile's pool that the
+// other end must chain to, as RootCAs (which only a client reads) and ClientCAs (which only a server reads).
+func tlsFiles(caFile, certFile, keyFile string) (*tls.Config, error) {
 	cert, err := loadKeyPair(certFile, keyFile)
 	if err != nil {
 		return nil, err
 	}
-	pool, _, err := readCA(caFile)
+	data, err := os.ReadFile(caFile)
 	if err != nil {
 		return nil, err
 	}
-	cfg := &tls.Config{
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("read CA %s: no PEM certificate in it", caFile)
+	}
+	return &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{cert},
+		RootCAs:      pool,
 		ClientCAs:    pool,
-		NextProtos:   []string{"h2"}, // set here too, as rotatingTLS hands this config out directly
-		ClientAuth:   tls.RequireAndVerifyClientCert,
+	}, nil
+}
+
+// serverTLS is the server's configuration: mutual TLS 1.3 against caFile.
+func serverTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+	cfg, err := tlsFiles(caFile, certFile, keyFile)
+	if err != nil {
+		return nil, err
 	}
-	own := cert.Certificate[0]
+	own := cfg.Certificates[0].Certificate[0]
+	cfg.NextProtos = []string{"h2"} // set here too, as rotatingTLS hands this config out directly
+	cfg.ClientAuth = tls.RequireAndVerifyClientCert
 	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
 		leaf := cs.VerifiedChains[0][0]
 		if bytes.Equal(leaf.Raw, own) {

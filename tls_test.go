@@ -123,7 +123,7 @@ func TestTLSServerRejectMatrix(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			cfg.GetClientCertificate = presentingTLS(t, p, pkiKeyPair(t, p, "server")).GetClientCertificate
+			cfg.GetClientCertificate = presentingTLS(t, p, &cfg.Certificates[0]).GetClientCertificate
 			return cfg
 		}, "bad certificate"},
 		{"expired client certificate", func() *tls.Config {
