@@ -414,10 +414,11 @@ func (b *bench) peersIdleMemory(c rpcpb.JobControllerClient, srv *benchProc, too
 			return ps
 		})
 	}
-	if pss["rund"], parts["rund"], err = benchIdlePSS(jobs); err != nil {
+	var roles map[string][]float64
+	if pss["rund"], parts["rund"], roles, err = benchIdlePSS(jobs); err != nil {
 		b.t.Errorf("peers: rund: %v", err)
 	}
-	pss["rund init"] = benchInitPSS(jobs) // the figure: PSS of the init
+	pss["rund init"] = roles["init"] // the figure: PSS of the init
 	for _, id := range ids {
 		if _, err := c.Stop(ctx, id); err != nil {
 			b.t.Fatalf("peers: stop rund idle job: %v", err)
@@ -437,7 +438,7 @@ func (b *bench) peersIdleMemory(c rpcpb.JobControllerClient, srv *benchProc, too
 			}
 		})
 		if err == nil {
-			pss[p.name], parts[p.name], err = benchIdlePSS(jobs)
+			pss[p.name], parts[p.name], _, err = benchIdlePSS(jobs)
 		}
 		if err != nil {
 			b.t.Errorf("peers: %s idle job: %v", p.name, err)
@@ -511,55 +512,44 @@ type benchProcPart struct {
 }
 
 // benchIdlePSS waits until every job's command sleeps, then sums each job's PSS. jobs[i] lists job i's
-// processes. It returns the sums (KiB) and the median job's parts, each with its anonymous share (Pss_Anon:
-// heap, stacks, data written; the rest is files' pages, such as text and libraries).
-func benchIdlePSS(jobs []func() []benchProcPart) ([]float64, string, error) {
+// processes. It returns the sums (KiB), the median job's parts, each with its anonymous share (Pss_Anon:
+// heap, stacks, data written; the rest is files' pages, such as text and libraries), and each job's sum
+// over the processes of each name.
+func benchIdlePSS(jobs []func() []benchProcPart) ([]float64, string, map[string][]float64, error) {
 	// Nothing tells when a job's command has started and gone idle; its state does, so it is polled.
 	deadline := time.Now().Add(30 * time.Second)
 	for _, job := range jobs {
 		for !benchAsleep(job()) {
 			if time.Now().After(deadline) {
-				return nil, "", fmt.Errorf("a job not asleep after 30 s: %v", job())
+				return nil, "", nil, fmt.Errorf("a job not asleep after 30 s: %v", job())
 			}
 			time.Sleep(time.Millisecond)
 		}
 	}
 	var sums []float64
 	var each []string
+	roles := map[string][]float64{}
 	for _, job := range jobs {
 		var sum int64
 		var ps []string
+		role := map[string]int64{}
 		for _, q := range job() {
 			data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", q.pid))
 			if err != nil {
-				return nil, "", err
+				return nil, "", nil, err
 			}
 			kb := benchKBField(data, "Pss")
 			sum += kb
+			role[q.name] += kb
 			ps = append(ps, fmt.Sprintf("%s %d (anon %d)", q.name, kb, benchKBField(data, "Pss_Anon")))
 		}
 		sums = append(sums, float64(sum))
+		for name, kb := range role {
+			roles[name] = append(roles[name], float64(kb))
+		}
 		each = append(each, strings.Join(ps, " + ")+" KiB")
 	}
-	return sums, each[slices.Index(sums, benchPct(sums, .5))], nil
-}
-
-// benchInitPSS is the PSS (KiB) of each job's processes named "init", read after benchIdlePSS found
-// the jobs idle.
-func benchInitPSS(jobs []func() []benchProcPart) []float64 {
-	var sums []float64
-	for _, job := range jobs {
-		var sum int64
-		for _, q := range job() {
-			if q.name != "init" {
-				continue
-			}
-			data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", q.pid))
-			sum += benchKBField(data, "Pss")
-		}
-		sums = append(sums, float64(sum))
-	}
-	return sums
+	return sums, each[slices.Index(sums, benchPct(sums, .5))], roles, nil
 }
 
 // benchAsleep says whether one of a job's processes is sleep(1) blocked in clock_nanosleep: the job is

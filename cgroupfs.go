@@ -202,13 +202,14 @@ func ownCgroup() (string, error) {
 // missing names every controller that lim needs and the hierarchy cannot give, or is empty.
 func (cg *cgroupFS) missing(lim limits) []string {
 	out := slices.DeleteFunc(lim.controllers(), func(c string) bool { return cg.available[c] })
-	if cg.available["io"] && ioMaxValue(lim) != "" && len(cg.ioDevices) == 0 {
+	if !cg.available["io"] || ioMaxValue(lim) == "" {
+		return out
+	}
+	if len(cg.ioDevices) == 0 {
 		out = append(out, "io (rund serve was given no -io_devices)")
 	}
-	if cg.available["io"] && ioMaxValue(lim) != "" {
-		if why := ioLimitsWaitNow(); why != "" {
-			out = append(out, why)
-		}
+	if why := ioLimitsWaitNow(); why != "" {
+		out = append(out, why)
 	}
 	return out
 }

@@ -168,13 +168,14 @@ func (g *e2eGuest) dialAs(name string) (*grpc.ClientConn, error) {
 // or 10 s have passed. A refusal's audit line is written before the client has its answer, but the
 // guest reads the server's stderr on its own goroutine, which may not have got to it yet.
 func (g *e2eGuest) serverLines(n int, subs ...string) []string {
-	timeout := time.AfterFunc(10*time.Second, func() {
+	const bound = 10 * time.Second
+	deadline := time.Now().Add(bound)
+	timeout := time.AfterFunc(bound, func() {
 		g.logMu.Lock()
 		g.logAdded.Broadcast()
 		g.logMu.Unlock()
 	})
 	defer timeout.Stop()
-	deadline := time.Now().Add(10 * time.Second)
 	g.logMu.Lock()
 	defer g.logMu.Unlock()
 	for {

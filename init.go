@@ -302,11 +302,7 @@ func awaitStart(start *bufio.Reader, lock func() error) (cfg initConfig, readErr
 	done := make(chan struct{})
 	go func() {
 		defer close(done) // what it sets is this function's to read from then on
-		line, err := readMessage(start)
-		if err == nil {
-			err = cfg.decode(line)
-		}
-		readErr = err
+		readErr = readDecoded(start, cfg.decode)
 		if readErr == nil {
 			lockErr = lock()
 		}

@@ -142,6 +142,15 @@ func writeMessage(w io.Writer, line string) error {
 	return err
 }
 
+// readDecoded reads one message and decodes it with decode (a message type's decode method).
+func readDecoded(r *bufio.Reader, decode func(string) error) error {
+	line, err := readMessage(r)
+	if err != nil {
+		return err
+	}
+	return decode(line)
+}
+
 // readMessage reads one message's line; io.EOF or io.ErrUnexpectedEOF if the pipe ends before it does.
 func readMessage(r *bufio.Reader) (string, error) {
 	line, err := r.ReadString('\n')

@@ -136,7 +136,7 @@ func (p *proc) begin(cfg initConfig) error {
 		return fmt.Errorf("send the job's command to its init: %w", err)
 	}
 	var rep startReport
-	if err := p.readReport(rep.decode); err != nil {
+	if err := readDecoded(p.reports, rep.decode); err != nil {
 		return fmt.Errorf("job init did not start: %w", err)
 	}
 	if rep.Pid == 0 {
@@ -161,19 +161,10 @@ func (p *proc) kill() { p.cmd.Process.Kill() }
 // init.
 func (p *proc) wait() exitReport {
 	var rep exitReport
-	if err := p.readReport(rep.decode); err != nil || (!rep.Exited && rep.Signal == 0) {
+	if err := readDecoded(p.reports, rep.decode); err != nil || (!rep.Exited && rep.Signal == 0) {
 		return exitReport{Signal: int(syscall.SIGKILL)}
 	}
 	return rep
-}
-
-// readReport reads the init's next report and decodes it.
-func (p *proc) readReport(decode func(string) error) error {
-	line, err := readMessage(p.reports)
-	if err != nil {
-		return err
-	}
-	return decode(line)
 }
 
 // reap waits for the init to exit and closes rund's ends of its pipes.
