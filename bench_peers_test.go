@@ -4,8 +4,8 @@ package main
 // it the same, on one machine, rounds interleaved: bwrap (Debian's bubblewrap), `unshare -Urfpnm
 // --mount-proc` and crun (Debian's crun 1.8, on a bundle made here; see crunPeer), installed from apt if
 // missing and skipped with a note if they cannot be had. For each: the lifecycle of /bin/true one at a
-// time and four at a time, and the memory of an idle job; then `rund client run true` of this tree
-// against that of 87fd982, the day before issue 24.
+// time and four at a time, and the memory of an idle job; and (its own figure, "client") `rund client
+// run true` of this tree against that of 87fd982, the day before issue 24.
 
 import (
 	"bytes"
@@ -79,7 +79,7 @@ func (p *benchPeer) run(c *exec.Cmd) error {
 }
 
 // peers runs each tool's lifecycle one at a time (latency) and four at a time (jobs/s, and the
-// machine's busy CPU per job), alternating with rund's; then the memory of idle jobs, and the client.
+// machine's busy CPU per job), alternating with rund's; then the memory of idle jobs.
 func (b *bench) peers() {
 	b.t.Log("peers: rund, bwrap, unshare, crun ...")
 	srv := b.rundServer("peers")
@@ -153,7 +153,6 @@ func (b *bench) peers() {
 	if _, ok := runs["bwrap"]; ok {
 		b.peersRows(names, lat, cpu, rate, pss)
 	}
-	b.clientRun(srv)
 }
 
 // peersRows are the table's rows: rund against bwrap, judged against the issue's targets; then each
@@ -597,9 +596,11 @@ func benchProcTree(pid int) []benchProcPart {
 }
 
 // clientRun: `rund client run true` of this tree's rund against that of 87fd982 (main the day before
-// issue 24), both against this tree's server, interleaved: wall time (fork and exec to exit) and the
-// client's CPU (its user and system time, from wait4's rusage).
-func (b *bench) clientRun(srv *benchProc) {
+// issue 24), each with the PKI that its own `rund certs` writes (P-256 here, P-521 there), as a user
+// following its README has, and each against a server of this tree that trusts that PKI; then 87fd982's
+// client with this tree's PKI, which is the clients' code alone. Interleaved, each series first as often:
+// wall time (fork and exec to exit) and the client's CPU (its user and system time, from wait4's rusage).
+func (b *bench) clientRun() {
 	const oldRev = "87fd982"
 	b.t.Logf("client run: this tree against %s ...", oldRev)
 	old, err := b.buildRundAt(oldRev)
@@ -607,36 +608,53 @@ func (b *bench) clientRun(srv *benchProc) {
 		b.detail("client run: %s skipped: %v", oldRev, err)
 		return
 	}
-	ca, crt, key := b.pki.file("ca.crt"), b.pki.file("a.crt"), b.pki.file("a.key")
-	run := func(bin string, wall, cpu *[]float64) {
-		c := exec.Command(bin, "client", "run", "-addr", srv.addr, "-ca", ca, "-cert", crt, "-key", key, "true")
+	newPKI, oldPKI := b.certsOf(b.rund, "pki-new"), b.certsOf(old, "pki-"+oldRev)
+	newSrv, oldSrv := b.rundServerPKI("client-new", newPKI), b.rundServerPKI("client-"+oldRev, oldPKI)
+	defer newSrv.stop(b.t)
+	defer oldSrv.stop(b.t)
+	type series struct {
+		bin, pki, addr string
+		wall, cpu      []float64
+	}
+	all := []*series{{bin: b.rund, pki: newPKI, addr: newSrv.addr}, {bin: old, pki: oldPKI, addr: oldSrv.addr},
+		{bin: old, pki: newPKI, addr: newSrv.addr}}
+	for r := range 150 {
+		s := all[(r+r/len(all))%len(all)] // 0 1 2, 1 2 0, 2 0 1, ...
+		time.Sleep(50 * time.Millisecond) // the previous job's cleanup, and the spare it took remade, out of the way
+		c := exec.Command(s.bin, "client", "run", "-addr", s.addr, "-ca", filepath.Join(s.pki, "ca.crt"),
+			"-cert", filepath.Join(s.pki, "client.crt"), "-key", filepath.Join(s.pki, "client.key"), "true")
 		t0 := time.Now()
 		out, err := c.CombinedOutput()
 		d := time.Since(t0)
 		if err != nil {
-			b.t.Fatalf("%s client run true: %v\n%s", bin, err, out)
+			b.t.Fatalf("%s client run true: %v\n%s", s.bin, err, out)
 		}
-		*wall = append(*wall, benchMs(d))
-		*cpu = append(*cpu, benchMs(c.ProcessState.UserTime()+c.ProcessState.SystemTime()))
+		s.wall = append(s.wall, benchMs(d))
+		s.cpu = append(s.cpu, benchMs(c.ProcessState.UserTime()+c.ProcessState.SystemTime()))
 	}
-	var newWall, newCPU, oldWall, oldCPU []float64
-	for r := range 100 {
-		time.Sleep(50 * time.Millisecond) // the previous job's cleanup, and the spare it took remade, out of the way
-		if (r/2)%2 == r%2 {               // new, old, old, new, ...: each goes first as often
-			run(b.rund, &newWall, &newCPU)
-		} else {
-			run(old, &oldWall, &oldCPU)
-		}
-	}
-	b.detail("`rund client run true`, this tree: wall %s; client CPU %s", benchSummary(newWall, "ms"), benchSummary(newCPU, "ms"))
-	b.detail("`rund client run true`, %s: wall %s; client CPU %s", oldRev, benchSummary(oldWall, "ms"), benchSummary(oldCPU, "ms"))
-	w, wo := benchPct(newWall, .5), benchPct(oldWall, .5)
+	cur, was, same := all[0], all[1], all[2]
+	b.detail("`rund client run true`, this tree, its PKI: wall %s; client CPU %s", benchSummary(cur.wall, "ms"), benchSummary(cur.cpu, "ms"))
+	b.detail("`rund client run true`, %s, its PKI: wall %s; client CPU %s", oldRev, benchSummary(was.wall, "ms"), benchSummary(was.cpu, "ms"))
+	b.detail("`rund client run true`, %s, this tree's PKI: wall %s; client CPU %s", oldRev, benchSummary(same.wall, "ms"), benchSummary(same.cpu, "ms"))
+	w, wo := benchPct(cur.wall, .5), benchPct(was.wall, .5)
 	ratio, target, met := benchJudge(w/wo, 0.8, true)
-	b.rows = append(b.rows, benchRow{fmt.Sprintf("`rund client run true` wall time, this tree against %s: p50", oldRev),
+	b.rows = append(b.rows, benchRow{fmt.Sprintf("`rund client run true` wall time, this tree against %s, each with its own `rund certs`: p50", oldRev),
 		fmt.Sprintf("%.1f ms", w), fmt.Sprintf("%.1f ms (%s)", wo, oldRev), ratio, target, met})
-	u, uo := benchPct(newCPU, .5), benchPct(oldCPU, .5)
+	u, uo := benchPct(cur.cpu, .5), benchPct(was.cpu, .5)
 	b.rows = append(b.rows, benchRow{"↳ the client's CPU (user + system): p50", fmt.Sprintf("%.1f ms", u),
 		fmt.Sprintf("%.1f ms (%s)", uo, oldRev), fmt.Sprintf("%.2fx", u/uo), "", ""})
+	ws := benchPct(same.wall, .5)
+	b.rows = append(b.rows, benchRow{"↳ wall time, both with this tree's PKI (the clients' code alone): p50", fmt.Sprintf("%.1f ms", w),
+		fmt.Sprintf("%.1f ms (%s)", ws, oldRev), fmt.Sprintf("%.2fx", w/ws), "", ""})
+}
+
+// certsOf is a new directory of b.dir with the PKI that bin's `rund certs` writes.
+func (b *bench) certsOf(bin, name string) string {
+	dir := filepath.Join(b.dir, name)
+	if out, err := exec.Command(bin, "certs", "-dir", dir).CombinedOutput(); err != nil {
+		b.t.Fatalf("%s certs -dir %s: %v\n%s", bin, dir, err, out)
+	}
+	return dir
 }
 
 // buildRundAt builds rund as `make build` does at rev, from a detached worktree that is removed after.

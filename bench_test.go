@@ -360,9 +360,16 @@ func (b *bench) cgroup(name string) string {
 // rundServer starts the static rund with default settings but for bounds raised above what the
 // benchmark itself needs (live jobs, log streams per client).
 func (b *bench) rundServer(name string, extra ...string) *benchProc {
+	return b.rundServerPKI(name, b.pki.dir, extra...)
+}
+
+// rundServerPKI is rundServer with the CA and server certificate of pki, a directory as `rund certs`
+// writes.
+func (b *bench) rundServerPKI(name, pki string, extra ...string) *benchProc {
 	parent := b.cgroup(name)
 	cmd := exec.Command(b.rund, append([]string{"serve", "-addr", "127.0.0.1:0", "-cgroup", parent,
-		"-ca", b.pki.file("ca.crt"), "-cert", b.pki.file("server.crt"), "-key", b.pki.file("server.key"),
+		"-ca", filepath.Join(pki, "ca.crt"), "-cert", filepath.Join(pki, "server.crt"),
+		"-key", filepath.Join(pki, "server.key"),
 		"-max_jobs", "3000", "-max_jobs_per_client", "3000",
 		"-max_requests", "10000", "-max_requests_per_client", "5000",
 		// No bound on the jobs' /tmp in all: where the memory controller is missing (this host), it
@@ -586,6 +593,7 @@ func TestBenchReport(t *testing.T) {
 		{"start", b.startLatency},
 		{"sustained", b.sustainedStarts},
 		{"peers", b.peers},
+		{"client", b.clientRun},
 		{"log1", func() { b.logFollowers(1) }},
 		{"log100", func() { b.logFollowers(100) }},
 		{"output", func() {
@@ -1410,7 +1418,7 @@ const benchMethod = `
 
 - **rund** is the static binary built like ` + "`make build`" + `, run as ` + "`rund serve`" + ` with its default settings except
   -max_jobs, -max_jobs_per_client and -max_requests(_per_client), raised so the benchmark never meets them. Clients
-  use the test PKI (ECDSA P-521, like ` + "`rund certs`" + `), TLS 1.3, one connection each. A fresh server per figure.
+  use the test PKI (ECDSA P-256, like ` + "`rund certs`" + `), TLS 1.3, one connection each. A fresh server per figure.
 - **The raw gRPC server** is this test binary re-executed (RUND_BENCH_ROLE=rawserver): the same TLS configuration,
   gRPC options and rpcpb messages as rund, with handlers that do only what the figure needs.
 - **Start RPC latency**: sequential Start of ` + "`true`" + ` on an open connection; the job is waited for (untimed), then

@@ -468,11 +468,11 @@ func TestWriteDevPKI(t *testing.T) {
 	}
 	for name, c := range certs {
 		pub, ok := c.PublicKey.(*ecdsa.PublicKey)
-		if !ok || pub.Curve != elliptic.P521() {
-			t.Errorf("%s: public key %T, want ECDSA P-521", name, c.PublicKey)
+		if !ok || pub.Curve != elliptic.P256() {
+			t.Errorf("%s: public key %T, want ECDSA P-256", name, c.PublicKey)
 		}
-		if c.SignatureAlgorithm != x509.ECDSAWithSHA512 {
-			t.Errorf("%s: signed with %v, want ECDSA-SHA512", name, c.SignatureAlgorithm)
+		if c.SignatureAlgorithm != x509.ECDSAWithSHA256 {
+			t.Errorf("%s: signed with %v, want ECDSA-SHA256", name, c.SignatureAlgorithm)
 		}
 	}
 
