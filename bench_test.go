@@ -1451,8 +1451,10 @@ const benchMethod = `
   the job is not counted, and its two idle spare inits share the init's pages without being counted); for a
   peer the tool's process and its descendants.
 - **Client run**: ` + "`rund client run true`" + ` of this tree's ` + "`make build`" + ` against that of 87fd982 (the day before
-  issue 24), both against this tree's server, 50 each, interleaved, 50 ms apart: wall time (fork and exec to
-  exit) and the client process's user + system CPU (wait4's rusage).
+  issue 24), each with the PKI that its own ` + "`rund certs`" + ` writes (ECDSA P-256 here, P-521 at 87fd982), as a
+  user following its README has, each against a server of this tree that trusts that PKI; and 87fd982's
+  client with this tree's PKI, the clients' code alone. 50 each, interleaved, 50 ms apart: wall time (fork
+  and exec to exit) and the client process's user + system CPU (wait4's rusage).
 - **Log streaming**: lossy followers (ReadLog) of a ` + "`yes`" + ` job from offset 0, each on its own connection, counting
   the payload bytes received per window (a follower that falls behind skips what it lost, as rund promises). Raw: as many
   streams of JobLog messages sent from memory, with an offset like rund's. The judged baseline uses 32,742-byte
