@@ -257,6 +257,7 @@ type certSpec struct {
 	notBefore time.Time
 	notAfter  time.Time
 	isCA      bool
+	curve     elliptic.Curve // nil: P-256
 }
 
 // issued is a certificate and its key.
@@ -270,7 +271,11 @@ type issued struct {
 // reach, but crypto/ecdsa's P-256 ships its tables precomputed (and assembly on amd64 and arm64), where
 // P-521 builds its table in each new process, so every `rund client` paid for it before its handshake.
 func issue(spec certSpec, parent *issued) (*issued, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	curve := spec.curve
+	if curve == nil {
+		curve = elliptic.P256()
+	}
+	key, err := ecdsa.GenerateKey(curve, rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("generate a key for %q: %w", spec.name, err)
 	}

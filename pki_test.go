@@ -6,6 +6,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -13,6 +15,7 @@ import (
 	"errors"
 	"log"
 	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -210,6 +213,59 @@ func TestCertsIssuedIdentitiesServe(t *testing.T) {
 	other, err := dialNamed(t, ts, "client", "dev2.example").Status(ctx(t), &rpcpb.JobIdentifier{Ulid: id})
 	if status.Code(err) != codes.NotFound {
 		t.Errorf("alice's job to the identity client: %v %v, want NotFound", other, err)
+	}
+}
+
+// TestP521PKIStillWorks: a PKI of ECDSA P-521 keys, as rund certs wrote before it wrote P-256 (issue
+// 24), still serves: the server's and the client's configurations from those files complete a mutual
+// handshake, and the server sees the client's certificate.
+func TestP521PKIStillWorks(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := issue(certSpec{name: "old CA", isCA: true, curve: elliptic.P521()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writePEM(t, filepath.Join(dir, "ca.crt"), ca.cert.Raw)
+	leaves := map[string]certSpec{
+		"server": {name: "localhost", dns: []string{"localhost"}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}},
+		"client": {name: "client", dns: []string{"client"}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}},
+	}
+	for name, spec := range leaves {
+		spec.curve = elliptic.P521()
+		c, err := issue(spec, ca)
+		if err == nil {
+			err = c.write(dir, name)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pub := readCert(t, filepath.Join(dir, name+".crt")).PublicKey.(*ecdsa.PublicKey); pub.Curve != elliptic.P521() {
+			t.Fatalf("%s: key on %s, want P-521", name, pub.Curve.Params().Name)
+		}
+	}
+	srvCfg, err := serverTLS(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cliCfg, err := clientTLS(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "client.crt"), filepath.Join(dir, "client.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cliCfg.ServerName, cliCfg.NextProtos = "localhost", []string{"h2"}
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	srv := tls.Server(a, srvCfg)
+	done := make(chan error, 1)
+	go func() { done <- srv.Handshake() }()
+	if err := tls.Client(b, cliCfg).Handshake(); err != nil {
+		t.Fatalf("client handshake: %v", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("server handshake: %v", err)
+	}
+	if peers := srv.ConnectionState().PeerCertificates; len(peers) == 0 || peers[0].Subject.CommonName != "client" {
+		t.Errorf("the server sees %v, want the client's certificate", peers)
 	}
 }
 
