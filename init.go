@@ -35,9 +35,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -50,18 +48,6 @@ import (
 // defaultPath is the PATH of a job whose request sets none.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// forwardedSignals are passed on from the init to the command (and so are what the Signal RPC may send,
-// besides SIGKILL). Not SIGURG: the Go runtime preempts its own threads with it.
-var forwardedSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT,
-	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGCONT, syscall.SIGWINCH, syscall.SIGALRM, syscall.SIGTSTP}
-
-// stopSignal is the server's Stop, sent to the init alone: SIGTERM to every process of the job, and the
-// init waits for all of them (a second stopSignal: SIGKILL to them all), as systemd's
-// KillMode=control-group stops a unit (systemd.kill(5)), so a nested shell's trap runs within the grace
-// period. SIGPWR, as lxc-stop asks a container's init to halt (lxc.container.conf(5), lxc.signal.halt);
-// no command is sent it.
-const stopSignal = syscall.SIGPWR
-
 // runInit is the body of "rund init", the PID 1 of a job. It returns the process exit code.
 func runInit() int {
 	if os.Getpid() != 1 || len(os.Args) != 2 {
@@ -70,8 +56,7 @@ func runInit() int {
 	}
 	cfgPipe, repPipe := initPipe(3, "config"), initPipe(4, "report")
 	config := bufio.NewReader(cfgPipe)
-	sigs := make(chan os.Signal, 8)
-	pid, fail := setUpJob(config, sigs)
+	pid, fail := setUpJob(config)
 	if fail == errNoStart {
 		return 1 // rund is gone: no one to report to
 	}
@@ -81,27 +66,7 @@ func runInit() int {
 	}
 	writeMessage(repPipe, startReport{Pid: pid}.encode())
 	var stopping atomic.Bool // a Stop came: the init waits for every process, not the command alone
-	go func() {
-		for s := range sigs {
-			if s != stopSignal {
-				syscall.Kill(pid, s.(syscall.Signal))
-				continue
-			}
-			// The first is the Stop, the next its grace period's end. Stopping is known before the
-			// SIGTERM, so reap cannot return alone once the command ends. kill -1: every process of our
-			// PID namespace but ourselves (kill(2)), so also one that left the job's cgroup.
-			if stopping.Swap(true) {
-				syscall.Kill(-1, syscall.SIGKILL)
-				continue
-			}
-			syscall.Kill(-1, syscall.SIGTERM)
-		}
-	}()
-	go func() {
-		// The lifeline: rund holds the write end; EOF means it is gone, so the job goes too.
-		io.Copy(io.Discard, config)
-		syscall.Kill(-1, syscall.SIGKILL)
-	}()
+	go obey(config, pid, &stopping)
 	ws := reap(pid)
 	if stopping.Load() {
 		// The rest of the job has its grace period too; after it, rund's cgroup.kill ends them all.
@@ -119,6 +84,35 @@ func runInit() int {
 	return 0 // our exit makes the kernel SIGKILL whatever is left in the namespace
 }
 
+// obey carries out the server's orders (spawn.go signal and stop) until the config pipe ends, which is
+// the lifeline: rund holds its write end, and once rund is gone the job goes too; an order that does not
+// decode ends the job the same way. Orders, not signals to the init: os/signal would keep two threads in
+// every init, and their wakeups cost a contained job about a tenth of its CPU (BENCHMARKS.md, issue 24).
+// A Stop sends SIGTERM to every process of the job and makes the init wait for all of them; a second
+// Stop, its grace period's end, sends them SIGKILL: as systemd's KillMode=control-group stops a unit
+// (systemd.kill(5)), so that a nested shell's trap runs within the grace period. kill -1 is every
+// process of our PID namespace but ourselves (kill(2)), so also one that left the job's cgroup.
+// Stopping is set before the SIGTERM, so reap cannot return alone once the command ends.
+func obey(config *bufio.Reader, pid int, stopping *atomic.Bool) {
+	for {
+		var o order
+		if err := readDecoded(config, o.decode); err != nil {
+			syscall.Kill(-1, syscall.SIGKILL)
+			return
+		}
+		if !o.Stop {
+			syscall.Kill(pid, syscall.Signal(o.Signal))
+			continue
+		}
+		again := stopping.Swap(true)
+		if again {
+			syscall.Kill(-1, syscall.SIGKILL)
+			continue
+		}
+		syscall.Kill(-1, syscall.SIGTERM)
+	}
+}
+
 // errNoStart is setUpJob's answer when the config pipe broke before a Start came: rund is gone.
 var errNoStart = &startReport{Msg: "no Start: rund is gone"}
 
@@ -131,7 +125,7 @@ var errNoStart = &startReport{Msg: "no Start: rund is gone"}
 // Invariant (fail closed): a step that fails ends the setup, and no command runs; setUpJob never goes
 // on past an error (TestSetupStepsFatal fails each step in turn). The steps of a spare run before its
 // Start, where no job code runs; at the Start only the mounts are locked and the command started.
-func setUpJob(start *bufio.Reader, sigs chan<- os.Signal) (int, *startReport) {
+func setUpJob(start *bufio.Reader) (int, *startReport) {
 	setupFailed := func(err error) (int, *startReport) {
 		return 0, failure(stageSetup, err, "set up the job: %v", err)
 	}
@@ -193,8 +187,6 @@ func setUpJob(start *bufio.Reader, sigs chan<- os.Signal) (int, *startReport) {
 		// threads do not (Go starts none from a locked thread, runtime newm).
 		go superviseClone3(listener)
 	}
-	// The kernel drops signals to a PID 1 without a handler; rund sends none before the start report.
-	signal.Notify(sigs, append(forwardedSignals, stopSignal)...)
 	// A SPARE, READY: it waits here for its Start. No job code has run. The Start is read, and the mounts
 	// locked, on another thread, checked to be without the job's filter (awaitStart, lockMounts).
 	lock := func() error { return nil }

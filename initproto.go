@@ -33,6 +33,13 @@ type initConfig struct {
 	Dir  string
 }
 
+// order is what the server tells the init after the Start, on the same pipe (init.go obey): a signal
+// for the command, or the Stop.
+type order struct {
+	Signal int  // sent to the command, when not Stop
+	Stop   bool // SIGTERM to every process of the job; a second Stop: SIGKILL to them
+}
+
 // jobUser is a contained job's own host uid and gid (pool.go uidRange).
 type jobUser struct {
 	UID uint32
@@ -133,6 +140,17 @@ func (r *exitReport) decode(line string) error {
 	r.Exited = f.bool(f.str())
 	r.Code = f.int(f.str())
 	r.Signal = f.int(f.str())
+	return f.err
+}
+
+func (o order) encode() string {
+	return quoteFields([]string{strconv.Itoa(o.Signal), strconv.FormatBool(o.Stop)})
+}
+
+func (o *order) decode(line string) error {
+	f := &fields{line: line}
+	o.Signal = f.int(f.str())
+	o.Stop = f.bool(f.str())
 	return f.err
 }
 

@@ -208,14 +208,14 @@ func (j *job) stop(ctx context.Context) error {
 // process that left the cgroup (only one running as host root can, -unsafe_uncontained_jobs) and then
 // reports the command's own end. An init that does not end is killed, which ends its PID namespace.
 func (j *job) escalate() {
-	j.proc.signal(stopSignal)
+	j.proc.stop()
 	select {
 	case <-j.done:
 		return
 	case <-time.After(j.grace): // an unfired timer is collected since Go 1.23, no Stop needed
 	}
 	j.logErr(kill(j.cg.jobDir()))
-	j.proc.signal(stopSignal)
+	j.proc.stop()
 	select {
 	case <-j.done:
 	case <-time.After(initReportWait):

@@ -150,8 +150,23 @@ func (p *proc) begin(cfg initConfig) error {
 // init alone holds the pipe's read end; its command does not inherit it (close_range, init.go).
 var errInitGone = errors.New("the job's init is gone")
 
-// signal sends sig to the init, which forwards it to the command.
-func (p *proc) signal(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
+// signal has the init send sig to the command; os.ErrProcessDone once the init is gone.
+func (p *proc) signal(sig syscall.Signal) error { return p.order(order{Signal: int(sig)}) }
+
+// stop has the init send SIGTERM to every process of the job, and SIGKILL when called again.
+func (p *proc) stop() error { return p.order(order{Stop: true}) }
+
+// order writes o to the init (init.go obey). The pipe's write end is rund's alone, an *os.File writes
+// each message whole however many goroutines write, and a message is far under PIPE_BUF (pipe(7)). The
+// init reads its orders as they come, so a write does not wait. EPIPE: the init is gone, as is its
+// read end; os.ErrClosed: reap has closed the pipe.
+func (p *proc) order(o order) error {
+	err := writeMessage(p.lifeline, o.encode())
+	if errors.Is(err, syscall.EPIPE) || errors.Is(err, os.ErrClosed) {
+		return os.ErrProcessDone
+	}
+	return err
+}
 
 // kill ends the init at once; the kernel then SIGKILLs every process in its PID namespace.
 func (p *proc) kill() { p.cmd.Process.Kill() }

@@ -133,6 +133,11 @@ func jobEnv(extra []string) []string {
 	return env
 }
 
+// forwardedSignals are what the Signal RPC may send a job besides SIGKILL (which is cgroup.kill): the
+// job's init sends them to its command (init.go obey).
+var forwardedSignals = []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT,
+	unix.SIGUSR1, unix.SIGUSR2, unix.SIGCONT, unix.SIGWINCH, unix.SIGALRM, unix.SIGTSTP}
+
 // parseSignal reads a signal a client may send: a name (SIGINT or INT, any case) or a number, of the
 // signals the init forwards, or SIGKILL.
 func parseSignal(s string) (unix.Signal, error) {
