@@ -4,8 +4,8 @@ package main
 // server over two pipes (spawn.go is the server's side). The init sets up the job as setUpJob says, in
 // the order it happens: its namespaces and mounts (the table jobMounts), what the command inherits from
 // the forking thread, the syscall filter (seccomp.go); then it waits for the Start, execs the command as
-// PID 2 into <job>/job (clone3 + CLONE_INTO_CGROUP), forwards signals to it, reaps orphans and reports
-// the command's exact wait status.
+// PID 2 into <job>/job (clone3 + CLONE_INTO_CGROUP), sends it the signals the server orders, reaps
+// orphans and reports the command's exact wait status.
 //
 // Why a PID 1 of our own: the kernel drops signals to a namespace's init that has no handler for them
 // (pid_namespaces(7)), so a command run as PID 1 could not be stopped with SIGTERM, and nothing would
@@ -16,7 +16,8 @@ package main
 //
 //	0      /dev/null
 //	1, 2   the job's stdout and stderr pipes (the command inherits them)
-//	3      config pipe: one initConfig, then kept open as a lifeline: EOF means rund died
+//	3      config pipe: one initConfig, then the server's orders (obey); kept open as a lifeline: EOF
+//	       means rund died
 //	4      report pipe: one startReport, then, if the command started, one exitReport
 //	5      <job>/job cgroup directory, for CLONE_INTO_CGROUP of the command
 //
@@ -29,7 +30,8 @@ package main
 //   - the Start reader (awaitStart): reads the Start and locks a contained job's mounts on a thread the
 //     filter is not on, hands both results to main over a channel, and ends.
 //   - the clone3 supervisor (seccomp.go): started once the filter is on; ends with the process.
-//   - the signal forwarder and the lifeline reader: started once the command runs; end with the process.
+//   - the order reader (obey), which is also the lifeline's: started once the command runs; ends with the
+//     process.
 
 import (
 	"bufio"
@@ -86,8 +88,9 @@ func runInit() int {
 
 // obey carries out the server's orders (spawn.go signal and stop) until the config pipe ends, which is
 // the lifeline: rund holds its write end, and once rund is gone the job goes too; an order that does not
-// decode ends the job the same way. Orders, not signals to the init: os/signal would keep two threads in
-// every init, and their wakeups cost a contained job about a tenth of its CPU (BENCHMARKS.md, issue 24).
+// decode ends the job the same way. Orders, not signals to the init: os/signal made four of an init's
+// threads, and their wakeups cost a contained job 7% of its CPU (BENCHMARKS.md, "Where a Start's time
+// goes").
 // A Stop sends SIGTERM to every process of the job and makes the init wait for all of them; a second
 // Stop, its grace period's end, sends them SIGKILL: as systemd's KillMode=control-group stops a unit
 // (systemd.kill(5)), so that a nested shell's trap runs within the grace period. kill -1 is every

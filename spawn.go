@@ -69,7 +69,7 @@ func sealInit() error {
 // proc is a started init, as rund sees it.
 type proc struct {
 	cmd      *exec.Cmd
-	lifeline *os.File      // write end of the config pipe, held open while the job runs
+	lifeline *os.File      // write end of the config pipe: the Start, then orders; held open while the job runs
 	reports  *bufio.Reader // the report pipe
 	report   *os.File
 }
