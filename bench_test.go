@@ -1330,6 +1330,34 @@ several times what it does on bare metal); the lines it names are in "Measuremen
   off the CPU. The target allows about 8 ms of CPU per job in all here, less than a Go program's start plus
   the command, so it cannot be met while every job has a Go init of its own, and that init is what gives a
   job SIGTERM, orphan reaping and an exact exit status (spawn.go).
+- **Peers: jobs/s with four in flight (issue 24, target 0.8x of bwrap).** At the line: 0.81x and 0.796x in
+  two runs of 2026-12-06 ("Peers (issue 24)"), 0.75x in one on a busier machine. CPU-bound: eight in flight
+  give the same jobs/s as four, and jobs/s times busy CPU per job comes to 1.97 of the 2 CPUs, so the ratio
+  is about bwrap's CPU per job over rund's: 0.8x needs at most about 1.25x of bwrap's CPU per job.
+  Profiled on 2026-12-06 (perf record -a -g, 12 s at four in flight; temporary harnesses, not kept),
+  before the init took its orders on its pipe: the jobs' inits took 65% of the machine's CPU, the server
+  13%, ` + "`true`" + ` 10%, the bench's client side 4.5%, kernel workers 4%. Of the inits' share: user code 38%
+  (the Go runtime's start, rt0_go, 20% with its kernel time; its threads' scheduling, mstart, 17%; our
+  init's own functions about 10%), page faults 22% (an idle spare has taken about 200; of the sampled
+  ones a quarter fall in the runtime's start, a fifth in the fork of the command and the return to one P
+  after it), the process's exit 5.5%, the command's execve 4.8% (bwrap pays it too), sysmon's naps 4.5%,
+  clone3 3.3%, futex 3%. Per job (perf stat -a and /proc/stat, 6-8 s at four in flight) rund made 390-412
+  context switches and bwrap 66, page faults 360 against 298. Of the inits' switches 47% were in
+  nanosleep (sysmon naps 20 µs at a time while any P runs or sits in a syscall: runtime/proc.go sysmon)
+  and 26% in futex (an M handing its P to another). The init had 8-9 threads, four of them made by
+  os/signal's Notify (its signal-mask thread, the thread its receive loop blocks, and the Ms these took
+  from the locked one); with the server's orders on the config pipe instead (init.go obey), it has 5, and
+  an A/B of four alternating rounds gave 289 context switches per job against 397, page faults 331
+  against 359, CPU per job -7% and jobs/s +9%. Of what is left, sysmon is most: a toolchain copy patched
+  to nap 2 ms instead of 20 µs (both init and server; not kept) cut the switches per job from 412 to 226,
+  CPU per job by 5% and raised jobs/s by 6%, and a Go program cannot change sysmon. Tried and not kept:
+  the init at two Ps after its fork (CPU the same, idle init PSS 934 -> 1012 KiB), and at two Ps from its
+  start (CPU the same within the noise, context switches 300 against 284 and page faults 377 against 331
+  per job); and the forking thread's steps (no_new_privs, keyring, groups, RLIMIT_NPROC, the filter)
+  taken after the Start, so that no locked thread waits in a spare (CPU per job -3%, within the noise;
+  Start +1.5 ms and lifecycle +1.9 ms, +17%). An init that is not a Go program would close the gap, and
+  the shape of rund rules it out. The runtime's own start is a fifth of an init's CPU, a third of that in
+  internal/cpu.Initialize, whose CPUID instructions each exit to the hypervisor on this VM.
 - **Containment: Start and lifecycle (target 1.25x of the same server with -unsafe_uncontained_jobs).**
   The user namespace is the cost, and at the Start it has a floor that the target does not leave room
   for. Go's ForkExec cannot use vfork for a child in a new user namespace (syscall/exec_linux.go: the
@@ -1409,6 +1437,10 @@ made (2026-11-27), and the figures above are what the current code gives.
 - **The init's JSON caches built before the Start** (init.go). The start report went out 0.20 -> 0.08 ms
   after the command's exec (traced). Since gone with JSON itself: the init and the server exchange lines
   of quoted fields (initproto.go), which need no cache, and an idle init keeps no reflection pages.
+- **The init's orders on its pipe, not signals** (init.go obey, spawn.go order). os/signal's Notify
+  made four of an init's 8-9 threads; without it an init has 5. A/B of four alternating rounds, four
+  jobs in flight (2026-12-06): context switches per job 397 -> 289, page faults 359 -> 331, CPU per job
+  -7%, jobs/s +9%.
 - **The init's pipes polled, not blocking** (init.go initPipe). One thread fewer (a spare's init 6 -> 5
   threads, a running job's 7 -> 6) and lifecycle p50 8.18 -> 7.80 ms.
 `
