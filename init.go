@@ -86,11 +86,12 @@ func runInit() int {
 	return 0 // our exit makes the kernel SIGKILL whatever is left in the namespace
 }
 
-// obey carries out the server's orders (spawn.go signal and stop) until the config pipe ends, which is
-// the lifeline: rund holds its write end, and once rund is gone the job goes too; an order that does not
-// decode ends the job the same way. Orders, not signals to the init: os/signal made four of an init's
-// threads, and their wakeups cost a contained job 7% of its CPU (BENCHMARKS.md, "Where a Start's time
-// goes").
+// obey carries out the server's orders (initproto.go orderStop; spawn.go signal and stop) until the
+// config pipe ends, which is the lifeline: rund holds its write end, and once rund is gone the job goes
+// too. Orders, not signals to the init: os/signal made four of an init's threads, and their wakeups
+// cost a contained job 7% of its CPU (BENCHMARKS.md, "Where a Start's time goes"). Without a handler,
+// a SIGINT, SIGTERM or SIGHUP from outside would end the init, so it has a session of its own
+// (spawn.go), and only the host's root can send it one.
 // A Stop sends SIGTERM to every process of the job and makes the init wait for all of them; a second
 // Stop, its grace period's end, sends them SIGKILL: as systemd's KillMode=control-group stops a unit
 // (systemd.kill(5)), so that a nested shell's trap runs within the grace period. kill -1 is every
@@ -98,13 +99,13 @@ func runInit() int {
 // Stopping is set before the SIGTERM, so reap cannot return alone once the command ends.
 func obey(config *bufio.Reader, pid int, stopping *atomic.Bool) {
 	for {
-		var o order
-		if err := readDecoded(config, o.decode); err != nil {
+		o, err := config.ReadByte()
+		if err != nil {
 			syscall.Kill(-1, syscall.SIGKILL)
 			return
 		}
-		if !o.Stop {
-			syscall.Kill(pid, syscall.Signal(o.Signal))
+		if o != orderStop {
+			syscall.Kill(pid, syscall.Signal(o))
 			continue
 		}
 		again := stopping.Swap(true)

@@ -2,8 +2,9 @@ package main
 
 // initproto.go is the protocol between the server (spawn.go) and a job's init (init.go): its messages,
 // each one line of fields in a fixed order, every field a Go-quoted string (strconv.Quote: any byte,
-// newlines and NUL escaped, so a line holds a whole message and RUND_INIT no NUL). Not encoding/json:
-// its code, and the reflection caches it builds, are pages that every idle init kept (issue 24).
+// newlines and NUL escaped, so a line holds a whole message and RUND_INIT no NUL), and after the Start
+// the server's orders, a byte each (orderStop). Not encoding/json: its code, and the reflection caches
+// it builds, are pages that every idle init kept (issue 24).
 
 import (
 	"bufio"
@@ -33,12 +34,11 @@ type initConfig struct {
 	Dir  string
 }
 
-// order is what the server tells the init after the Start, on the same pipe (init.go obey): a signal
-// for the command, or the Stop.
-type order struct {
-	Signal int  // sent to the command, when not Stop
-	Stop   bool // SIGTERM to every process of the job; a second Stop: SIGKILL to them
-}
+// After the Start the server gives the init orders on the same pipe (init.go obey, spawn.go order):
+// each one byte, a signal number to send the command, or orderStop. One byte, so that reading one
+// allocates nothing: the init never collects (GOGC=off), and a client may send as many Signals as it
+// likes.
+const orderStop byte = 0xff // SIGTERM to every process of the job; a second one: SIGKILL to them
 
 // jobUser is a contained job's own host uid and gid (pool.go uidRange).
 type jobUser struct {
@@ -140,17 +140,6 @@ func (r *exitReport) decode(line string) error {
 	r.Exited = f.bool(f.str())
 	r.Code = f.int(f.str())
 	r.Signal = f.int(f.str())
-	return f.err
-}
-
-func (o order) encode() string {
-	return quoteFields([]string{strconv.Itoa(o.Signal), strconv.FormatBool(o.Stop)})
-}
-
-func (o *order) decode(line string) error {
-	f := &fields{line: line}
-	o.Signal = f.int(f.str())
-	o.Stop = f.bool(f.str())
 	return f.err
 }
 

@@ -42,12 +42,6 @@ func TestInitMessagesRoundTrip(t *testing.T) {
 			t.Errorf("exit report %+v: decoded to %+v, %v", r, got, err)
 		}
 	}
-	for _, o := range []order{{Signal: 15}, {Stop: true}} {
-		var got order
-		if err := got.decode(o.encode()); err != nil || got != o {
-			t.Errorf("order %+v: decoded to %+v, %v", o, got, err)
-		}
-	}
 	bad := map[string]func(string) error{
 		`"1" "" "" "x"`:        new(initSetup).decode, // TmpSize not a number
 		`"h" "1"`:              new(initSetup).decode, // fields missing
@@ -57,8 +51,6 @@ func TestInitMessagesRoundTrip(t *testing.T) {
 		`"/" "-1" "a"`:         new(initConfig).decode,
 		`"2" "" "0"`:           new(startReport).decode,
 		`"yes" "0" "0"`:        new(exitReport).decode,
-		`"15"`:                 new(order).decode, // Stop missing
-		`"TERM" "false"`:       new(order).decode,
 	}
 	for line, decode := range bad {
 		if err := decode(line); err == nil {
@@ -82,7 +74,6 @@ func FuzzInitMessages(f *testing.F) {
 	f.Add(initConfig{Argv: []string{"sh", "-c", "x"}, Env: []string{"A=1"}, Dir: "/"}.encode())
 	f.Add(startReport{Stage: stageExec, Errno: 13, Msg: "m"}.encode())
 	f.Add(exitReport{Exited: true, Code: 3}.encode())
-	f.Add(order{Signal: 1}.encode())
 	f.Add(`"a" "b`)
 	f.Fuzz(func(t *testing.T, line string) {
 		var s, s2 initSetup
@@ -100,10 +91,6 @@ func FuzzInitMessages(f *testing.F) {
 		var e, e2 exitReport
 		if e.decode(line) == nil && (e2.decode(e.encode()) != nil || e != e2) {
 			t.Fatalf("exit report from %q: %+v re-decoded to %+v", line, e, e2)
-		}
-		var o, o2 order
-		if o.decode(line) == nil && (o2.decode(o.encode()) != nil || o != o2) {
-			t.Fatalf("order from %q: %+v re-decoded to %+v", line, o, o2)
 		}
 	})
 }

@@ -7,8 +7,9 @@ package main
 //	begin:  limits written, command sent to the init, pumps started
 //	finish: exit report -> job/ emptied -> output drained -> final accounting -> status published (done)
 //	        -> log closed -> init reaped -> cgroups removed (gone)
-//	stop:   SIGTERM to every process of the job (by the init); after the grace period, cgroup.kill of job/
-//	        and SIGKILL to the init (its PID namespace goes with it)
+//	stop:   SIGTERM to every process of the job (by the init, ordered); after the grace period,
+//	        cgroup.kill of job/ and SIGKILL to them by the init; an init that then does not report is
+//	        SIGKILLed (its PID namespace goes with it)
 //
 // Goroutines of a job (who starts, what ends, who waits):
 //   - two pumps: started by begin; end when every writer of their pipe is gone or drain closes it;

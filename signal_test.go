@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -137,4 +138,75 @@ func TestRunStopsOnSecondCtrlC(t *testing.T) {
 func clientRunCmd(ts *testServer, script string) *exec.Cmd {
 	return exec.Command(os.Args[0], "client", "run", "-addr", ts.addr, "-ca", ts.pki.file("ca.crt"),
 		"-cert", ts.pki.file("a.crt"), "-key", ts.pki.file("a.key"), "--", "sh", "-c", script)
+}
+
+// TestCtrlCReachesOnlyTheServer: a Ctrl-C of rund serve in the foreground, SIGINT to its process group,
+// reaches the server alone, which stops its jobs as it does on SIGTERM: a job's TERM trap runs, and the
+// job ends with the trap's exit code. Each job's init is in a session of its own (spawn.go); in the
+// server's group, the SIGINT would end the init, which has no handler for it, and the job with it.
+func TestCtrlCReachesOnlyTheServer(t *testing.T) {
+	parent := subprocessParent(t, "ctrlc")
+	pki := newTestPKI(t)
+	c := serveCommand(os.Args[0], pki, parent, nil, nil)
+	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // a group of its own, as a shell makes for a job
+	srv, addr, lines := startServerProcess(t, c)
+	a := (&testServer{addr: addr, pki: pki}).dialAs(t, "a")
+	id := startJob(t, a, cmd("sh", "-c", "trap 'exit 7' TERM; echo ready; while :; do sleep 0.05; done"))
+	waitOutput(t, a, id, "ready")
+	if err := syscall.Kill(-srv.Process.Pid, syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Wait(); err != nil {
+		t.Errorf("server exit after SIGINT: %v, want 0", err)
+	}
+	var end string
+	for line := range lines { // closed once the server's stderr is
+		if strings.Contains(line, "job ended") && strings.Contains(line, id) {
+			end = line
+		}
+	}
+	if !strings.Contains(end, "exit_code=7") {
+		t.Errorf("the job's end after a SIGINT to the server's group: %q, want exit_code=7 (its TERM trap)", end)
+	}
+}
+
+// TestOrdersAllocateNothing: the init never collects (GOGC=off), and a client may send a job as many
+// Signals as it likes; each order is one byte read without allocating, so 100,000 of them leave the
+// init's memory as it was. (Orders that allocated 16 bytes each would add over 1.5 MB.)
+func TestOrdersAllocateNothing(t *testing.T) {
+	ts := startServer(t)
+	a := ts.dialAs(t, "a")
+	id := startJob(t, a, cmd("sh", "-c", "trap 'echo got-usr1' USR1; echo ready; while :; do sleep 0.05; done"))
+	waitOutput(t, a, id, "ready")
+	j, err := ts.m.get(id, []string{"dns:a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rss := func() int {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", j.proc.cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var kb int
+		for _, line := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				fmt.Sscan(v, &kb)
+			}
+		}
+		return kb
+	}
+	before := rss()
+	for range 100000 {
+		if err := j.proc.signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The init takes its orders in turn: once the last one's trap has run, it has read them all.
+	if err := j.proc.signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	waitOutput(t, a, id, "got-usr1")
+	if after := rss(); after-before > 256 {
+		t.Errorf("the init's RSS grew from %d to %d KiB over 100,000 orders; want it as it was", before, after)
+	}
 }

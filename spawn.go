@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -114,6 +115,11 @@ func startInit(cg *jobCgroup, setup initSetup, stdout, stderr *os.File) (*proc, 
 			Cloneflags:  uintptr(flags),
 			UseCgroupFD: true,
 			CgroupFD:    int(initFD.Fd()),
+			// A session of its own, the job's too: not the terminal's or the service's process group, whose
+			// SIGINT (a Ctrl-C of rund serve in the foreground) or SIGHUP would kill the init, which has no
+			// handler for them (it takes orders, not signals: init.go obey), and with it the job at once;
+			// and no controlling terminal for the job to open.
+			Setsid: true,
 		},
 	}
 	err := cmd.Start()
@@ -150,23 +156,31 @@ func (p *proc) begin(cfg initConfig) error {
 // init alone holds the pipe's read end; its command does not inherit it (close_range, init.go).
 var errInitGone = errors.New("the job's init is gone")
 
-// signal has the init send sig to the command; os.ErrProcessDone once the init is gone.
-func (p *proc) signal(sig syscall.Signal) error { return p.order(order{Signal: int(sig)}) }
+// signal has the init send sig (one of spec.go's forwardedSignals) to the command; os.ErrProcessDone
+// once the init is gone.
+func (p *proc) signal(sig syscall.Signal) error { return p.order(byte(sig)) }
 
 // stop has the init send SIGTERM to every process of the job, and SIGKILL when called again.
-func (p *proc) stop() error { return p.order(order{Stop: true}) }
+func (p *proc) stop() error { return p.order(orderStop) }
 
-// order writes o to the init (init.go obey). The pipe's write end is rund's alone, an *os.File writes
-// each message whole however many goroutines write, and a message is far under PIPE_BUF (pipe(7)). The
-// init reads its orders as they come, so a write does not wait. EPIPE: the init is gone, as is its
-// read end; os.ErrClosed: reap has closed the pipe.
-func (p *proc) order(o order) error {
-	err := writeMessage(p.lifeline, o.encode())
+// order writes one order to the init (initproto.go orderStop, init.go obey), which reads them as they
+// come. A write waits at most orderWait, for an init that has stopped reading (stopped by the host's
+// root, say) with the pipe full: escalate then goes on to kill it. EPIPE: the init is gone, and its read
+// end with it; os.ErrClosed: reap has closed the pipe.
+func (p *proc) order(o byte) error {
+	p.lifeline.SetWriteDeadline(time.Now().Add(orderWait))
+	_, err := p.lifeline.Write([]byte{o})
 	if errors.Is(err, syscall.EPIPE) || errors.Is(err, os.ErrClosed) {
 		return os.ErrProcessDone
 	}
-	return err
+	if err != nil {
+		return fmt.Errorf("order the job's init: %w", err)
+	}
+	return nil
 }
+
+// orderWait bounds a write of an order (proc.order).
+const orderWait = time.Second
 
 // kill ends the init at once; the kernel then SIGKILLs every process in its PID namespace.
 func (p *proc) kill() { p.cmd.Process.Kill() }

@@ -134,8 +134,8 @@ func jobEnv(extra []string) []string {
 }
 
 // forwardedSignals are what the Signal RPC may send a job besides SIGKILL (which is cgroup.kill): the
-// job's init sends them to its command (init.go obey).
-var forwardedSignals = []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT,
+// job's init sends them to its command, each ordered in one byte (initproto.go orderStop).
+var forwardedSignals = []unix.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT,
 	unix.SIGUSR1, unix.SIGUSR2, unix.SIGCONT, unix.SIGWINCH, unix.SIGALRM, unix.SIGTSTP}
 
 // parseSignal reads a signal a client may send: a name (SIGINT or INT, any case) or a number, of the
@@ -145,12 +145,12 @@ func parseSignal(s string) (unix.Signal, error) {
 	if n, err := strconv.Atoi(s); err == nil {
 		sig = unix.Signal(n)
 	}
-	if sig == unix.SIGKILL || slices.Contains(forwardedSignals, os.Signal(sig)) {
+	if sig == unix.SIGKILL || slices.Contains(forwardedSignals, sig) {
 		return sig, nil
 	}
 	var names []string
 	for _, f := range append(forwardedSignals, unix.SIGKILL) {
-		names = append(names, unix.SignalName(f.(unix.Signal)))
+		names = append(names, unix.SignalName(f))
 	}
 	return 0, clientErr(errInvalid, "signal %.20q is not one a job may be sent (%s, or their numbers)",
 		s, strings.Join(names, " "))
