@@ -1330,8 +1330,9 @@ several times what it does on bare metal); the lines it names are in "Measuremen
   off the CPU. The target allows about 8 ms of CPU per job in all here, less than a Go program's start plus
   the command, so it cannot be met while every job has a Go init of its own, and that init is what gives a
   job SIGTERM, orphan reaping and an exact exit status (spawn.go).
-- **Peers: jobs/s with four in flight (issue 24, target 0.8x of bwrap).** At the line: 0.81x and 0.796x in
-  two runs of 2026-12-06 ("Peers (issue 24)"), 0.75x in one on a busier machine. CPU-bound: eight in flight
+- **Peers: jobs/s with four in flight (issue 24, target 0.8x of bwrap).** At the line, and under it more
+  often than not: 0.81x, 0.796x, 0.77x and 0.75x (a busier machine) in four runs of 2026-12-06 with the
+  init's orders on its pipe ("Peers (issue 24)"). CPU-bound: eight in flight
   give the same jobs/s as four, and jobs/s times busy CPU per job comes to 1.97 of the 2 CPUs, so the ratio
   is about bwrap's CPU per job over rund's: 0.8x needs at most about 1.25x of bwrap's CPU per job.
   Profiled on 2026-12-06 (perf record -a -g, 12 s at four in flight; temporary harnesses, not kept),
