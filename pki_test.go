@@ -230,15 +230,10 @@ func TestP521PKIStillWorks(t *testing.T) {
 		"server": {name: "localhost", dns: []string{"localhost"}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}},
 		"client": {name: "client", dns: []string{"client"}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}},
 	}
+	old := &testPKI{dir: dir, ca: ca}
 	for name, spec := range leaves {
 		spec.curve = elliptic.P521()
-		c, err := issue(spec, ca)
-		if err == nil {
-			err = c.write(dir, name)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+		old.leaf(t, name, spec)
 		if pub := readCert(t, filepath.Join(dir, name+".crt")).PublicKey.(*ecdsa.PublicKey); pub.Curve != elliptic.P521() {
 			t.Fatalf("%s: key on %s, want P-521", name, pub.Curve.Params().Name)
 		}
